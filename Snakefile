@@ -1,0 +1,22 @@
+# dmflow: datamodels as a Snakemake workflow. See README.md and docs/.
+from snakemake.utils import min_version
+
+min_version("9.0")
+
+
+configfile: "config.yaml"
+
+
+include: "rules/common.smk"
+include: "rules/data.smk"
+include: "rules/masks.smk"
+include: "rules/train.smk"
+include: "rules/collect.smk"
+include: "rules/fit.smk"
+
+
+rule all:
+    default_target: True
+    input:
+        expand(f"{RESULTS}/datamodels/{{alpha}}.npz", alpha=ALPHAS),
+        expand(f"{RESULTS}/store/{{alpha}}/eval/manifest.json", alpha=ALPHAS),

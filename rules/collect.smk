@@ -1,0 +1,19 @@
+rule collect:
+    input:
+        data=f"{RESULTS}/data.npz",
+        masks=lambda wc: chunk_files("masks", wc),
+        trained=lambda wc: chunk_files("train", wc),
+    output:
+        manifest=f"{RESULTS}/store/{{alpha}}/{{split}}/manifest.json",
+        arrays=store_files("{alpha}", "{split}"),
+    log:
+        f"{RESULTS}/logs/collect/{{alpha}}/{{split}}.log",
+    params:
+        chunk_size=lambda wc: chunk_size(wc.split),
+        replicates=lambda wc: replicates(wc.split),
+        seed=SEED,
+    shell:
+        "{DMFLOW} collect --data {input.data:q} --alpha {wildcards.alpha} --split {wildcards.split}"
+        " --seed {params.seed} --replicates {params.replicates} --chunk-size {params.chunk_size}"
+        " --masks {input.masks:q} --trained {input.trained:q}"
+        " --out-dir $(dirname {output.manifest:q}) 2> {log:q}"

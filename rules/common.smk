@@ -1,0 +1,86 @@
+# Helpers shared by all rules: validated config, path builders, JSON params.
+import json
+import sys
+
+from dmflow.config import ConfigError, validate_config
+from dmflow.data import num_targets as count_targets
+
+try:
+    _validated = validate_config(config)
+except ConfigError as exc:
+    sys.exit(f"dmflow: config error: {exc}")
+config.clear()
+config.update(_validated)
+
+RESULTS = config["results"].rstrip("/")
+SEED = config["seed"]
+ALPHAS = [str(a) for a in config["masks"]["alphas"]]
+NUM_TARGETS = count_targets(config["dataset"])
+DMFLOW = "dmflow"
+
+wildcard_constraints:
+    alpha=r"[0-9.]+",
+    split=r"fit|eval",
+    chunk=r"\d+",
+    block=r"\d+",
+
+
+def section_json(name):
+    """A config section as compact, key-sorted JSON (a rule param and CLI argument)."""
+    return json.dumps(config[name], sort_keys=True, separators=(",", ":"))
+
+
+def chunk_size(split):
+    return config["masks"]["eval_chunk_size" if split == "eval" else "chunk_size"]
+
+
+def num_chunks(split):
+    return config["masks"][f"{split}_models"] // chunk_size(split)
+
+
+def chunk_ids(split):
+    return [f"{i:05d}" for i in range(num_chunks(split))]
+
+
+def replicates(split):
+    return config["masks"]["eval_replicates"] if split == "eval" else 1
+
+
+def chunk_files(kind, wildcards):
+    """All mask ('masks') or trained ('train') chunk files of one alpha and split."""
+    ext = "npy" if kind == "masks" else "npz"
+    return [
+        f"{RESULTS}/{kind}/{wildcards.alpha}/{wildcards.split}/{c}.{ext}"
+        for c in chunk_ids(wildcards.split)
+    ]
+
+
+def num_blocks():
+    per_job = config["fit"]["targets_per_job"]
+    return -(-NUM_TARGETS // per_job)
+
+
+def block_ids():
+    return [f"{b:04d}" for b in range(num_blocks())]
+
+
+def store_files(alpha, split):
+    names = ["masks", "margins", "status", "seeds", "acc_target", "acc_subset"]
+    return [f"{RESULTS}/store/{alpha}/{split}/{name}.npy" for name in names]
+
+
+def num_train():
+    """Training-set size n, known before prepare_data runs."""
+    data = config["dataset"]
+    if data["name"] == "digits":
+        return data["num_train"]
+    from dmflow.data import check_npz
+
+    return check_npz(data["path"])["X_train"][0]
+
+
+def fit_mem_mb():
+    """Memory of one fit job: float64 moments (n x n, n x targets) plus solver copies."""
+    n, t = num_train(), min(config["fit"]["targets_per_job"], NUM_TARGETS)
+    floats = 3 * n * n + 8 * n * t + 4096 * (n + t)
+    return int(500 + floats * 8 / 2**20)

@@ -1,0 +1,178 @@
+"""Command line: ``dmflow <stage> ...`` runs one stage without Snakemake.
+
+The Snakemake rules call exactly these commands, so a stage behaves the same from
+a rule, a shell or another workflow engine. Settings that come from a config
+section are passed as one JSON object (``--train '{"epochs": 20, ...}'``).
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import logging
+import sys
+from pathlib import Path
+
+from dmflow import __version__
+
+
+def _json(text: str) -> dict:
+    return json.loads(text)
+
+
+def _setup_logging(verbose: bool) -> None:
+    logging.basicConfig(
+        level=logging.DEBUG if verbose else logging.INFO,
+        format="%(asctime)s %(levelname)s %(name)s: %(message)s",
+        stream=sys.stderr,
+    )
+
+
+def cmd_check_config(args: argparse.Namespace) -> None:
+    from dmflow.config import load_config
+
+    cfg = load_config(args.config)
+    print(json.dumps(cfg, indent=2, sort_keys=True))
+
+
+def cmd_prepare_data(args: argparse.Namespace) -> None:
+    from dmflow.data import write_data
+
+    arrays = write_data(args.out, args.dataset, args.seed)
+    logging.info("wrote %s: %d training examples, %d targets", args.out, len(arrays["y_train"]), len(arrays["y_target"]))
+
+
+def cmd_make_masks(args: argparse.Namespace) -> None:
+    import numpy as np
+
+    from dmflow.masks import write_chunk_masks
+
+    with np.load(args.data, allow_pickle=False) as f:
+        n = f["y_train"].shape[0]
+    write_chunk_masks(args.out, n, args.alpha, args.split, args.chunk, args.chunk_size, args.seed)
+
+
+def cmd_train_chunk(args: argparse.Namespace) -> None:
+    from dmflow.train import TrainSettings, run_train_chunk
+
+    settings = TrainSettings.from_config(args.model, args.train)
+    run_train_chunk(
+        args.data, args.masks, args.out, args.seed, args.alpha, args.split, args.chunk,
+        args.replicates, settings, args.threads,
+    )
+
+
+def cmd_collect(args: argparse.Namespace) -> None:
+    import numpy as np
+
+    from dmflow.store import ChunkSpec, StoreError, collect
+
+    if len(args.masks) != len(args.trained):
+        raise SystemExit("dmflow collect: --masks and --trained need the same number of files")
+    with np.load(args.data, allow_pickle=False) as f:
+        n, num_targets = f["y_train"].shape[0], f["y_target"].shape[0]
+    specs = [ChunkSpec(int(Path(m).stem), Path(m), Path(t)) for m, t in zip(args.masks, args.trained)]
+    try:
+        collect(specs, args.out_dir, n, args.alpha, args.split, args.seed, args.replicates, num_targets, args.chunk_size)
+    except StoreError as exc:
+        raise SystemExit(f"dmflow collect: {exc}") from None
+
+
+def cmd_fit_block(args: argparse.Namespace) -> None:
+    from dmflow.fit import FitSettings, run_fit_block
+    from dmflow.store import StoreError
+
+    try:
+        run_fit_block(args.store, args.out, args.block, args.targets_per_job, FitSettings.from_config(args.fit), args.seed, args.threads)
+    except StoreError as exc:
+        raise SystemExit(f"dmflow fit-block: {exc}") from None
+
+
+def cmd_merge_fit(args: argparse.Namespace) -> None:
+    from dmflow.fit import merge_blocks
+
+    merge_blocks(args.blocks, args.data, args.out)
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="dmflow", description=__doc__.splitlines()[0])
+    parser.add_argument("--version", action="version", version=f"dmflow {__version__}")
+    parser.add_argument("-v", "--verbose", action="store_true")
+    sub = parser.add_subparsers(dest="command", required=True)
+
+    p = sub.add_parser("check-config", help="validate a config file and print it with defaults")
+    p.add_argument("config", type=Path)
+    p.set_defaults(func=cmd_check_config)
+
+    p = sub.add_parser("prepare-data", help="write data.npz from the dataset section")
+    p.add_argument("--dataset", type=_json, required=True, help="the config's dataset section as JSON")
+    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--out", type=Path, required=True)
+    p.set_defaults(func=cmd_prepare_data)
+
+    def chunk_args(p: argparse.ArgumentParser) -> None:
+        p.add_argument("--alpha", type=float, required=True)
+        p.add_argument("--split", choices=("fit", "eval"), required=True)
+        p.add_argument("--seed", type=int, default=0)
+
+    p = sub.add_parser("make-masks", help="draw one chunk of subset masks")
+    chunk_args(p)
+    p.add_argument("--data", type=Path, required=True)
+    p.add_argument("--chunk", type=int, required=True)
+    p.add_argument("--chunk-size", type=int, required=True)
+    p.add_argument("--out", type=Path, required=True)
+    p.set_defaults(func=cmd_make_masks)
+
+    p = sub.add_parser("train-chunk", help="train every model of one chunk")
+    chunk_args(p)
+    p.add_argument("--data", type=Path, required=True)
+    p.add_argument("--masks", type=Path, required=True)
+    p.add_argument("--chunk", type=int, required=True)
+    p.add_argument("--replicates", type=int, default=1)
+    p.add_argument("--model", type=_json, required=True, help="the config's model section as JSON")
+    p.add_argument("--train", type=_json, required=True, help="the config's train section as JSON")
+    p.add_argument("--threads", type=int, default=1)
+    p.add_argument("--out", type=Path, required=True)
+    p.set_defaults(func=cmd_train_chunk)
+
+    p = sub.add_parser("collect", help="validate a split's chunks and write its store")
+    chunk_args(p)
+    p.add_argument("--data", type=Path, required=True)
+    p.add_argument("--replicates", type=int, default=1)
+    p.add_argument("--chunk-size", type=int, required=True)
+    p.add_argument("--masks", type=Path, nargs="+", required=True)
+    p.add_argument("--trained", type=Path, nargs="+", required=True)
+    p.add_argument("--out-dir", type=Path, required=True)
+    p.set_defaults(func=cmd_collect)
+
+    p = sub.add_parser("fit-block", help="fit the datamodels of one block of targets")
+    p.add_argument("--store", type=Path, required=True, help="the fit split's store folder")
+    p.add_argument("--block", type=int, required=True)
+    p.add_argument("--targets-per-job", type=int, required=True)
+    p.add_argument("--fit", type=_json, required=True, help="the config's fit section as JSON")
+    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--threads", type=int, default=1)
+    p.add_argument("--out", type=Path, required=True)
+    p.set_defaults(func=cmd_fit_block)
+
+    p = sub.add_parser("merge-fit", help="merge fitted blocks into one datamodels file")
+    p.add_argument("--data", type=Path, required=True)
+    p.add_argument("--blocks", type=Path, nargs="+", required=True)
+    p.add_argument("--out", type=Path, required=True)
+    p.set_defaults(func=cmd_merge_fit)
+    return parser
+
+
+def main(argv: list[str] | None = None) -> None:
+    args = build_parser().parse_args(argv)
+    _setup_logging(args.verbose)
+    from dmflow.config import ConfigError
+
+    try:
+        args.func(args)
+    except ConfigError as exc:
+        raise SystemExit(f"dmflow: config error: {exc}") from None
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,77 @@
+"""Minibatches for a stacked ensemble: each model its own subset and its own order.
+
+Data handling lives here, apart from the network: the dataloader yields only the
+index batch [K, B] (tiny, cheap to move), and the features are gathered on the
+device after transfer, so the training set is copied to a GPU once, not per step.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterator, Sequence
+
+import numpy as np
+import pytorch_lightning as pl
+import torch
+from torch.utils.data import DataLoader, IterableDataset
+
+
+def epoch_orders(subsets: np.ndarray, seeds: Sequence[int], epochs: int) -> np.ndarray:
+    """Training-example indices in visiting order, [epochs, K, k].
+
+    Model i shuffles its own subset ``subsets[i]`` every epoch with a generator
+    seeded by ``seeds[i]`` alone, so its batches do not depend on its stack-mates.
+    """
+    k_models, size = subsets.shape
+    orders = np.empty((epochs, k_models, size), dtype=np.int64)
+    for i, seed in enumerate(seeds):
+        rng = np.random.default_rng(int(seed))
+        for e in range(epochs):
+            orders[e, i] = subsets[i, rng.permutation(size)]
+    return orders
+
+
+class _EpochBatches(IterableDataset):
+    """Yields the index batches of one epoch per iteration, epoch after epoch."""
+
+    def __init__(self, orders: np.ndarray, batch_size: int) -> None:
+        super().__init__()
+        self.orders = torch.from_numpy(orders)
+        self.batch_size = batch_size
+        self.epoch = 0
+
+    def __len__(self) -> int:
+        return -(-self.orders.shape[2] // self.batch_size)
+
+    def __iter__(self) -> Iterator[torch.Tensor]:
+        order = self.orders[min(self.epoch, self.orders.shape[0] - 1)]
+        self.epoch += 1
+        for start in range(0, order.shape[1], self.batch_size):
+            yield order[:, start : start + self.batch_size]
+
+
+class StackedSubsetDataModule(pl.LightningDataModule):
+    """Serves (x [K, B, ...], y [K, B]) batches for K models trained on K subsets."""
+
+    def __init__(
+        self,
+        x: torch.Tensor,
+        y: torch.Tensor,
+        subsets: np.ndarray,
+        seeds: Sequence[int],
+        batch_size: int,
+        epochs: int,
+    ) -> None:
+        super().__init__()
+        self.x = x
+        self.y = y
+        self.batch_size = batch_size
+        self.orders = epoch_orders(subsets, seeds, epochs)
+
+    def train_dataloader(self) -> DataLoader:
+        return DataLoader(_EpochBatches(self.orders, self.batch_size), batch_size=None)
+
+    def on_after_batch_transfer(self, batch: torch.Tensor, dataloader_idx: int) -> tuple[torch.Tensor, torch.Tensor]:
+        """Gather the features on the batch's device (the data moves there once)."""
+        if self.x.device != batch.device:
+            self.x, self.y = self.x.to(batch.device), self.y.to(batch.device)
+        return self.x[batch], self.y[batch]

@@ -1,0 +1,223 @@
+"""Stages fit_block and merge_fit: one lasso datamodel per target.
+
+For a block of targets: split the fit store's rows into fit and validation rows,
+run a lambda path on the fit rows (warm starts), pick per target the lambda with
+the lowest validation MSE, refit at that lambda on fit + validation rows, and
+record the path statistics. Only centred moments of the rows are ever built
+(``dmflow.lasso.row_moments``), never a dense float copy of all masks.
+"""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Sequence
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+import torch
+
+from dmflow.io import atomic_save_npz, load_npz
+from dmflow.lasso import Moments, lambda_max, lambda_path, lipschitz, objective, row_moments, solve_batched, solve_cvxpy
+from dmflow.seeds import PURPOSE_VALIDATION_ROWS, alpha_key
+from dmflow.store import open_store
+
+log = logging.getLogger(__name__)
+
+FLAG_OK = 0
+FLAG_CONSTANT = 1  # margins do not vary over the usable rows: zero weights
+FLAG_NO_DATA = 2  # no usable rows (every model diverged): zero weights
+FLAG_NOT_CONVERGED = 4  # the batched solver hit max_iter somewhere on the path
+
+
+@dataclass(frozen=True)
+class FitSettings:
+    """The ``fit`` config section."""
+
+    solver: str = "batched"
+    val_fraction: float = 0.1
+    num_lambdas: int = 30
+    lambda_min_ratio: float = 0.001
+    tol: float = 1e-6
+    max_iter: int = 2000
+    dtype: str = "float32"
+    nonneg: bool = False
+    l2: float = 0.0
+    cvxpy_solver: str = "CLARABEL"
+    device: str = "auto"
+
+    @classmethod
+    def from_config(cls, fit: dict) -> "FitSettings":
+        return cls(**{k: fit[k] for k in cls.__dataclass_fields__ if k in fit})
+
+    @property
+    def torch_dtype(self) -> torch.dtype:
+        return torch.float64 if self.dtype == "float64" else torch.float32
+
+    @property
+    def torch_device(self) -> str:
+        if self.device == "auto":
+            return "cuda" if torch.cuda.is_available() else "cpu"
+        return self.device
+
+
+def split_validation_rows(rows: np.ndarray, val_fraction: float, seed: int, alpha: float) -> tuple[np.ndarray, np.ndarray]:
+    """Deterministically divide ``rows`` into (fit rows, validation rows), both sorted."""
+    rng = np.random.default_rng(np.random.SeedSequence((seed, alpha_key(alpha), PURPOSE_VALIDATION_ROWS)))
+    order = rng.permutation(len(rows))
+    n_val = max(1, int(round(val_fraction * len(rows))))
+    return np.sort(rows[order[n_val:]]), np.sort(rows[order[:n_val]])
+
+
+def validation_mse(val: Moments, fit_mean_x: torch.Tensor, fit_mean_y: torch.Tensor, w: torch.Tensor) -> torch.Tensor:
+    """Per-target MSE on the validation rows of the model fitted on other rows.
+
+    With b = fit_mean_y - fit_mean_x . w, the residual on a validation row splits into
+    a centred part (from the validation moments) and a constant offset.
+    """
+    w64 = w.double()
+    quad = (w64 * (val.sxx @ w64)).sum(0) - 2 * (val.sxy * w64).sum(0) + val.syy
+    offset = (val.mean_y - fit_mean_y) - (val.mean_x - fit_mean_x) @ w64
+    return quad / val.count + offset**2
+
+
+def _solve(gram, c, lam, w0, lip, settings: FitSettings) -> tuple[torch.Tensor, torch.Tensor]:
+    """One lambda per target -> (weights, converged), with the configured solver."""
+    if settings.solver == "cvxpy":
+        w = solve_cvxpy(gram.double().cpu().numpy(), c.double().cpu().numpy(), lam.double().cpu().numpy()[None],
+                        settings.l2, settings.nonneg, settings.cvxpy_solver)[0]
+        return torch.as_tensor(w, dtype=c.dtype, device=c.device), torch.ones(c.shape[1], dtype=torch.bool)
+    res = solve_batched(gram, c, lam, w0, settings.l2, settings.nonneg, settings.tol, settings.max_iter, lip)
+    return res.weight, res.converged.cpu()
+
+
+def fit_targets(
+    masks: np.ndarray,
+    margins: np.ndarray,
+    fit_rows: np.ndarray,
+    val_rows: np.ndarray,
+    settings: FitSettings,
+) -> dict[str, np.ndarray]:
+    """Datamodels for the columns of ``margins`` [m, T] (masks [m, n], rows index both).
+
+    Returns weight [n, T] float32, bias, lam, val_mse, nnz, flags [T], and the path
+    statistics lams / train_mse / val_mse_path / nnz_path [L, T].
+    """
+    device, dtype = settings.torch_device, settings.torch_dtype
+    fit_m = row_moments(masks, margins, fit_rows, device=device)
+    val_m = row_moments(masks, margins, val_rows, device=device)
+    gram, c, yy = fit_m.gram(dtype)
+    lip = lipschitz(gram) + settings.l2
+    lam_max = lambda_max(c, settings.nonneg)
+    path = lambda_path(lam_max, settings.num_lambdas, settings.lambda_min_ratio)
+    n, t = c.shape
+    train_mse = torch.zeros(settings.num_lambdas, t, dtype=torch.float64)
+    val_mse = torch.zeros_like(train_mse)
+    nnz = torch.zeros(settings.num_lambdas, t, dtype=torch.long)
+    converged = torch.ones(t, dtype=torch.bool)
+    best_w, best_mse = torch.zeros_like(c), torch.full((t,), float("inf"), dtype=torch.float64, device=device)
+    best_idx = torch.zeros(t, dtype=torch.long, device=device)
+    w = torch.zeros_like(c)
+    for j in range(settings.num_lambdas):
+        w, conv = _solve(gram, c, path[j], w, lip, settings)
+        converged &= conv
+        obj = objective(gram, c, yy, w, path[j], settings.l2) - path[j] * w.abs().sum(0) - 0.5 * settings.l2 * (w * w).sum(0)
+        train_mse[j] = (2 * obj).double().cpu()
+        mse = validation_mse(val_m, fit_m.mean_x, fit_m.mean_y, w)
+        val_mse[j], nnz[j] = mse.cpu(), (w != 0).sum(0).cpu()
+        better = mse < best_mse
+        best_mse = torch.where(better, mse, best_mse)
+        best_idx = torch.where(better, torch.full_like(best_idx, j), best_idx)
+        best_w[:, better] = w[:, better]
+    lam = path.gather(0, best_idx.unsqueeze(0)).squeeze(0)
+    all_m = fit_m.combine(val_m)
+    gram_all, c_all, _ = all_m.gram(dtype)
+    weight, conv = _solve(gram_all, c_all, lam, best_w, lipschitz(gram_all) + settings.l2, settings)
+    converged &= conv
+    bias = all_m.mean_y - all_m.mean_x @ weight.double()
+    flags = torch.where(converged, FLAG_OK, FLAG_NOT_CONVERGED).to(torch.uint8)
+    constant = (all_m.syy.cpu() <= 1e-12 * all_m.count) | (lam_max.cpu() <= 0)
+    weight[:, constant.to(weight.device)] = 0
+    flags[constant] = FLAG_CONSTANT
+    return {
+        "weight": weight.float().cpu().numpy(),
+        "bias": bias.float().cpu().numpy(),
+        "lam": lam.double().cpu().numpy(),
+        "val_mse": best_mse.cpu().numpy(),
+        "nnz": (weight != 0).sum(0).cpu().numpy().astype(np.int64),
+        "flags": flags.numpy(),
+        "lams": path.double().cpu().numpy(),
+        "train_mse": train_mse.numpy(),
+        "val_mse_path": val_mse.numpy(),
+        "nnz_path": nnz.numpy(),
+        "num_fit_rows": np.int64(len(fit_rows)),
+        "num_val_rows": np.int64(len(val_rows)),
+    }
+
+
+def block_targets(block: int, targets_per_job: int, num_targets: int) -> np.ndarray:
+    """Target indices of one fit job."""
+    start = block * targets_per_job
+    if start >= num_targets:
+        raise ValueError(f"block {block} is past the last target ({num_targets} targets, {targets_per_job} per job)")
+    return np.arange(start, min(start + targets_per_job, num_targets))
+
+
+def usable_rows(status: np.ndarray) -> np.ndarray:
+    """Rows whose first replicate trained without diverging."""
+    return np.flatnonzero(status[:, 0] == 0)
+
+
+def fit_block(store_path: Path, block: int, targets_per_job: int, settings: FitSettings, seed: int) -> dict[str, np.ndarray]:
+    """Fit one block of targets from a fit-split store."""
+    store = open_store(store_path)
+    targets = block_targets(block, targets_per_job, store.manifest["num_targets"])
+    rows = usable_rows(store.status)
+    margins = store.margins[:, 0, targets[0] : targets[-1] + 1]
+    n = store.masks.shape[1]
+    if len(rows) < 3:
+        log.warning("%s: only %d usable rows; every target gets zero weights", store_path, len(rows))
+        t = len(targets)
+        zeros = np.zeros((settings.num_lambdas, t))
+        result = {
+            "weight": np.zeros((n, t), np.float32), "bias": np.zeros(t, np.float32), "lam": np.zeros(t),
+            "val_mse": np.full(t, np.nan), "nnz": np.zeros(t, np.int64), "flags": np.full(t, FLAG_NO_DATA, np.uint8),
+            "lams": zeros, "train_mse": zeros, "val_mse_path": zeros, "nnz_path": zeros.astype(np.int64),
+            "num_fit_rows": np.int64(0), "num_val_rows": np.int64(0),
+        }
+    else:
+        fit_rows, val_rows = split_validation_rows(rows, settings.val_fraction, seed, store.manifest["alpha"])
+        result = fit_targets(store.masks, margins, fit_rows, val_rows, settings)
+    result["targets"] = targets
+    return result
+
+
+def run_fit_block(store_path: Path, out: Path, block: int, targets_per_job: int, settings: FitSettings, seed: int, threads: int = 1) -> None:
+    """Fit one block and write ``block{b}.npz`` atomically."""
+    torch.set_num_threads(max(1, int(threads)))
+    result = fit_block(store_path, block, targets_per_job, settings, seed)
+    flagged = int((result["flags"] != FLAG_OK).sum())
+    log.info("block %d: %d targets, mean nnz %.1f, %d flagged", block, len(result["targets"]), result["nnz"].mean(), flagged)
+    atomic_save_npz(out, result)
+
+
+PER_TARGET = ("weight", "bias", "lam", "val_mse", "nnz", "flags", "lams", "train_mse", "val_mse_path", "nnz_path")
+
+
+def merge_blocks(block_paths: Sequence[Path], data_path: Path, out: Path) -> dict[str, np.ndarray]:
+    """Concatenate blocks in target order into the datamodels file, with target ids."""
+    blocks = sorted((load_npz(p) for p in block_paths), key=lambda b: int(b["targets"][0]))
+    targets = np.concatenate([b["targets"] for b in blocks])
+    data = load_npz(data_path)
+    if not np.array_equal(targets, np.arange(len(data["target_ids"]))):
+        raise ValueError(f"blocks cover targets {targets.min()}..{targets.max()} ({len(targets)}), expected 0..{len(data['target_ids']) - 1}")
+    merged = {}
+    for key in PER_TARGET:
+        axis = blocks[0][key].ndim - 1  # targets are the last axis of every per-target array
+        merged[key] = np.concatenate([b[key] for b in blocks], axis=axis)
+    merged["target_ids"] = data["target_ids"]
+    merged["train_ids"] = data["train_ids"]
+    merged["num_fit_rows"] = blocks[0]["num_fit_rows"]
+    merged["num_val_rows"] = blocks[0]["num_val_rows"]
+    atomic_save_npz(out, merged)
+    return merged

@@ -1,0 +1,69 @@
+"""Atomic, pickle-free file writing and reading shared by all stages.
+
+A killed job must never leave a half-written file that a later stage could read,
+so every writer goes through a temporary file in the same folder and a rename.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+import tempfile
+from collections.abc import Iterator, Mapping
+from contextlib import contextmanager
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+
+@contextmanager
+def atomic_path(final: Path, suffix: str = "") -> Iterator[Path]:
+    """Yield a temporary path beside ``final``; rename it onto ``final`` only on success."""
+    final = Path(final)
+    final.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(prefix=f".{final.name}.", suffix=f".tmp{suffix}", dir=final.parent)
+    os.close(fd)
+    tmp_path = Path(tmp)
+    try:
+        yield tmp_path
+        with open(tmp_path, "rb+") as fh:
+            os.fsync(fh.fileno())
+        os.replace(tmp_path, final)
+    finally:
+        if tmp_path.exists():
+            tmp_path.unlink()
+
+
+def atomic_save_npz(final: Path, arrays: Mapping[str, np.ndarray]) -> None:
+    """Write an uncompressed ``.npz`` atomically."""
+    with atomic_path(final, ".npz") as tmp:
+        np.savez(tmp, **arrays)
+
+
+def atomic_save_npy(final: Path, array: np.ndarray) -> None:
+    """Write one ``.npy`` atomically."""
+    with atomic_path(final, ".npy") as tmp:
+        np.save(tmp, array)
+
+
+def atomic_save_json(final: Path, obj: Any) -> None:
+    """Write pretty JSON atomically."""
+    with atomic_path(final) as tmp:
+        tmp.write_text(json.dumps(obj, indent=2, sort_keys=True) + "\n")
+
+
+def load_npz(path: Path) -> dict[str, np.ndarray]:
+    """Load every array of an ``.npz`` into memory, refusing pickled objects."""
+    with np.load(Path(path), allow_pickle=False) as f:
+        return {key: f[key] for key in f.files}
+
+
+def sha256_file(path: Path, block: int = 1 << 20) -> str:
+    """Hex sha256 of a file's bytes."""
+    digest = hashlib.sha256()
+    with open(path, "rb") as fh:
+        while chunk := fh.read(block):
+            digest.update(chunk)
+    return digest.hexdigest()

@@ -1,0 +1,206 @@
+"""Stage train_chunk: train every model of a chunk and record its margins on the targets."""
+
+from __future__ import annotations
+
+import logging
+import os
+import warnings
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import numpy as np
+import pytorch_lightning as pl
+import torch
+
+from dmflow.ensemble_data import StackedSubsetDataModule
+from dmflow.io import atomic_save_npz, load_npz
+from dmflow.models import StackedEnsembleModule, build_stacked_model, margins_from_logits
+from dmflow.seeds import model_seed
+
+log = logging.getLogger(__name__)
+
+STATUS_OK = 0
+STATUS_DIVERGED = 1
+
+
+@dataclass(frozen=True)
+class TrainSettings:
+    """Training hyper-parameters (config key ``train``) and the architecture (``model``)."""
+
+    arch: str = "mlp"
+    hidden: tuple[int, ...] = (128,)
+    epochs: int = 20
+    batch_size: int = 64
+    optimizer: str = "adam"
+    lr: float = 1e-3
+    weight_decay: float = 0.0
+    momentum: float = 0.9
+    stack_size: int = 250
+    device: str = "auto"
+
+    @classmethod
+    def from_config(cls, model: dict, train: dict) -> "TrainSettings":
+        return cls(
+            arch=model["arch"],
+            hidden=tuple(model.get("hidden", ())),
+            epochs=train["epochs"],
+            batch_size=train["batch_size"],
+            optimizer=train["optimizer"],
+            lr=train["lr"],
+            weight_decay=train["weight_decay"],
+            momentum=train["momentum"],
+            stack_size=train["stack_size"],
+            device=train["device"],
+        )
+
+
+def resolve_device(device: str) -> str:
+    """``auto`` means CUDA when present, else CPU."""
+    if device == "auto":
+        return "cuda" if torch.cuda.is_available() else "cpu"
+    if device == "cuda" and not torch.cuda.is_available():
+        raise RuntimeError("train.device='cuda' but torch finds no CUDA device; use 'auto' or 'cpu'")
+    return device
+
+
+@dataclass
+class StackResult:
+    """What one trained stack of K models reports."""
+
+    margins: np.ndarray  # float32 [K, T]
+    acc_target: np.ndarray  # float32 [K]
+    acc_subset: np.ndarray  # float32 [K]
+    finite_loss: np.ndarray  # bool [K]
+    state: dict = field(default_factory=dict)
+
+
+def _quiet_lightning() -> None:
+    for name in ("pytorch_lightning", "lightning.pytorch", "lightning_fabric", "lightning"):
+        logging.getLogger(name).setLevel(logging.ERROR)
+    warnings.filterwarnings("ignore", message=".*does not have many workers.*")
+    warnings.filterwarnings("ignore", message=".*GPU available but not used.*")
+    warnings.filterwarnings("ignore", message=".*`IterableDataset` has `__len__` defined.*")
+    warnings.filterwarnings("ignore", message=".*isinstance\\(treespec, LeafSpec\\).*")
+
+
+def train_stack(
+    x_train: np.ndarray,
+    y_train: np.ndarray,
+    x_target: np.ndarray,
+    y_target: np.ndarray,
+    subsets: np.ndarray,
+    seeds: np.ndarray,
+    num_classes: int,
+    settings: TrainSettings,
+    keep_state: bool = False,
+) -> StackResult:
+    """Train K models at once, model i on ``subsets[i]`` (indices) from ``seeds[i]``; one Trainer.fit."""
+    _quiet_lightning()
+    device = resolve_device(settings.device)
+    k_models = subsets.shape[0]
+    net = build_stacked_model(settings.arch, k_models, int(np.prod(x_train.shape[1:])), num_classes, settings.hidden)
+    net.reset_parameters(seeds)
+    module = StackedEnsembleModule(net, settings.optimizer, settings.lr, settings.weight_decay, settings.momentum)
+    x = torch.as_tensor(x_train, dtype=torch.get_default_dtype())
+    y = torch.as_tensor(y_train, dtype=torch.long)
+    data = StackedSubsetDataModule(x, y, subsets, seeds, settings.batch_size, settings.epochs)
+    trainer = pl.Trainer(
+        accelerator="gpu" if device == "cuda" else "cpu",
+        devices=1,
+        max_epochs=settings.epochs,
+        logger=False,
+        enable_checkpointing=False,
+        enable_progress_bar=False,
+        enable_model_summary=False,
+        num_sanity_val_steps=0,
+        deterministic=device == "cpu",
+    )
+    trainer.fit(module, datamodule=data)
+    module.eval()
+    with torch.no_grad():
+        dev = next(module.parameters()).device
+        xt = torch.as_tensor(x_target, dtype=x.dtype, device=dev)
+        yt = torch.as_tensor(y_target, dtype=torch.long, device=dev)
+        logits_t = module(xt.unsqueeze(0).expand(k_models, *xt.shape))
+        margins = margins_from_logits(logits_t, yt).float().cpu().numpy()
+        acc_target = (logits_t.argmax(-1) == yt).float().mean(1).cpu().numpy()
+        xs = x.to(dev)[torch.as_tensor(subsets, device=dev)]
+        ys = y.to(dev)[torch.as_tensor(subsets, device=dev)]
+        acc_subset = (module(xs).argmax(-1) == ys).float().mean(1).cpu().numpy()
+    state = {k: v.detach().cpu().clone() for k, v in module.net.state_dict().items()} if keep_state else {}
+    return StackResult(margins, acc_target, acc_subset, module.finite.cpu().numpy(), state)
+
+
+def chunk_seeds(seed: int, alpha: float, split: str, chunk: int, rows: int, replicates: int) -> np.ndarray:
+    """Model seeds of a chunk, int64 [rows, replicates]."""
+    return np.array(
+        [[model_seed(seed, alpha, split, chunk, r, rep) for rep in range(replicates)] for r in range(rows)],
+        dtype=np.int64,
+    )
+
+
+def train_chunk(
+    data: dict[str, np.ndarray],
+    masks: np.ndarray,
+    seeds: np.ndarray,
+    settings: TrainSettings,
+) -> dict[str, np.ndarray]:
+    """Train every (mask, replicate) of a chunk in stacks of ``settings.stack_size``.
+
+    Returns margins float32 [rows, R, T], acc_target / acc_subset float32 [rows, R],
+    seeds int64 [rows, R] and status uint8 [rows, R] (0 ok, 1 diverged).
+    """
+    rows, replicates = seeds.shape
+    num_targets = data["X_target"].shape[0]
+    subsets = np.stack([np.flatnonzero(m) for m in masks])
+    flat_rows = np.repeat(np.arange(rows), replicates)
+    flat_seeds = seeds.reshape(-1)
+    margins = np.empty((rows * replicates, num_targets), dtype=np.float32)
+    acc_t = np.empty(rows * replicates, dtype=np.float32)
+    acc_s = np.empty(rows * replicates, dtype=np.float32)
+    finite = np.empty(rows * replicates, dtype=bool)
+    num_classes = int(data["num_classes"])
+    for start in range(0, rows * replicates, settings.stack_size):
+        sl = slice(start, min(start + settings.stack_size, rows * replicates))
+        res = train_stack(
+            data["X_train"], data["y_train"], data["X_target"], data["y_target"],
+            subsets[flat_rows[sl]], flat_seeds[sl], num_classes, settings,
+        )
+        margins[sl], acc_t[sl], acc_s[sl], finite[sl] = res.margins, res.acc_target, res.acc_subset, res.finite_loss
+        log.info("trained models %d-%d of %d", sl.start, sl.stop - 1, rows * replicates)
+    ok = finite & np.isfinite(margins).all(axis=1)
+    status = np.where(ok, STATUS_OK, STATUS_DIVERGED).astype(np.uint8)
+    shape = (rows, replicates)
+    return {
+        "margins": margins.reshape(rows, replicates, num_targets),
+        "acc_target": acc_t.reshape(shape),
+        "acc_subset": acc_s.reshape(shape),
+        "seeds": seeds,
+        "status": status.reshape(shape),
+    }
+
+
+def run_train_chunk(
+    data_path: Path,
+    masks_path: Path,
+    out_path: Path,
+    seed: int,
+    alpha: float,
+    split: str,
+    chunk: int,
+    replicates: int,
+    settings: TrainSettings,
+    threads: int = 1,
+) -> dict[str, np.ndarray]:
+    """Read data and masks, train the chunk, write its ``.npz`` atomically."""
+    torch.set_num_threads(max(1, int(threads)))
+    os.environ.setdefault("OMP_NUM_THREADS", str(threads))
+    data = load_npz(data_path)
+    masks = np.load(masks_path, allow_pickle=False)
+    seeds = chunk_seeds(seed, alpha, split, chunk, masks.shape[0], replicates)
+    result = train_chunk(data, masks, seeds, settings)
+    diverged = int((result["status"] != STATUS_OK).sum())
+    if diverged:
+        log.warning("%d of %d models diverged in %s", diverged, result["status"].size, out_path)
+    atomic_save_npz(out_path, result)
+    return result

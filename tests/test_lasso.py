@@ -1,0 +1,122 @@
+"""The batched solver solves the DESIGN lasso exactly: checked against cvxpy and by KKT."""
+
+import numpy as np
+import pytest
+import torch
+
+from dmflow.lasso import (
+    CLARABEL_TIGHT, kkt_violation, lambda_max, lambda_path, objective, row_moments, solve_batched, solve_cvxpy,
+)
+from dmflow.masks import draw_masks
+
+def planted(n=30, m=400, t=4, fixed_size=True, noise=0.3, seed=0):
+    rng = np.random.default_rng(seed)
+    if fixed_size:
+        x = draw_masks(n, 0.5, m, rng)
+    else:
+        x = rng.random((m, n)) < 0.5
+    w = np.zeros((n, t))
+    support = rng.choice(n, 4, replace=False)
+    w[support] = rng.choice([-1.0, 1.0], (4, t)) * rng.uniform(0.5, 1.5, (4, t))
+    y = x @ w + 2.0 + noise * rng.normal(size=(m, t))
+    return x, y, w, support
+
+
+def literal_objective(x, y, w, b, lam):
+    """(1/2m) ||X w + b - y||^2 + lam ||w||_1, straight from the raw masks."""
+    r = x.astype(float) @ w + b - y
+    return (r * r).sum(0) / (2 * len(x)) + lam * np.abs(w).sum(0)
+
+
+def cvxpy_reference(x, y, lam, l2=0.0, nonneg=False):
+    """The literal DESIGN objective on the raw 0/1 masks, one cvxpy problem per target."""
+    import cvxpy as cp
+
+    m, n = x.shape
+    ref = np.zeros((n, y.shape[1]))
+    for j in range(y.shape[1]):
+        w, b = cp.Variable(n), cp.Variable()
+        expr = cp.sum_squares(x.astype(float) @ w + b - y[:, j]) / (2 * m) + lam[j] * cp.norm1(w)
+        if l2:
+            expr += 0.5 * l2 * cp.sum_squares(w)
+        cp.Problem(cp.Minimize(expr), [w >= 0] if nonneg else []).solve(solver="CLARABEL", **CLARABEL_TIGHT)
+        ref[:, j] = w.value
+    return ref
+
+
+@pytest.mark.parametrize(
+    "ratio,fixed_size",
+    [(1.5, True), (1.0, True), (0.5, True), (0.1, True), (0.02, True), (1e-4, False)],
+)
+def test_batched_matches_cvxpy_in_float64(ratio, fixed_size):
+    x, y, _, _ = planted(fixed_size=fixed_size)
+    mom = row_moments(x, y, np.arange(len(x)))
+    gram, c, yy = mom.gram(torch.float64)
+    lam = lambda_max(c) * ratio
+    res = solve_batched(gram, c, lam, tol=1e-10, max_iter=200_000)
+    assert res.converged.all()
+    ref = cvxpy_reference(x, y, lam.numpy())
+    np.testing.assert_allclose(res.weight.numpy(), ref, atol=1e-5)
+    ours = objective(gram, c, yy, res.weight, lam).numpy()
+    theirs = objective(gram, c, yy, torch.as_tensor(ref), lam).numpy()
+    np.testing.assert_allclose(ours, theirs, rtol=1e-5, atol=1e-9)
+    assert (ours <= theirs + 1e-9).all()
+    if ratio >= 1:
+        assert (res.weight == 0).all()
+    # the Gram-form objective is the literal one at the optimal intercept
+    b = (mom.mean_y - mom.mean_x @ res.weight).numpy()
+    np.testing.assert_allclose(literal_objective(x, y, res.weight.numpy(), b, lam.numpy()), ours, rtol=1e-10)
+
+
+def test_gram_form_cvxpy_solver_matches_literal_and_batched():
+    x, y, _, _ = planted(t=2)
+    gram, c, _ = row_moments(x, y, np.arange(len(x))).gram(torch.float64)
+    path = lambda_path(lambda_max(c), 3, 0.1)
+    ours = solve_cvxpy(gram.numpy(), c.numpy(), path.numpy())
+    for j in range(3):
+        np.testing.assert_allclose(ours[j], cvxpy_reference(x, y, path[j].numpy()), atol=1e-5)
+        res = solve_batched(gram, c, path[j], tol=1e-10, max_iter=100_000)
+        np.testing.assert_allclose(res.weight.numpy(), ours[j], atol=1e-5)
+
+
+@pytest.mark.parametrize("options", [{"nonneg": True}, {"l2": 0.05}, {"nonneg": True, "l2": 0.05}])
+def test_nonneg_and_elastic_net_options_match_cvxpy(options):
+    x, y, _, _ = planted()
+    gram, c, _ = row_moments(x, y, np.arange(len(x))).gram(torch.float64)
+    lam = lambda_max(c, options.get("nonneg", False)) * 0.1
+    res = solve_batched(gram, c, lam, tol=1e-10, max_iter=200_000, **options)
+    ref = cvxpy_reference(x, y, lam.numpy(), **options)
+    np.testing.assert_allclose(res.weight.numpy(), ref, atol=1e-5)
+    if options.get("nonneg"):
+        assert (res.weight >= 0).all()
+    assert kkt_violation(gram, c, res.weight, lam, options.get("l2", 0.0), options.get("nonneg", False)).max() < 1e-8
+
+
+def test_planted_support_is_recovered():
+    x, y, w_true, support = planted(n=60, m=3000, t=3, noise=0.2)
+    gram, c, _ = row_moments(x, y, np.arange(len(x))).gram(torch.float64)
+    res = solve_batched(gram, c, lambda_max(c) * 0.05, tol=1e-9, max_iter=100_000)
+    for j in range(3):
+        top = np.argsort(-np.abs(res.weight[:, j].numpy()))[:4]
+        assert set(top) == set(support)
+        np.testing.assert_allclose(res.weight[support, j].numpy(), w_true[support, j], atol=0.2)
+
+
+def test_moments_combine_equals_moments_of_union_and_read_in_blocks():
+    x, y, _, _ = planted(m=300)
+    rows_a, rows_b = np.arange(0, 300, 3), np.setdiff1d(np.arange(300), np.arange(0, 300, 3))
+    both = row_moments(x, y, rows_a).combine(row_moments(x, y, rows_b))
+    direct = row_moments(x, y, np.arange(300), block_rows=7)
+    for name in ("mean_x", "mean_y", "sxx", "sxy", "syy"):
+        torch.testing.assert_close(getattr(both, name), getattr(direct, name))
+    xc = x - x.mean(0)
+    np.testing.assert_allclose(direct.sxx.numpy(), xc.T @ xc, atol=1e-9)
+
+
+def test_lambda_path_is_geometric_from_lambda_max():
+    lam_max = torch.tensor([2.0, 0.5], dtype=torch.float64)
+    path = lambda_path(lam_max, 5, 1e-2)
+    np.testing.assert_allclose(path[0].numpy(), [2.0, 0.5])
+    np.testing.assert_allclose(path[-1].numpy(), [0.02, 0.005])
+    ratios = (path[1:] / path[:-1]).numpy()
+    np.testing.assert_allclose(ratios, ratios[0, 0])

@@ -1,0 +1,107 @@
+"""The stacked ensemble is exactly K independent trainings, and margins follow DESIGN."""
+
+import numpy as np
+import pytest
+import torch
+from torch import nn
+
+from dmflow.ensemble_data import epoch_orders
+from dmflow.masks import chunk_masks
+from dmflow.models import margins_from_logits
+from dmflow.train import STATUS_DIVERGED, STATUS_OK, TrainSettings, chunk_seeds, train_chunk, train_stack
+
+
+def _train_alone(x, y, subset, seed, init_layers, settings):
+    """Plain PyTorch: one nn.Sequential, the same init and batch order, a textbook loop."""
+    torch.manual_seed(0)
+    layers = []
+    for i, (w, b) in enumerate(init_layers):
+        lin = nn.Linear(w.shape[0], w.shape[1]).double()
+        with torch.no_grad():
+            lin.weight.copy_(w.T)
+            lin.bias.copy_(b)
+        layers.append(lin)
+        if i < len(init_layers) - 1:
+            layers.append(nn.ReLU())
+    net = nn.Sequential(nn.Flatten(), *layers)
+    if settings.optimizer == "adam":
+        opt = torch.optim.Adam(net.parameters(), lr=settings.lr, weight_decay=settings.weight_decay)
+    else:
+        opt = torch.optim.SGD(net.parameters(), lr=settings.lr, momentum=settings.momentum, weight_decay=settings.weight_decay)
+    orders = epoch_orders(subset[None], [seed], settings.epochs)[:, 0]
+    xt, yt = torch.as_tensor(x, dtype=torch.float64), torch.as_tensor(y)
+    for order in orders:
+        for start in range(0, len(order), settings.batch_size):
+            idx = torch.as_tensor(order[start : start + settings.batch_size])
+            opt.zero_grad()
+            nn.functional.cross_entropy(net(xt[idx]), yt[idx]).backward()
+            opt.step()
+    return net
+
+
+@pytest.mark.parametrize("optimizer", ["adam", "sgd"])
+def test_stack_equals_independent_trainings(tiny_data, optimizer):
+    torch.set_default_dtype(torch.float64)
+    try:
+        settings = TrainSettings(arch="mlp", hidden=(12,), epochs=3, batch_size=16, optimizer=optimizer,
+                                 lr=0.05, weight_decay=1e-3, momentum=0.9, stack_size=4, device="cpu")
+        masks = chunk_masks(len(tiny_data["y_train"]), 0.5, "fit", 0, 4, seed=0)
+        subsets = np.stack([np.flatnonzero(m) for m in masks])
+        seeds = np.array([11, 22, 33, 44])
+        x = tiny_data["X_train"].astype(np.float64)
+        stacked = train_stack(x, tiny_data["y_train"], tiny_data["X_target"].astype(np.float64), tiny_data["y_target"],
+                              subsets, seeds, 10, settings, keep_state=True)
+        # initial weights of model i come from seed i alone: rebuild them for the reference
+        from dmflow.models import build_stacked_model
+
+        for i, seed in enumerate(seeds):
+            init = build_stacked_model("mlp", 1, 64, 10, (12,))
+            init.reset_parameters([seed])
+            init_layers = [(layer.weight[0].detach(), layer.bias[0].detach()) for layer in init.layers]
+            ref = _train_alone(x, tiny_data["y_train"], subsets[i], seed, init_layers, settings)
+            linears = [m for m in ref if isinstance(m, nn.Linear)]
+            for j, lin in enumerate(linears):
+                assert torch.allclose(stacked.state[f"layers.{j}.weight"][i], lin.weight.T, atol=1e-10), (i, j)
+                assert torch.allclose(stacked.state[f"layers.{j}.bias"][i], lin.bias, atol=1e-10), (i, j)
+            with torch.no_grad():
+                logits = ref(torch.as_tensor(tiny_data["X_target"], dtype=torch.float64))
+            ref_margins = margins_from_logits(logits, torch.as_tensor(tiny_data["y_target"])).numpy()
+            np.testing.assert_allclose(stacked.margins[i], ref_margins, atol=1e-8)
+    finally:
+        torch.set_default_dtype(torch.float32)
+
+
+def test_a_model_does_not_depend_on_its_stack_mates(tiny_data):
+    settings = TrainSettings(arch="mlp", hidden=(8,), epochs=2, batch_size=20, stack_size=3, device="cpu")
+    masks = chunk_masks(len(tiny_data["y_train"]), 0.5, "fit", 0, 3, seed=0)
+    subsets = np.stack([np.flatnonzero(m) for m in masks])
+    args = (tiny_data["X_train"], tiny_data["y_train"], tiny_data["X_target"], tiny_data["y_target"])
+    three = train_stack(*args, subsets, np.array([5, 6, 7]), 10, settings)
+    alone = train_stack(*args, subsets[1:2], np.array([6]), 10, settings)
+    np.testing.assert_allclose(three.margins[1], alone.margins[0], rtol=1e-5, atol=1e-5)
+
+
+def test_margin_is_correct_logit_minus_best_other():
+    logits = torch.tensor([[2.0, 5.0, 1.0], [3.0, 3.0, -1.0], [0.0, -2.0, 4.0]])
+    labels = torch.tensor([1, 0, 0])
+    assert margins_from_logits(logits, labels).tolist() == [3.0, 0.0, -4.0]
+
+
+def test_chunk_records_every_model_and_replicate(tiny_data):
+    settings = TrainSettings(arch="logreg", epochs=2, batch_size=30, stack_size=4, device="cpu")
+    masks = chunk_masks(len(tiny_data["y_train"]), 0.5, "eval", 0, 3, seed=0)
+    seeds = chunk_seeds(0, 0.5, "eval", 0, 3, 2)
+    out = train_chunk(tiny_data, masks, seeds, settings)
+    assert out["margins"].shape == (3, 2, 40) and out["margins"].dtype == np.float32
+    assert (out["status"] == STATUS_OK).all()
+    assert out["acc_subset"].mean() > out["acc_target"].mean() - 0.2
+    assert not np.allclose(out["margins"][:, 0], out["margins"][:, 1])  # replicates use other seeds
+    assert len(np.unique(seeds)) == 6
+
+
+def test_diverging_models_are_marked_not_fatal(tiny_data):
+    settings = TrainSettings(arch="mlp", hidden=(8,), epochs=3, batch_size=20, optimizer="sgd", lr=1e12,
+                             momentum=0.0, stack_size=2, device="cpu")
+    masks = chunk_masks(len(tiny_data["y_train"]), 0.5, "fit", 0, 2, seed=0)
+    out = train_chunk(tiny_data, masks, chunk_seeds(0, 0.5, "fit", 0, 2, 1), settings)
+    assert (out["status"] == STATUS_DIVERGED).all()
