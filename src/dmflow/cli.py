@@ -10,6 +10,7 @@ from __future__ import annotations
 import argparse
 import json
 import logging
+import re
 import sys
 from pathlib import Path
 
@@ -62,6 +63,14 @@ def cmd_train_chunk(args: argparse.Namespace) -> None:
     )
 
 
+def _chunk_index(path: str) -> int:
+    """A chunk's index: the number that ends its masks file name (``.../00012.npy`` -> 12)."""
+    match = re.search(r"(\d+)$", Path(path).stem)
+    if not match:
+        raise SystemExit(f"dmflow collect: {path}: the masks file name must end in the chunk index")
+    return int(match.group(1))
+
+
 def cmd_collect(args: argparse.Namespace) -> None:
     import numpy as np
 
@@ -71,7 +80,7 @@ def cmd_collect(args: argparse.Namespace) -> None:
         raise SystemExit("dmflow collect: --masks and --trained need the same number of files")
     with np.load(args.data, allow_pickle=False) as f:
         n, num_targets = f["y_train"].shape[0], f["y_target"].shape[0]
-    specs = [ChunkSpec(int(Path(m).stem), Path(m), Path(t)) for m, t in zip(args.masks, args.trained)]
+    specs = [ChunkSpec(_chunk_index(m), Path(m), Path(t)) for m, t in zip(args.masks, args.trained)]
     try:
         collect(specs, args.out_dir, n, args.alpha, args.split, args.seed, args.replicates, num_targets, args.chunk_size)
     except StoreError as exc:

@@ -81,6 +81,11 @@ def validation_mse(val: Moments, fit_mean_x: torch.Tensor, fit_mean_y: torch.Ten
     return quad / val.count + offset**2
 
 
+def _constant_targets(moments: Moments) -> torch.Tensor:
+    """Targets whose margins do not vary over the rows (up to rounding)."""
+    return moments.syy <= 1e-20 * moments.count * (1 + moments.mean_y**2)
+
+
 def _solve(gram, c, lam, w0, lip, settings: FitSettings) -> tuple[torch.Tensor, torch.Tensor]:
     """One lambda per target -> (weights, converged), with the configured solver."""
     if settings.solver == "cvxpy":
@@ -106,7 +111,10 @@ def fit_targets(
     device, dtype = settings.torch_device, settings.torch_dtype
     fit_m = row_moments(masks, margins, fit_rows, device=device)
     val_m = row_moments(masks, margins, val_rows, device=device)
+    all_m = fit_m.combine(val_m)
+    constant = _constant_targets(fit_m) | _constant_targets(all_m)
     gram, c, yy = fit_m.gram(dtype)
+    c[:, constant.to(c.device)] = 0  # lam_max 0: solved by w = 0 at once
     lip = lipschitz(gram) + settings.l2
     lam_max = lambda_max(c, settings.nonneg)
     path = lambda_path(lam_max, settings.num_lambdas, settings.lambda_min_ratio)
@@ -130,15 +138,13 @@ def fit_targets(
         best_idx = torch.where(better, torch.full_like(best_idx, j), best_idx)
         best_w[:, better] = w[:, better]
     lam = path.gather(0, best_idx.unsqueeze(0)).squeeze(0)
-    all_m = fit_m.combine(val_m)
     gram_all, c_all, _ = all_m.gram(dtype)
+    c_all[:, constant.to(c.device)] = 0
     weight, conv = _solve(gram_all, c_all, lam, best_w, lipschitz(gram_all) + settings.l2, settings)
     converged &= conv
     bias = all_m.mean_y - all_m.mean_x @ weight.double()
     flags = torch.where(converged, FLAG_OK, FLAG_NOT_CONVERGED).to(torch.uint8)
-    constant = (all_m.syy.cpu() <= 1e-12 * all_m.count) | (lam_max.cpu() <= 0)
-    weight[:, constant.to(weight.device)] = 0
-    flags[constant] = FLAG_CONSTANT
+    flags[constant.cpu()] = FLAG_CONSTANT
     return {
         "weight": weight.float().cpu().numpy(),
         "bias": bias.float().cpu().numpy(),

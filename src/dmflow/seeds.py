@@ -31,3 +31,11 @@ def model_seed(seed: int, alpha: float, split: str, chunk: int, row: int, replic
         (int(seed), alpha_key(alpha), SPLITS[split], int(chunk), int(row), int(replicate))
     )
     return int(ss.generate_state(1, dtype=np.uint64)[0]) & ((1 << 63) - 1)
+
+
+def chunk_seeds(seed: int, alpha: float, split: str, chunk: int, rows: int, replicates: int) -> np.ndarray:
+    """Model seeds of a chunk, int64 [rows, replicates]."""
+    return np.array(
+        [[model_seed(seed, alpha, split, chunk, r, rep) for rep in range(replicates)] for r in range(rows)],
+        dtype=np.int64,
+    )

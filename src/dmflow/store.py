@@ -29,9 +29,12 @@ import numpy as np
 
 from dmflow.io import atomic_path, atomic_save_json, sha256_file
 from dmflow.masks import subset_size
-from dmflow.train import STATUS_OK, chunk_seeds
+from dmflow.seeds import chunk_seeds
 
 log = logging.getLogger(__name__)
+
+STATUS_OK = 0
+STATUS_DIVERGED = 1
 
 ARRAYS = ("masks", "margins", "status", "seeds", "acc_target", "acc_subset")
 CHUNK_KEYS = {

@@ -15,12 +15,10 @@ import torch
 from dmflow.ensemble_data import StackedSubsetDataModule
 from dmflow.io import atomic_save_npz, load_npz
 from dmflow.models import StackedEnsembleModule, build_stacked_model, margins_from_logits
-from dmflow.seeds import model_seed
+from dmflow.seeds import chunk_seeds
+from dmflow.store import STATUS_DIVERGED, STATUS_OK
 
 log = logging.getLogger(__name__)
-
-STATUS_OK = 0
-STATUS_DIVERGED = 1
 
 
 @dataclass(frozen=True)
@@ -129,14 +127,6 @@ def train_stack(
         acc_subset = (module(xs).argmax(-1) == ys).float().mean(1).cpu().numpy()
     state = {k: v.detach().cpu().clone() for k, v in module.net.state_dict().items()} if keep_state else {}
     return StackResult(margins, acc_target, acc_subset, module.finite.cpu().numpy(), state)
-
-
-def chunk_seeds(seed: int, alpha: float, split: str, chunk: int, rows: int, replicates: int) -> np.ndarray:
-    """Model seeds of a chunk, int64 [rows, replicates]."""
-    return np.array(
-        [[model_seed(seed, alpha, split, chunk, r, rep) for rep in range(replicates)] for r in range(rows)],
-        dtype=np.int64,
-    )
 
 
 def train_chunk(

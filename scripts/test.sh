@@ -1,0 +1,10 @@
+#!/usr/bin/env bash
+# Set up a venv (CPU build of torch) and run the whole test suite.
+set -euo pipefail
+cd "$(dirname "$0")/.."
+python3 -m venv .venv
+. .venv/bin/activate
+python -m pip install -q --upgrade pip
+python -m pip install -q torch==2.13.0
+python -m pip install -q -e '.[test]'
+python -m pytest "$@"

@@ -1,0 +1,84 @@
+"""Config promises: defaults fill in, and each bad value is one line naming key and allowed values."""
+
+import numpy as np
+import pytest
+
+from dmflow.config import ConfigError, load_config, validate_config
+
+
+def test_empty_config_gets_the_documented_defaults():
+    cfg = validate_config({})
+    assert cfg["dataset"]["name"] == "digits" and cfg["masks"]["alphas"] == [0.5]
+    assert cfg["fit"]["solver"] == "batched" and cfg["train"]["device"] == "auto"
+
+
+def test_shipped_config_is_valid():
+    from conftest import REPO
+
+    cfg = load_config(REPO / "config.yaml")
+    assert cfg["masks"]["fit_models"] % cfg["masks"]["chunk_size"] == 0
+
+
+def _npz(tmp_path, **arrays):
+    base = dict(X_train=np.zeros((10, 3)), y_train=np.arange(10) % 2, X_test=np.zeros((4, 3)), y_test=np.arange(4) % 2)
+    base.update(arrays)
+    base = {k: v for k, v in base.items() if v is not None}
+    np.savez(tmp_path / "d.npz", **base)
+    return str(tmp_path / "d.npz")
+
+
+@pytest.mark.parametrize(
+    "config,expected",
+    [
+        ({"masks": {"alphas": [1.5]}}, "masks.alphas.0=1.5"),
+        ({"masks": {"alphas": [0.0]}}, "masks.alphas.0=0.0"),
+        ({"masks": {"alphas": [-0.2]}}, "masks.alphas.0=-0.2"),
+        ({"masks": {"fit_models": 1500, "chunk_size": 1000}}, "masks.fit_models=1500 must be a positive multiple of masks.chunk_size=1000"),
+        ({"masks": {"fit_models": 0}}, "masks.fit_models=0"),
+        ({"masks": {"eval_models": 30, "eval_chunk_size": 20}}, "masks.eval_models=30 must be a positive multiple of masks.eval_chunk_size=20"),
+        ({"dataset": {"name": "mnist"}}, "dataset.name='mnist' is not allowed; choose one of 'digits', 'npz'"),
+        ({"model": {"arch": "transformer"}}, "model.arch='transformer' is not allowed; choose one of 'mlp', 'logreg'"),
+        ({"dataset": {"name": "npz"}}, "dataset.path is required when dataset.name='npz'"),
+        ({"dataset": {"name": "npz", "path": "/nonexistent/x.npz"}}, "dataset.path=/nonexistent/x.npz: no such file"),
+        ({"train": {"epochs": "ten"}}, "train.epochs='ten'"),
+        ({"trian": {}}, "unknown key trian"),
+        ({"train": {"epoch": 3}}, "unknown key train.epoch"),
+        ({"fit": {"solver": "glmnet"}}, "fit.solver='glmnet' is not allowed"),
+        ({"fit": {"solver": "cvxpy", "cvxpy_solver": "GUROBI"}}, "fit.cvxpy_solver='GUROBI' is not installed"),
+    ],
+)
+def test_bad_value_is_one_line_naming_the_key(config, expected):
+    with pytest.raises(ConfigError) as err:
+        validate_config(config)
+    assert expected in str(err.value)
+    assert "\n" not in str(err.value)
+
+
+@pytest.mark.parametrize(
+    "arrays,expected",
+    [
+        ({"y_test": None}, "missing key(s) y_test"),
+        ({"y_train": np.linspace(0, 1, 10)}, "y_train must be a 1-D integer array, got dtype float64"),
+        ({"y_train": np.arange(9)}, "X_train has 10 rows but y_train has 9"),
+        ({"X_test": np.zeros((4, 5))}, "feature shapes differ"),
+        ({"X_train": np.array([["a"] * 3] * 10)}, "X_train must be real numbers"),
+    ],
+)
+def test_bad_npz_dataset_is_refused_before_any_work(tmp_path, arrays, expected):
+    path = _npz(tmp_path, **arrays)
+    with pytest.raises(ConfigError, match=None) as err:
+        validate_config({"dataset": {"name": "npz", "path": path}})
+    assert expected in str(err.value) and path in str(err.value)
+
+
+def test_object_arrays_in_npz_are_refused_not_unpickled(tmp_path):
+    path = tmp_path / "evil.npz"
+    np.savez(path, X_train=np.array([object()] * 3, dtype=object), y_train=np.arange(3), X_test=np.zeros((1, 1)), y_test=np.arange(1))
+    with pytest.raises(ConfigError, match="not a readable npz without pickles"):
+        validate_config({"dataset": {"name": "npz", "path": str(path)}})
+
+
+def test_alpha_that_leaves_an_empty_subset_is_refused(tmp_path):
+    path = _npz(tmp_path)
+    with pytest.raises(ConfigError, match="alpha=0.01 gives round"):
+        validate_config({"dataset": {"name": "npz", "path": path}, "masks": {"alphas": [0.01]}})

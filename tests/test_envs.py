@@ -1,0 +1,32 @@
+"""envs/dmflow.yaml (for --sdm conda) names the same packages and versions as pyproject."""
+
+import re
+import tomllib
+
+import yaml
+
+from conftest import REPO
+
+CONDA_NAMES = {"torch": "pytorch"}  # PyPI name -> conda-forge name
+
+
+def _split(requirement: str) -> tuple[str, str]:
+    name, spec = re.match(r"^\s*([A-Za-z0-9_.\-]+)\s*(.*)$", requirement).groups()
+    return name.lower(), spec.replace(" ", "")
+
+
+def test_conda_env_matches_pyproject_dependencies():
+    pyproject = tomllib.loads((REPO / "pyproject.toml").read_text())
+    wanted = dict(_split(r) for r in pyproject["project"]["dependencies"])
+    wanted = {CONDA_NAMES.get(k, k): v for k, v in wanted.items()}
+    env = yaml.safe_load((REPO / "envs" / "dmflow.yaml").read_text())
+    assert "conda-forge" in env["channels"]
+    conda = dict(_split(d) for d in env["dependencies"] if isinstance(d, str) and not d.startswith("python "))
+    conda.pop("python", None)
+    assert conda == wanted
+
+
+def test_the_user_asked_for_packages_are_all_there():
+    pyproject = tomllib.loads((REPO / "pyproject.toml").read_text())
+    names = {_split(r)[0] for r in pyproject["project"]["dependencies"]}
+    assert {"snakemake", "pytorch-lightning", "numpy", "pandas", "cvxpy"} <= names

@@ -1,0 +1,130 @@
+"""collect promises: every chunk is checked, and a bad one fails with its path and the problem."""
+
+import json
+import shutil
+
+import numpy as np
+import pytest
+
+from dmflow.masks import write_chunk_masks
+from dmflow.store import ChunkSpec, StoreError, collect, open_store
+from dmflow.train import TrainSettings, run_train_chunk
+
+N, T, CHUNK, REPS = 120, 40, 6, 2
+
+
+@pytest.fixture(scope="module")
+def chunks(tmp_path_factory, tiny_data):
+    """Two real trained eval chunks (2 replicates) on the tiny digits data."""
+    root = tmp_path_factory.mktemp("chunks")
+    np.savez(root / "data.npz", **tiny_data)
+    settings = TrainSettings(arch="logreg", epochs=2, batch_size=20, stack_size=12, device="cpu")
+    specs = []
+    for c in range(2):
+        write_chunk_masks(root / f"masks{c}.npy", N, 0.5, "eval", c, CHUNK, seed=0)
+        run_train_chunk(root / "data.npz", root / f"masks{c}.npy", root / f"train{c}.npz", 0, 0.5, "eval", c, REPS, settings)
+        specs.append(ChunkSpec(c, root / f"masks{c}.npy", root / f"train{c}.npz"))
+    return specs
+
+
+def _collect(specs, out):
+    return collect(specs, out, N, 0.5, "eval", 0, REPS, T, CHUNK)
+
+
+def _copy(specs, tmp_path):
+    out = []
+    for s in specs:
+        m, t = tmp_path / s.masks_path.name, tmp_path / s.train_path.name
+        shutil.copy(s.masks_path, m)
+        shutil.copy(s.train_path, t)
+        out.append(ChunkSpec(s.index, m, t))
+    return out
+
+
+def test_store_holds_every_chunk_in_order_and_a_manifest(chunks, tmp_path):
+    manifest = _collect(list(reversed(chunks)), tmp_path / "store")
+    store = open_store(tmp_path / "store")
+    assert store.masks.shape == (2 * CHUNK, N) and store.margins.shape == (2 * CHUNK, REPS, T)
+    assert isinstance(store.margins, np.memmap)
+    first = np.load(chunks[0].train_path)
+    np.testing.assert_array_equal(store.margins[:CHUNK], first["margins"])
+    np.testing.assert_array_equal(store.masks[CHUNK:], np.load(chunks[1].masks_path))
+    assert [c["index"] for c in manifest["chunks"]] == [0, 1]
+    assert manifest["diverged"] == 0 and manifest["num_models"] == 2 * CHUNK
+    assert json.loads((tmp_path / "store" / "manifest.json").read_text())["arrays"]["margins"]["shape"] == [12, 2, 40]
+
+
+def _rewrite(path, **changes):
+    with np.load(path) as f:
+        arrays = {k: f[k] for k in f.files}
+    arrays.update(changes)
+    np.savez(path, **arrays)
+
+
+@pytest.mark.parametrize(
+    "damage,message",
+    [
+        ("truncate", "unreadable chunk file"),
+        ("shape", "margins must be float32 [6, 2, 40]"),
+        ("dtype", "margins must be float32"),
+        ("nan", "non-finite margins in models marked ok"),
+        ("seeds", "seeds differ"),
+        ("mask_row", "row 2 has"),
+        ("missing", "missing array(s) status"),
+    ],
+)
+def test_bad_chunk_fails_naming_file_and_problem(chunks, tmp_path, damage, message):
+    specs = _copy(chunks, tmp_path)
+    bad = specs[1]
+    with np.load(bad.train_path) as f:
+        margins, seeds = f["margins"].copy(), f["seeds"].copy()
+    if damage == "truncate":
+        bad.train_path.write_bytes(bad.train_path.read_bytes()[:500])
+    elif damage == "shape":
+        _rewrite(bad.train_path, margins=margins[:, :, :-1])
+    elif damage == "dtype":
+        _rewrite(bad.train_path, margins=margins.astype(np.float64))
+    elif damage == "nan":
+        margins[3, 1, 7] = np.nan
+        _rewrite(bad.train_path, margins=margins)
+    elif damage == "seeds":
+        _rewrite(bad.train_path, seeds=seeds + 1)
+    elif damage == "mask_row":
+        masks = np.load(bad.masks_path)
+        masks[2, np.flatnonzero(~masks[2])[0]] = True
+        np.save(bad.masks_path, masks)
+    elif damage == "missing":
+        with np.load(bad.train_path) as f:
+            arrays = {k: f[k] for k in f.files if k != "status"}
+        np.savez(bad.train_path, **arrays)
+    with pytest.raises(StoreError) as err:
+        _collect(specs, tmp_path / "store")
+    text = str(err.value)
+    assert message in text and "\n" not in text
+    assert str(bad.masks_path if damage == "mask_row" else bad.train_path) in text
+    assert not (tmp_path / "store" / "manifest.json").exists()
+    assert not list((tmp_path / "store").glob("*.npy"))  # nothing half-written is left
+
+
+def test_bad_chunk_leaves_an_earlier_store_untouched(chunks, tmp_path):
+    _collect(chunks, tmp_path / "store")
+    before = {p.name: p.read_bytes() for p in (tmp_path / "store").iterdir()}
+    specs = _copy(chunks, tmp_path)
+    specs[0].train_path.write_bytes(b"not a zip")
+    with pytest.raises(StoreError):
+        _collect(specs, tmp_path / "store")
+    assert {p.name: p.read_bytes() for p in (tmp_path / "store").iterdir()} == before
+
+
+def test_modified_store_array_is_caught_by_the_manifest_checksum(chunks, tmp_path):
+    _collect(chunks, tmp_path / "store")
+    margins = np.load(tmp_path / "store" / "margins.npy")
+    margins[0, 0, 0] += 1
+    np.save(tmp_path / "store" / "margins.npy", margins)
+    with pytest.raises(StoreError, match="margins.npy: sha256 differs from manifest.json"):
+        open_store(tmp_path / "store")
+
+
+def test_store_without_manifest_is_incomplete(tmp_path):
+    with pytest.raises(StoreError, match="no manifest.json"):
+        open_store(tmp_path)
