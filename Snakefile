@@ -13,10 +13,11 @@ include: "rules/masks.smk"
 include: "rules/train.smk"
 include: "rules/collect.smk"
 include: "rules/fit.smk"
+include: "rules/evaluate.smk"
+include: "rules/counterfactual.smk"
 
 
 rule all:
     default_target: True
     input:
-        expand(f"{RESULTS}/datamodels/{{alpha}}.npz", alpha=ALPHAS),
-        expand(f"{RESULTS}/store/{{alpha}}/eval/manifest.json", alpha=ALPHAS),
+        final_outputs(),

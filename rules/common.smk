@@ -20,7 +20,7 @@ DMFLOW = "dmflow"
 
 wildcard_constraints:
     alpha=r"[0-9.]+",
-    split=r"fit|eval",
+    split=r"fit|eval|counterfactual",
     chunk=r"\d+",
     block=r"\d+",
 
@@ -43,6 +43,8 @@ def chunk_ids(split):
 
 
 def replicates(split):
+    if split == "counterfactual":
+        return config["counterfactual"]["replicates"]
     return config["masks"]["eval_replicates"] if split == "eval" else 1
 
 
@@ -79,8 +81,22 @@ def num_train():
     return check_npz(data["path"])["X_train"][0]
 
 
-def fit_mem_mb():
+def fit_mem_mb(all_targets=False):
     """Memory of one fit job: float64 moments (n x n, n x targets) plus solver copies."""
-    n, t = num_train(), min(config["fit"]["targets_per_job"], NUM_TARGETS)
+    n = num_train()
+    t = NUM_TARGETS if all_targets else min(config["fit"]["targets_per_job"], NUM_TARGETS)
     floats = 3 * n * n + 8 * n * t + 4096 * (n + t)
     return int(500 + floats * 8 / 2**20)
+
+
+def final_outputs():
+    """Everything `rule all` asks for, per alpha."""
+    out = []
+    for alpha in ALPHAS:
+        out.append(f"{RESULTS}/datamodels/{alpha}.npz")
+        out.append(f"{RESULTS}/evaluation/{alpha}/summary.json")
+        if config["evaluate"]["learning_curve"]:
+            out.append(f"{RESULTS}/evaluation/{alpha}/learning_curve.csv")
+        if config["counterfactual"]["enabled"]:
+            out.append(f"{RESULTS}/counterfactual/{alpha}/summary.json")
+    return out

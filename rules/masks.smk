@@ -3,6 +3,8 @@ rule make_masks:
         data=f"{RESULTS}/data.npz",
     output:
         f"{RESULTS}/masks/{{alpha}}/{{split}}/{{chunk}}.npy",
+    wildcard_constraints:
+        split="fit|eval",
     log:
         f"{RESULTS}/logs/make_masks/{{alpha}}/{{split}}/{{chunk}}.log",
     params:

@@ -33,6 +33,8 @@ def tiny_config(results: Path, **overrides) -> dict:
         "model": {"arch": "mlp", "hidden": [16]},
         "train": {"epochs": 3, "batch_size": 25, "stack_size": 40, "lr": 0.01},
         "fit": {"targets_per_job": 16, "num_lambdas": 8, "lambda_min_ratio": 0.01},
+        "evaluate": {"learning_curve": [0.5, 1.0]},
+        "counterfactual": {"num_targets": 4, "ks": [2, 5], "replicates": 2},
     }
     for key, value in overrides.items():
         section, _, name = key.partition(".")
@@ -68,6 +70,14 @@ class Workflow:
         if check and proc.returncode != 0:
             raise AssertionError(f"snakemake failed ({proc.returncode}):\n{proc.stdout[-4000:]}\n{proc.stderr[-4000:]}")
         return proc
+
+    def planned_jobs(self) -> dict[str, int]:
+        """Job counts per rule of a dry run (the 'Job stats' table)."""
+        text = self.run("--dry-run").stdout
+        if "Nothing to be done" in text:
+            return {}
+        table = text.split("Job stats:")[1].split("\n\n")[0].splitlines()[3:]
+        return {name: int(count) for name, count in (line.split() for line in table) if name != "total"}
 
     def mtimes(self, pattern: str) -> dict[str, int]:
         return {str(p.relative_to(self.root)): p.stat().st_mtime_ns for p in sorted(self.root.glob(pattern))}

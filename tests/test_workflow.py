@@ -1,8 +1,10 @@
 """End to end with real snakemake: a tiny run, resume without retraining, growth, config errors."""
 
+import json
+
 import numpy as np
+import pandas as pd
 import pytest
-import yaml
 
 from conftest import tiny_config
 
@@ -18,20 +20,38 @@ def test_tiny_run_then_nothing_to_do_then_growth_trains_only_new_chunks(workflow
     assert np.isfinite(dm["weight"]).all() and dm["target_ids"].shape == (30,)
     assert len(list((workflow.results / "fit" / "0.5").glob("block*.npz"))) == 2  # 30 targets, 16 per job
     trained = workflow.mtimes("results/train/**/*.npz")
-    assert len(trained) == 3  # 2 fit chunks + 1 eval chunk
+    assert len(trained) == 4  # 2 fit chunks + 1 eval chunk + 1 counterfactual chunk
 
-    again = workflow.run("--dry-run")
-    assert "Nothing to be done" in again.stdout + again.stderr
+    table = pd.read_parquet(workflow.results / "evaluation" / "0.5" / "targets.parquet")
+    assert len(table) == 30 and list(table.target_id) == list(dm["target_ids"])
+    assert np.isfinite(table[["mse_single", "mse_mean", "ceiling_mean"]].to_numpy()).all()
+    # a correlation is undefined only where the datamodel predicts a constant (all weights zero)
+    nonzero = table[table.nnz > 0]
+    assert len(nonzero) > 10 and np.isfinite(nonzero[["lds_single", "lds_mean", "pearson_mean"]].to_numpy()).all()
+    summary = json.loads((workflow.results / "evaluation" / "0.5" / "summary.json").read_text())
+    assert summary["counts"] == {"targets": 30, "targets_scored": summary["counts"]["targets_scored"],
+                                 "eval_masks": 10, "replicates": 2, "diverged_models_excluded": 0}
+    curve = pd.read_csv(workflow.results / "evaluation" / "0.5" / "learning_curve.csv")
+    assert list(curve.num_models) == [40, 80] and np.isfinite(curve.lds_mean).all()
+    changes = pd.read_csv(workflow.results / "counterfactual" / "0.5" / "changes.csv")
+    assert len(changes) == 4 * 2 * 2 and np.isfinite(changes.actual_change).all()
+    cf = json.loads((workflow.results / "counterfactual" / "0.5" / "summary.json").read_text())
+    assert cf["replicates"] == 2 and cf["ks"] == [2, 5]
+    for png in ("evaluation/0.5/predicted_vs_actual.png", "evaluation/0.5/learning_curve.png",
+                "counterfactual/0.5/counterfactual.png", "counterfactual/0.5/brittleness.png"):
+        assert (workflow.results / png).read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+
+    assert workflow.planned_jobs() == {}  # a second run has nothing to do
 
     cfg["masks"]["fit_models"] = 120
     workflow.write_config(cfg)
-    dry = workflow.run("--dry-run")
-    text = dry.stdout + dry.stderr
-    assert "train_chunk        1" in text.replace("\t", " ") or "train_chunk 1" in " ".join(text.split())
+    # one new fit chunk, and the counterfactual chunk, which follows the (changed) datamodels
+    assert workflow.planned_jobs()["train_chunk"] == 2
     workflow.run()
     after = workflow.mtimes("results/train/**/*.npz")
-    assert {k: after[k] for k in trained} == trained  # nothing retrained
-    assert len(after) == 4
+    kept = {k: v for k, v in trained.items() if "counterfactual" not in k}
+    assert {k: after[k] for k in kept} == kept  # nothing retrained
+    assert len(after) == 5
     store = np.load(workflow.results / "store" / "0.5" / "fit" / "masks.npy", mmap_mode="r")
     assert store.shape == (120, 100)
 
@@ -43,11 +63,20 @@ def test_fit_settings_refit_without_retraining(workflow):
     trained = workflow.mtimes("results/train/**/*.npz")
     cfg["fit"]["num_lambdas"] = 5
     workflow.write_config(cfg)
-    dry = " ".join((workflow.run("--dry-run").stdout).split())
-    assert "fit_block 2" in dry and "train_chunk" not in dry
+    planned = workflow.planned_jobs()
+    assert planned["fit_block"] == 2 and planned["train_chunk"] == 1  # only the counterfactual chunk
     workflow.run()
-    assert workflow.mtimes("results/train/**/*.npz") == trained
+    # the counterfactual chunk follows the datamodels; fit and eval models are not retrained
+    assert {k: v for k, v in workflow.mtimes("results/train/**/*.npz").items() if "counterfactual" not in k} == {
+        k: v for k, v in trained.items() if "counterfactual" not in k}
     assert np.load(workflow.results / "datamodels" / "0.5.npz")["lams"].shape == (5, 30)
+    fitted = workflow.mtimes("results/fit/**/*.npz")
+
+    cfg["evaluate"]["learning_curve"] = [0.25, 1.0]
+    workflow.write_config(cfg)
+    assert workflow.planned_jobs() == {"learning_curve": 1, "all": 1}
+    workflow.run()
+    assert workflow.mtimes("results/fit/**/*.npz") == fitted
 
 
 def test_every_stage_runs_from_the_shell_without_snakemake(tmp_path):

@@ -103,6 +103,36 @@ def cmd_merge_fit(args: argparse.Namespace) -> None:
     merge_blocks(args.blocks, args.data, args.out)
 
 
+def cmd_evaluate(args: argparse.Namespace) -> None:
+    from dmflow.evaluate import run_evaluate
+
+    run_evaluate(args.datamodels, args.eval_store, args.table, args.summary, args.figure)
+
+
+def cmd_learning_curve(args: argparse.Namespace) -> None:
+    import torch
+
+    from dmflow.fit import FitSettings
+    from dmflow.learning_curve import run_learning_curve
+
+    torch.set_num_threads(max(1, args.threads))
+    run_learning_curve(args.fit_store, args.eval_store, args.fractions, FitSettings.from_config(args.fit), args.seed,
+                       args.table, args.figure)
+
+
+def cmd_counterfactual_design(args: argparse.Namespace) -> None:
+    from dmflow.counterfactual import run_design
+
+    run_design(args.datamodels, args.data, args.alpha, args.num_targets, args.ks, args.seed, args.masks_out, args.cases_out)
+
+
+def cmd_counterfactual_analyse(args: argparse.Namespace) -> None:
+    from dmflow.counterfactual import run_analyse
+
+    run_analyse(args.cases, args.trained, args.changes, args.flips, args.brittleness, args.summary, args.figure,
+                args.brittleness_figure)
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="dmflow", description=__doc__.splitlines()[0])
     parser.add_argument("--version", action="version", version=f"dmflow {__version__}")
@@ -121,7 +151,7 @@ def build_parser() -> argparse.ArgumentParser:
 
     def chunk_args(p: argparse.ArgumentParser) -> None:
         p.add_argument("--alpha", type=float, required=True)
-        p.add_argument("--split", choices=("fit", "eval"), required=True)
+        p.add_argument("--split", choices=("fit", "eval", "counterfactual"), required=True)
         p.add_argument("--seed", type=int, default=0)
 
     p = sub.add_parser("make-masks", help="draw one chunk of subset masks")
@@ -169,6 +199,43 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--blocks", type=Path, nargs="+", required=True)
     p.add_argument("--out", type=Path, required=True)
     p.set_defaults(func=cmd_merge_fit)
+
+    p = sub.add_parser("evaluate", help="score datamodels on the eval store")
+    p.add_argument("--datamodels", type=Path, required=True)
+    p.add_argument("--eval-store", type=Path, required=True)
+    p.add_argument("--table", type=Path, required=True, help="per-target table (.parquet or .csv)")
+    p.add_argument("--summary", type=Path, required=True, help="summary.json")
+    p.add_argument("--figure", type=Path, required=True, help="predicted-vs-actual figure (.png)")
+    p.set_defaults(func=cmd_evaluate)
+
+    p = sub.add_parser("learning-curve", help="refit on fractions of the fit models and score each")
+    p.add_argument("--fit-store", type=Path, required=True)
+    p.add_argument("--eval-store", type=Path, required=True)
+    p.add_argument("--fractions", type=float, nargs="+", required=True)
+    p.add_argument("--fit", type=_json, required=True, help="the config's fit section as JSON")
+    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--threads", type=int, default=1)
+    p.add_argument("--table", type=Path, required=True)
+    p.add_argument("--figure", type=Path, required=True)
+    p.set_defaults(func=cmd_learning_curve)
+
+    p = sub.add_parser("counterfactual-design", help="masks that remove each target's top-k (and k random) examples")
+    p.add_argument("--datamodels", type=Path, required=True)
+    p.add_argument("--data", type=Path, required=True)
+    p.add_argument("--alpha", type=float, required=True)
+    p.add_argument("--num-targets", type=int, required=True)
+    p.add_argument("--ks", type=int, nargs="+", required=True)
+    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--masks-out", type=Path, required=True)
+    p.add_argument("--cases-out", type=Path, required=True)
+    p.set_defaults(func=cmd_counterfactual_design)
+
+    p = sub.add_parser("counterfactual-analyse", help="actual vs predicted changes, flips, brittleness")
+    p.add_argument("--cases", type=Path, required=True)
+    p.add_argument("--trained", type=Path, required=True)
+    for name in ("changes", "flips", "brittleness", "summary", "figure", "brittleness-figure"):
+        p.add_argument(f"--{name}", type=Path, required=True)
+    p.set_defaults(func=cmd_counterfactual_analyse)
     return parser
 
 

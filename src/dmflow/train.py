@@ -137,12 +137,15 @@ def train_chunk(
 ) -> dict[str, np.ndarray]:
     """Train every (mask, replicate) of a chunk in stacks of ``settings.stack_size``.
 
+    Models whose subsets have the same size share stacks (fixed-size masks: all of
+    them; counterfactual masks: one group per size).
+
     Returns margins float32 [rows, R, T], acc_target / acc_subset float32 [rows, R],
     seeds int64 [rows, R] and status uint8 [rows, R] (0 ok, 1 diverged).
     """
     rows, replicates = seeds.shape
     num_targets = data["X_target"].shape[0]
-    subsets = np.stack([np.flatnonzero(m) for m in masks])
+    sizes = masks.sum(axis=1)
     flat_rows = np.repeat(np.arange(rows), replicates)
     flat_seeds = seeds.reshape(-1)
     margins = np.empty((rows * replicates, num_targets), dtype=np.float32)
@@ -150,14 +153,18 @@ def train_chunk(
     acc_s = np.empty(rows * replicates, dtype=np.float32)
     finite = np.empty(rows * replicates, dtype=bool)
     num_classes = int(data["num_classes"])
-    for start in range(0, rows * replicates, settings.stack_size):
-        sl = slice(start, min(start + settings.stack_size, rows * replicates))
-        res = train_stack(
-            data["X_train"], data["y_train"], data["X_target"], data["y_target"],
-            subsets[flat_rows[sl]], flat_seeds[sl], num_classes, settings,
-        )
-        margins[sl], acc_t[sl], acc_s[sl], finite[sl] = res.margins, res.acc_target, res.acc_subset, res.finite_loss
-        log.info("trained models %d-%d of %d", sl.start, sl.stop - 1, rows * replicates)
+    # a stack needs one subset size (same batches per epoch): group models by size
+    for size in np.unique(sizes):
+        group = np.flatnonzero(sizes[flat_rows] == size)
+        for start in range(0, len(group), settings.stack_size):
+            idx = group[start : start + settings.stack_size]
+            subsets = np.stack([np.flatnonzero(masks[r]) for r in flat_rows[idx]])
+            res = train_stack(
+                data["X_train"], data["y_train"], data["X_target"], data["y_target"],
+                subsets, flat_seeds[idx], num_classes, settings,
+            )
+            margins[idx], acc_t[idx], acc_s[idx], finite[idx] = res.margins, res.acc_target, res.acc_subset, res.finite_loss
+            log.info("trained %d models of subset size %d (%d of %d done)", len(idx), size, start + len(idx), len(group))
     ok = finite & np.isfinite(margins).all(axis=1)
     status = np.where(ok, STATUS_OK, STATUS_DIVERGED).astype(np.uint8)
     shape = (rows, replicates)

@@ -1,0 +1,37 @@
+rule counterfactual_design:
+    input:
+        datamodels=f"{RESULTS}/datamodels/{{alpha}}.npz",
+        data=f"{RESULTS}/data.npz",
+    output:
+        masks=f"{RESULTS}/masks/{{alpha}}/counterfactual/00000.npy",
+        cases=f"{RESULTS}/counterfactual/{{alpha}}/cases.csv",
+    log:
+        f"{RESULTS}/logs/counterfactual_design/{{alpha}}.log",
+    params:
+        num_targets=config["counterfactual"]["num_targets"],
+        ks=" ".join(str(k) for k in config["counterfactual"]["ks"]),
+        seed=SEED,
+    shell:
+        "{DMFLOW} counterfactual-design --datamodels {input.datamodels:q} --data {input.data:q}"
+        " --alpha {wildcards.alpha} --num-targets {params.num_targets} --ks {params.ks} --seed {params.seed}"
+        " --masks-out {output.masks:q} --cases-out {output.cases:q} 2> {log:q}"
+
+
+rule counterfactual_analyse:
+    input:
+        cases=f"{RESULTS}/counterfactual/{{alpha}}/cases.csv",
+        trained=f"{RESULTS}/train/{{alpha}}/counterfactual/00000.npz",
+    output:
+        changes=f"{RESULTS}/counterfactual/{{alpha}}/changes.csv",
+        flips=f"{RESULTS}/counterfactual/{{alpha}}/flips.csv",
+        brittleness=f"{RESULTS}/counterfactual/{{alpha}}/brittleness.csv",
+        summary=f"{RESULTS}/counterfactual/{{alpha}}/summary.json",
+        figure=f"{RESULTS}/counterfactual/{{alpha}}/counterfactual.png",
+        brittleness_figure=f"{RESULTS}/counterfactual/{{alpha}}/brittleness.png",
+    log:
+        f"{RESULTS}/logs/counterfactual_analyse/{{alpha}}.log",
+    shell:
+        "{DMFLOW} counterfactual-analyse --cases {input.cases:q} --trained {input.trained:q}"
+        " --changes {output.changes:q} --flips {output.flips:q} --brittleness {output.brittleness:q}"
+        " --summary {output.summary:q} --figure {output.figure:q}"
+        " --brittleness-figure {output.brittleness_figure:q} 2> {log:q}"

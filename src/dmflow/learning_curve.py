@@ -1,0 +1,60 @@
+"""Rule learning_curve: would more models pay off? Refit on the first m/8, m/4, m/2, m rows.
+
+Each fraction repeats the whole fit (validation split inside those rows, lambda path,
+choice, refit) on the first rows of the fit store, i.e. on the models an earlier,
+smaller run would have had, and is scored on the same eval masks.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+
+from dmflow.evaluate import predict, score, write_table
+from dmflow.fit import FitSettings, split_validation_rows, usable_rows, fit_targets
+from dmflow.store import open_store
+
+
+def learning_curve(
+    fit_store_path: Path,
+    eval_store_path: Path,
+    fractions: Sequence[float],
+    settings: FitSettings,
+    seed: int,
+    targets_per_pass: int = 1000,
+) -> pd.DataFrame:
+    """One row per fraction: number of fit models and the mean/median scores on the eval masks."""
+    fit_store, eval_store = open_store(fit_store_path), open_store(eval_store_path)
+    m, num_targets = fit_store.masks.shape[0], fit_store.manifest["num_targets"]
+    rows_ok = usable_rows(fit_store.status)
+    records = []
+    for fraction in sorted(fractions):
+        first = int(round(fraction * m))
+        rows = rows_ok[rows_ok < first]
+        fit_rows, val_rows = split_validation_rows(rows, settings.val_fraction, seed, fit_store.manifest["alpha"])
+        pred = np.empty((eval_store.masks.shape[0], num_targets), dtype=np.float32)
+        for start in range(0, num_targets, targets_per_pass):
+            cols = slice(start, min(start + targets_per_pass, num_targets))
+            fitted = fit_targets(fit_store.masks, fit_store.margins[:, 0, cols], fit_rows, val_rows, settings)
+            pred[:, cols] = predict(eval_store.masks, fitted["weight"], fitted["bias"])
+        scores = score(pred, eval_store)
+        record = {"fraction": fraction, "num_models": first, "num_usable": len(rows)}
+        for key in ("lds_single", "lds_mean", "pearson_single", "pearson_mean", "ceiling_single", "ceiling_mean"):
+            record[f"{key}"] = float(np.nanmean(scores[key]))
+            record[f"{key}_median"] = float(np.nanmedian(scores[key]))
+        records.append(record)
+    return pd.DataFrame.from_records(records)
+
+
+def run_learning_curve(fit_store: Path, eval_store: Path, fractions: Sequence[float], settings: FitSettings,
+                       seed: int, table_path: Path, figure_path: Path) -> pd.DataFrame:
+    """Compute the curve and write its table and figure."""
+    from dmflow.figures import learning_curve_figure
+
+    table = learning_curve(fit_store, eval_store, fractions, settings, seed)
+    write_table(table, table_path)
+    learning_curve_figure(table, figure_path)
+    return table
