@@ -30,11 +30,24 @@ def test_chosen_lambda_is_the_argmin_of_recorded_validation_mse():
     fit_rows, val_rows = split_validation_rows(np.arange(len(x)), 0.2, 0, 0.5)
     out = fit_targets(x, y, fit_rows, val_rows, F64)
     for j in range(y.shape[1] - 1):
-        best = np.argmin(out["val_mse_path"][:, j])
+        best = np.nanargmin(out["val_mse_path"][:, j])
         assert out["lam"][j] == out["lams"][best, j]
         assert out["val_mse"][j] == pytest.approx(out["val_mse_path"][best, j])
     assert out["flags"][-1] == FLAG_CONSTANT and (out["weight"][:, -1] == 0).all()
     assert (out["flags"][:-1] == FLAG_OK).all()
+
+
+def test_patience_stops_a_path_only_after_that_many_lambdas_without_improvement():
+    x, y, _ = planted_problem()
+    rows = split_validation_rows(np.arange(len(x)), 0.2, 0, 0.5)
+    full = fit_targets(x, y, *rows, FitSettings(**{**F64.__dict__, "patience": 0}))
+    early = fit_targets(x, y, *rows, FitSettings(**{**F64.__dict__, "patience": 2}))
+    np.testing.assert_array_equal(full["lam"], early["lam"])  # the same winner when the curve is U-shaped
+    for j in range(y.shape[1] - 1):
+        best = np.nanargmin(full["val_mse_path"][:, j])
+        stopped = np.isnan(early["val_mse_path"][:, j])
+        assert not stopped[: best + 3].any() and (stopped.sum() == 0 or best + 3 <= np.argmax(stopped))
+        assert (early["nnz_path"][stopped, j] == -1).all()
 
 
 def test_validation_mse_equals_direct_computation():

@@ -18,7 +18,7 @@ import numpy as np
 import torch
 
 from dmflow.io import atomic_save_npz, load_npz
-from dmflow.lasso import Moments, lambda_max, lambda_path, lipschitz, objective, row_moments, solve_batched, solve_cvxpy
+from dmflow.lasso import Moments, lambda_max, lambda_path, lipschitz, mse_from_moments, row_moments, solve_batched, solve_cvxpy
 from dmflow.seeds import PURPOSE_VALIDATION_ROWS, alpha_key
 from dmflow.store import open_store
 
@@ -45,6 +45,7 @@ class FitSettings:
     l2: float = 0.0
     cvxpy_solver: str = "CLARABEL"
     device: str = "auto"
+    patience: int = 5
 
     @classmethod
     def from_config(cls, fit: dict) -> "FitSettings":
@@ -106,7 +107,10 @@ def fit_targets(
     """Datamodels for the columns of ``margins`` [m, T] (masks [m, n], rows index both).
 
     Returns weight [n, T] float32, bias, lam, val_mse, nnz, flags [T], and the path
-    statistics lams / train_mse / val_mse_path / nnz_path [L, T].
+    statistics lams / train_mse / val_mse_path / nnz_path [L, T]. With
+    ``settings.patience`` > 0 a target's path stops after that many lambdas without a
+    new best validation MSE (its later path entries are NaN, nnz -1): the dense end of
+    the path is the expensive part and rarely wins.
     """
     device, dtype = settings.torch_device, settings.torch_dtype
     fit_m = row_moments(masks, margins, fit_rows, device=device)
@@ -119,24 +123,33 @@ def fit_targets(
     lam_max = lambda_max(c, settings.nonneg)
     path = lambda_path(lam_max, settings.num_lambdas, settings.lambda_min_ratio)
     n, t = c.shape
-    train_mse = torch.zeros(settings.num_lambdas, t, dtype=torch.float64)
-    val_mse = torch.zeros_like(train_mse)
-    nnz = torch.zeros(settings.num_lambdas, t, dtype=torch.long)
+    nan = float("nan")
+    train_mse = torch.full((settings.num_lambdas, t), nan, dtype=torch.float64)
+    val_mse = torch.full_like(train_mse, nan)
+    nnz = torch.full((settings.num_lambdas, t), -1, dtype=torch.long)
     converged = torch.ones(t, dtype=torch.bool)
     best_w, best_mse = torch.zeros_like(c), torch.full((t,), float("inf"), dtype=torch.float64, device=device)
     best_idx = torch.zeros(t, dtype=torch.long, device=device)
+    since_best = torch.zeros(t, dtype=torch.long, device=device)
     w = torch.zeros_like(c)
+    active = torch.arange(t, device=device)
     for j in range(settings.num_lambdas):
-        w, conv = _solve(gram, c, path[j], w, lip, settings)
-        converged &= conv
-        obj = objective(gram, c, yy, w, path[j], settings.l2) - path[j] * w.abs().sum(0) - 0.5 * settings.l2 * (w * w).sum(0)
-        train_mse[j] = (2 * obj).double().cpu()
-        mse = validation_mse(val_m, fit_m.mean_x, fit_m.mean_y, w)
-        val_mse[j], nnz[j] = mse.cpu(), (w != 0).sum(0).cpu()
-        better = mse < best_mse
-        best_mse = torch.where(better, mse, best_mse)
-        best_idx = torch.where(better, torch.full_like(best_idx, j), best_idx)
-        best_w[:, better] = w[:, better]
+        if active.numel() == 0:
+            break
+        ca, lam_j = c[:, active], path[j, active]
+        wa, conv = _solve(gram, ca, lam_j, w[:, active], lip, settings)
+        w[:, active] = wa
+        converged[active.cpu()] &= conv
+        train_mse[j, active.cpu()] = mse_from_moments(gram, ca, yy[active], wa).double().cpu()
+        mse = validation_mse(val_m.select(active), fit_m.mean_x, fit_m.mean_y[active], wa)
+        val_mse[j, active.cpu()], nnz[j, active.cpu()] = mse.cpu(), (wa != 0).sum(0).cpu()
+        better = mse < best_mse[active]
+        improved = active[better]
+        best_mse[improved], best_idx[improved] = mse[better], j
+        best_w[:, improved] = wa[:, better]
+        since_best[active] = torch.where(better, 0, since_best[active] + 1)
+        if settings.patience:
+            active = active[since_best[active] < settings.patience]
     lam = path.gather(0, best_idx.unsqueeze(0)).squeeze(0)
     gram_all, c_all, _ = all_m.gram(dtype)
     c_all[:, constant.to(c.device)] = 0

@@ -46,6 +46,10 @@ class Moments:
             self.syy + other.syy + f * dy * dy,
         )
 
+    def select(self, targets: torch.Tensor) -> "Moments":
+        """The same rows, restricted to some targets."""
+        return Moments(self.count, self.mean_x, self.mean_y[targets], self.sxx, self.sxy[:, targets], self.syy[targets])
+
     def gram(self, dtype: torch.dtype) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
         """(G, c, yy) of the centred problem, per row, in ``dtype``."""
         m = self.count
@@ -204,12 +208,16 @@ def solve_batched(
     return SolveResult(w, iterations, converged)
 
 
+def mse_from_moments(gram: torch.Tensor, c: torch.Tensor, yy: torch.Tensor, w: torch.Tensor) -> torch.Tensor:
+    """Per-target mean squared residual (1/m)||Xw+b-y||^2 at the best b, from the moments."""
+    return (w * (gram @ w)).sum(0) - 2 * (c * w).sum(0) + yy
+
+
 def objective(
     gram: torch.Tensor, c: torch.Tensor, yy: torch.Tensor, w: torch.Tensor, lam: torch.Tensor, l2: float = 0.0
 ) -> torch.Tensor:
     """Per-target value of the full objective (1/2m)||Xw+b-y||^2 + lam||w||_1 + (l2/2)||w||^2 at the best b."""
-    quad = 0.5 * (w * (gram @ w)).sum(0) - (c * w).sum(0) + 0.5 * yy
-    return quad + lam * w.abs().sum(0) + 0.5 * l2 * (w * w).sum(0)
+    return 0.5 * mse_from_moments(gram, c, yy, w) + lam * w.abs().sum(0) + 0.5 * l2 * (w * w).sum(0)
 
 
 CLARABEL_TIGHT = {"tol_gap_abs": 1e-12, "tol_gap_rel": 1e-12, "tol_feas": 1e-12, "tol_ktratio": 1e-10, "max_iter": 500}

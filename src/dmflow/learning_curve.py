@@ -7,6 +7,7 @@ smaller run would have had, and is scored on the same eval masks.
 
 from __future__ import annotations
 
+import logging
 from collections.abc import Sequence
 from pathlib import Path
 
@@ -16,6 +17,8 @@ import pandas as pd
 from dmflow.evaluate import predict, score, write_table
 from dmflow.fit import FitSettings, split_validation_rows, usable_rows, fit_targets
 from dmflow.store import open_store
+
+log = logging.getLogger(__name__)
 
 
 def learning_curve(
@@ -46,6 +49,7 @@ def learning_curve(
             record[f"{key}"] = float(np.nanmean(scores[key]))
             record[f"{key}_median"] = float(np.nanmedian(scores[key]))
         records.append(record)
+        log.info("%d models: LDS vs seed mean %.3f, vs one seed %.3f", first, record["lds_mean"], record["lds_single"])
     return pd.DataFrame.from_records(records)
 
 
