@@ -4,6 +4,9 @@ from snakemake.utils import min_version
 min_version("9.0")
 
 
+report: "report/workflow.rst"
+
+
 configfile: "config.yaml"
 
 
@@ -15,6 +18,7 @@ include: "rules/collect.smk"
 include: "rules/fit.smk"
 include: "rules/evaluate.smk"
 include: "rules/counterfactual.smk"
+include: "rules/analysis.smk"
 
 
 rule all:

@@ -25,9 +25,15 @@ wildcard_constraints:
     block=r"\d+",
 
 
+# Keys that never change a stage's result: left out of the params, so changing them
+# (or adding such keys in a new dmflow version) re-runs nothing.
+NOT_RESULTS = {"dataset": ("image_shape",), "train": ("threads",), "fit": ("threads",)}
+
+
 def section_json(name):
     """A config section as compact, key-sorted JSON (a rule param and CLI argument)."""
-    return json.dumps(config[name], sort_keys=True, separators=(",", ":"))
+    section = {k: v for k, v in config[name].items() if k not in NOT_RESULTS.get(name, ())}
+    return json.dumps(section, sort_keys=True, separators=(",", ":"))
 
 
 def chunk_size(split):
@@ -89,9 +95,25 @@ def fit_mem_mb(all_targets=False):
     return int(500 + floats * 8 / 2**20)
 
 
-def final_outputs():
-    """Everything `rule all` asks for, per alpha."""
+def image_shape_arg():
+    """The --image-shape option of the analysis commands (empty when not set)."""
+    shape = config["dataset"]["image_shape"]
+    return "--image-shape " + " ".join(str(s) for s in shape) if shape else ""
+
+
+def summary_inputs():
+    """The files summary.md reads: per alpha, evaluation, curve, counterfactual, analyses."""
     out = []
+    for alpha in ALPHAS:
+        out.append(f"{RESULTS}/analysis/{alpha}/influencers.parquet")
+        out.append(f"{RESULTS}/analysis/{alpha}/leakage.csv")
+        out.append(f"{RESULTS}/analysis/{alpha}/embeddings.csv")
+    return final_outputs(summary=False) + out
+
+
+def final_outputs(summary=True):
+    """Everything `rule all` asks for, per alpha."""
+    out = [f"{RESULTS}/summary.md"] if summary else []
     for alpha in ALPHAS:
         out.append(f"{RESULTS}/datamodels/{alpha}.npz")
         out.append(f"{RESULTS}/evaluation/{alpha}/summary.json")

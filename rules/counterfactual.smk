@@ -23,11 +23,31 @@ rule counterfactual_analyse:
         trained=f"{RESULTS}/train/{{alpha}}/counterfactual/00000.npz",
     output:
         changes=f"{RESULTS}/counterfactual/{{alpha}}/changes.csv",
-        flips=f"{RESULTS}/counterfactual/{{alpha}}/flips.csv",
-        brittleness=f"{RESULTS}/counterfactual/{{alpha}}/brittleness.csv",
+        flips=report(
+            f"{RESULTS}/counterfactual/{{alpha}}/flips.csv",
+            caption="../report/flips.rst",
+            category="Counterfactuals",
+            subcategory="alpha {alpha}",
+        ),
+        brittleness=report(
+            f"{RESULTS}/counterfactual/{{alpha}}/brittleness.csv",
+            caption="../report/brittleness_table.rst",
+            category="Counterfactuals",
+            subcategory="alpha {alpha}",
+        ),
         summary=f"{RESULTS}/counterfactual/{{alpha}}/summary.json",
-        figure=f"{RESULTS}/counterfactual/{{alpha}}/counterfactual.png",
-        brittleness_figure=f"{RESULTS}/counterfactual/{{alpha}}/brittleness.png",
+        figure=report(
+            f"{RESULTS}/counterfactual/{{alpha}}/counterfactual.png",
+            caption="../report/counterfactual.rst",
+            category="Counterfactuals",
+            subcategory="alpha {alpha}",
+        ),
+        brittleness_figure=report(
+            f"{RESULTS}/counterfactual/{{alpha}}/brittleness.png",
+            caption="../report/brittleness.rst",
+            category="Counterfactuals",
+            subcategory="alpha {alpha}",
+        ),
     log:
         f"{RESULTS}/logs/counterfactual_analyse/{{alpha}}.log",
     shell:

@@ -6,7 +6,12 @@ rule evaluate:
     output:
         table=f"{RESULTS}/evaluation/{{alpha}}/targets.parquet",
         summary=f"{RESULTS}/evaluation/{{alpha}}/summary.json",
-        figure=f"{RESULTS}/evaluation/{{alpha}}/predicted_vs_actual.png",
+        figure=report(
+            f"{RESULTS}/evaluation/{{alpha}}/predicted_vs_actual.png",
+            caption="../report/predicted_vs_actual.rst",
+            category="Evaluation",
+            subcategory="alpha {alpha}",
+        ),
     log:
         f"{RESULTS}/logs/evaluate/{{alpha}}.log",
     shell:
@@ -21,8 +26,18 @@ rule learning_curve:
         eval_manifest=f"{RESULTS}/store/{{alpha}}/eval/manifest.json",
         eval_arrays=store_files("{alpha}", "eval"),
     output:
-        table=f"{RESULTS}/evaluation/{{alpha}}/learning_curve.csv",
-        figure=f"{RESULTS}/evaluation/{{alpha}}/learning_curve.png",
+        table=report(
+            f"{RESULTS}/evaluation/{{alpha}}/learning_curve.csv",
+            caption="../report/learning_curve_table.rst",
+            category="Evaluation",
+            subcategory="alpha {alpha}",
+        ),
+        figure=report(
+            f"{RESULTS}/evaluation/{{alpha}}/learning_curve.png",
+            caption="../report/learning_curve.rst",
+            category="Evaluation",
+            subcategory="alpha {alpha}",
+        ),
     log:
         f"{RESULTS}/logs/learning_curve/{{alpha}}.log",
     threads: config["fit"]["threads"]

@@ -41,6 +41,18 @@ def test_tiny_run_then_nothing_to_do_then_growth_trains_only_new_chunks(workflow
                 "counterfactual/0.5/counterfactual.png", "counterfactual/0.5/brittleness.png"):
         assert (workflow.results / png).read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
 
+    summary_md = (workflow.results / "summary.md").read_text()
+    assert "LDS (Spearman)" in summary_md and "Counterfactual retraining" in summary_md
+    influencers = pd.read_parquet(workflow.results / "analysis" / "0.5" / "influencers.parquet")
+    assert set(influencers.direction) <= {"helps", "harms"} and (
+        np.sign(influencers.weight) == np.where(influencers.direction == "helps", 1, -1)).all()
+    figures = sorted(p.name for p in workflow.results.glob("**/*.png"))
+    assert len(figures) == 8
+    workflow.run("--report", "report.html")
+    html = (workflow.root / "report.html").read_text()
+    for name in figures + ["summary.md", "leakage.csv", "learning_curve.csv", "flips.csv"]:
+        assert name in html, name
+
     assert workflow.planned_jobs() == {}  # a second run has nothing to do
 
     cfg["masks"]["fit_models"] = 120
@@ -74,7 +86,7 @@ def test_fit_settings_refit_without_retraining(workflow):
 
     cfg["evaluate"]["learning_curve"] = [0.25, 1.0]
     workflow.write_config(cfg)
-    assert workflow.planned_jobs() == {"learning_curve": 1, "all": 1}
+    assert workflow.planned_jobs() == {"learning_curve": 1, "summary": 1, "all": 1}
     workflow.run()
     assert workflow.mtimes("results/fit/**/*.npz") == fitted
 

@@ -5,3 +5,12 @@ Snakemake rules only call its command line (``dmflow <stage> ...``).
 """
 
 __version__ = "0.1.0"
+
+__all__ = ["load_run", "__version__"]
+
+
+def load_run(results, alpha=None):
+    """Open a finished run for notebooks; see ``dmflow.api``."""
+    from dmflow.api import load_run as _load_run
+
+    return _load_run(results, alpha)

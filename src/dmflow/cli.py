@@ -133,6 +133,32 @@ def cmd_counterfactual_analyse(args: argparse.Namespace) -> None:
                 args.brittleness_figure)
 
 
+def cmd_influencers(args: argparse.Namespace) -> None:
+    from dmflow.influence import run_influencers
+
+    run_influencers(args.datamodels, args.data, args.top_k, args.gallery_k, args.gallery_targets, args.image_shape,
+                    args.table, args.figure)
+
+
+def cmd_leakage(args: argparse.Namespace) -> None:
+    from dmflow.leakage import run_leakage
+
+    run_leakage(args.datamodels, args.data, args.pairs, args.image_shape, args.table, args.figure)
+
+
+def cmd_embeddings(args: argparse.Namespace) -> None:
+    from dmflow.embeddings import run_embeddings
+
+    run_embeddings(args.datamodels, args.data, args.components, args.clusters, args.ends, args.seed, args.image_shape,
+                   args.table, args.ends_table, args.figure, args.ends_figure)
+
+
+def cmd_summary(args: argparse.Namespace) -> None:
+    from dmflow.summary import write_summary
+
+    write_summary(args.results, args.alphas, args.out)
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="dmflow", description=__doc__.splitlines()[0])
     parser.add_argument("--version", action="version", version=f"dmflow {__version__}")
@@ -236,6 +262,41 @@ def build_parser() -> argparse.ArgumentParser:
     for name in ("changes", "flips", "brittleness", "summary", "figure", "brittleness-figure"):
         p.add_argument(f"--{name}", type=Path, required=True)
     p.set_defaults(func=cmd_counterfactual_analyse)
+
+    def analysis_args(p: argparse.ArgumentParser) -> None:
+        p.add_argument("--datamodels", type=Path, required=True)
+        p.add_argument("--data", type=Path, required=True)
+        p.add_argument("--image-shape", type=int, nargs="*", default=None, help="view samples as images of this shape")
+        p.add_argument("--table", type=Path, required=True)
+        p.add_argument("--figure", type=Path, required=True)
+
+    p = sub.add_parser("influencers", help="top helpers and harmers of every target, and a gallery")
+    analysis_args(p)
+    p.add_argument("--top-k", type=int, default=10)
+    p.add_argument("--gallery-k", type=int, default=5)
+    p.add_argument("--gallery-targets", type=int, default=8)
+    p.set_defaults(func=cmd_influencers)
+
+    p = sub.add_parser("leakage", help="train-test leakage candidates, ranked")
+    analysis_args(p)
+    p.add_argument("--pairs", type=int, default=20, help="pairs shown in the gallery")
+    p.set_defaults(func=cmd_leakage)
+
+    p = sub.add_parser("embeddings", help="PCA and spectral clusters of normalised datamodels")
+    analysis_args(p)
+    p.add_argument("--components", type=int, default=4)
+    p.add_argument("--clusters", type=int, default=10)
+    p.add_argument("--ends", type=int, default=6, help="training examples shown at each end of a component")
+    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--ends-table", type=Path, required=True)
+    p.add_argument("--ends-figure", type=Path, required=True)
+    p.set_defaults(func=cmd_embeddings)
+
+    p = sub.add_parser("summary", help="write summary.md from a finished run")
+    p.add_argument("--results", type=Path, required=True)
+    p.add_argument("--alphas", nargs="+", required=True)
+    p.add_argument("--out", type=Path, required=True)
+    p.set_defaults(func=cmd_summary)
     return parser
 
 

@@ -11,6 +11,7 @@ from pathlib import Path
 import numpy as np
 import pytorch_lightning as pl
 import torch
+from pytorch_lightning.plugins.environments import LightningEnvironment
 
 from dmflow.ensemble_data import StackedSubsetDataModule
 from dmflow.io import atomic_save_npz, load_npz
@@ -78,6 +79,7 @@ def _quiet_lightning() -> None:
     warnings.filterwarnings("ignore", message=".*does not have many workers.*")
     warnings.filterwarnings("ignore", message=".*GPU available but not used.*")
     warnings.filterwarnings("ignore", message=".*`IterableDataset` has `__len__` defined.*")
+    warnings.filterwarnings("ignore", message=".*The `srun` command is available.*")
     warnings.filterwarnings("ignore", message=".*isinstance\\(treespec, LeafSpec\\).*")
 
 
@@ -112,6 +114,8 @@ def train_stack(
         enable_model_summary=False,
         num_sanity_val_steps=0,
         deterministic=device == "cpu",
+        # one process on one device, also inside a SLURM job (no SLURM auto-detection)
+        plugins=[LightningEnvironment()],
     )
     trainer.fit(module, datamodule=data)
     module.eval()

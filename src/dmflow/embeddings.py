@@ -1,0 +1,71 @@
+"""Rule embeddings: datamodel embeddings (paper, Sec. 6): PCA and spectral clustering.
+
+Each target is represented by its weight vector normalised to unit length, so that
+targets are compared by which training examples drive them, not by how strongly.
+The principal components are directions in training-example space; the examples at
+both ends of a component are what that direction of variation is about.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+from sklearn.cluster import SpectralClustering
+from sklearn.decomposition import PCA
+
+from dmflow.evaluate import write_table
+from dmflow.io import load_npz
+
+
+def normalised_embeddings(weight: np.ndarray) -> np.ndarray:
+    """[T, n]: each target's weights divided by their L2 norm (zero stays zero)."""
+    w = weight.T.astype(np.float64)
+    norms = np.linalg.norm(w, axis=1, keepdims=True)
+    return np.divide(w, norms, out=np.zeros_like(w), where=norms > 0)
+
+
+def embed(weight: np.ndarray, components: int, clusters: int, seed: int) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
+    """(coordinates [T, c], component loadings [c, n], explained variance ratio [c], cluster labels [T])."""
+    z = normalised_embeddings(weight)
+    components = min(components, *z.shape)
+    pca = PCA(n_components=components, random_state=seed).fit(z)
+    coords = pca.transform(z)
+    clusters = min(clusters, len(z) - 1)
+    if clusters >= 2:
+        labels = SpectralClustering(n_clusters=clusters, affinity="nearest_neighbors",
+                                    n_neighbors=min(10, len(z) - 1), random_state=seed).fit_predict(z)
+    else:
+        labels = np.zeros(len(z), dtype=int)
+    return coords, pca.components_, pca.explained_variance_ratio_, labels
+
+
+def component_ends(loadings: np.ndarray, y_train: np.ndarray, train_ids: np.ndarray, k: int) -> pd.DataFrame:
+    """The k training examples with the largest and the smallest loading on each component."""
+    records = []
+    for c, load in enumerate(loadings):
+        order = np.argsort(load, kind="stable")
+        for end, idx in (("positive", order[::-1][:k]), ("negative", order[:k])):
+            for rank, i in enumerate(idx, start=1):
+                records.append((c + 1, end, rank, int(i), int(train_ids[i]), int(y_train[i]), float(load[i])))
+    return pd.DataFrame.from_records(records, columns=["component", "end", "rank", "train_index", "train_id", "train_label", "loading"])
+
+
+def run_embeddings(datamodels: Path, data_path: Path, components: int, clusters: int, ends_k: int, seed: int,
+                   image_shape: list[int] | None, table_out: Path, ends_out: Path, scatter_out: Path, ends_figure_out: Path) -> None:
+    """Write per-target coordinates and clusters, component ends, and their figures."""
+    from dmflow.figures import component_ends_gallery, embedding_scatter
+
+    dm, data = load_npz(datamodels), load_npz(data_path)
+    coords, loadings, ratio, labels = embed(dm["weight"], components, clusters, seed)
+    table = pd.DataFrame(coords, columns=[f"pc{i + 1}" for i in range(coords.shape[1])])
+    table.insert(0, "target", np.arange(len(table)))
+    table.insert(1, "target_id", dm["target_ids"])
+    table.insert(2, "label", data["y_target"])
+    table["cluster"] = labels
+    write_table(table, table_out)
+    ends = component_ends(loadings, data["y_train"], data["train_ids"], ends_k)
+    write_table(ends, ends_out)
+    embedding_scatter(table, ratio, scatter_out)
+    component_ends_gallery(ends, data, image_shape, ends_figure_out)
