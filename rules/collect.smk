@@ -12,8 +12,9 @@ rule collect:
         chunk_size=lambda wc: chunk_size(wc.split),
         replicates=lambda wc: replicates(wc.split),
         seed=SEED,
+        max_diverged=config["train"]["max_diverged_fraction"],
     shell:
         "{DMFLOW} collect --data {input.data:q} --alpha {wildcards.alpha} --split {wildcards.split}"
         " --seed {params.seed} --replicates {params.replicates} --chunk-size {params.chunk_size}"
         " --masks {input.masks:q} --trained {input.trained:q}"
-        " --out-dir $(dirname {output.manifest:q}) 2> {log:q}"
+        " --max-diverged-fraction {params.max_diverged} --out-dir $(dirname {output.manifest:q}) 2> {log:q}"

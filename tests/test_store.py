@@ -128,3 +128,18 @@ def test_modified_store_array_is_caught_by_the_manifest_checksum(chunks, tmp_pat
 def test_store_without_manifest_is_incomplete(tmp_path):
     with pytest.raises(StoreError, match="no manifest.json"):
         open_store(tmp_path)
+
+
+def test_diverged_models_are_kept_counted_and_warned_about(chunks, tmp_path, caplog):
+    specs = _copy(chunks, tmp_path)
+    with np.load(specs[1].train_path) as f:
+        status, margins = f["status"].copy(), f["margins"].copy()
+    status[:3] = 1
+    margins[:3] = np.nan  # diverged models may hold NaN margins
+    _rewrite(specs[1].train_path, status=status, margins=margins)
+    with caplog.at_level("INFO"):
+        manifest = collect(specs, tmp_path / "store", N, 0.5, "eval", 0, REPS, T, CHUNK, max_diverged_fraction=0.2)
+    assert manifest["diverged"] == 6 and manifest["diverged_fraction"] == 0.25 and manifest["diverged_warning"]
+    assert "more than train.max_diverged_fraction=0.2" in caplog.text
+    store = open_store(tmp_path / "store")
+    assert (~store.ok).sum() == 6

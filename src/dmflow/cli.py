@@ -82,7 +82,8 @@ def cmd_collect(args: argparse.Namespace) -> None:
         n, num_targets = f["y_train"].shape[0], f["y_target"].shape[0]
     specs = [ChunkSpec(_chunk_index(m), Path(m), Path(t)) for m, t in zip(args.masks, args.trained)]
     try:
-        collect(specs, args.out_dir, n, args.alpha, args.split, args.seed, args.replicates, num_targets, args.chunk_size)
+        collect(specs, args.out_dir, n, args.alpha, args.split, args.seed, args.replicates, num_targets, args.chunk_size,
+                args.max_diverged_fraction)
     except StoreError as exc:
         raise SystemExit(f"dmflow collect: {exc}") from None
 
@@ -208,6 +209,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--masks", type=Path, nargs="+", required=True)
     p.add_argument("--trained", type=Path, nargs="+", required=True)
     p.add_argument("--out-dir", type=Path, required=True)
+    p.add_argument("--max-diverged-fraction", type=float, default=0.05, help="warn above this share of diverged models")
     p.set_defaults(func=cmd_collect)
 
     p = sub.add_parser("fit-block", help="fit the datamodels of one block of targets")

@@ -67,6 +67,8 @@ def validate_config(config: dict[str, Any]) -> dict[str, Any]:
     errors = sorted(validator.iter_errors(cfg), key=lambda e: (len(e.absolute_path), list(map(str, e.absolute_path))))
     if errors:
         raise ConfigError(_describe(jsonschema.exceptions.best_match(errors)))
+    if ".." in Path(cfg["results"]).parts:
+        raise ConfigError(f"results={cfg['results']!r} must not contain '..'; give the results folder itself")
     _divisible(cfg, "fit_models", "chunk_size")
     _divisible(cfg, "eval_models", "eval_chunk_size")
     data = cfg["dataset"]

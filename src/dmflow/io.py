@@ -10,6 +10,7 @@ import hashlib
 import json
 import os
 import tempfile
+import zipfile
 from collections.abc import Iterator, Mapping
 from contextlib import contextmanager
 from pathlib import Path
@@ -37,9 +38,17 @@ def atomic_path(final: Path, suffix: str = "") -> Iterator[Path]:
 
 
 def atomic_save_npz(final: Path, arrays: Mapping[str, np.ndarray]) -> None:
-    """Write an uncompressed ``.npz`` atomically."""
+    """Write an uncompressed ``.npz`` atomically and byte-reproducibly.
+
+    ``np.savez`` stamps each member with the current time, so equal arrays would give
+    different files (and checksums); a fixed timestamp makes equal content equal bytes.
+    """
     with atomic_path(final, ".npz") as tmp:
-        np.savez(tmp, **arrays)
+        with zipfile.ZipFile(tmp, "w", compression=zipfile.ZIP_STORED, allowZip64=True) as zf:
+            for key, value in arrays.items():
+                info = zipfile.ZipInfo(f"{key}.npy", date_time=(1980, 1, 1, 0, 0, 0))
+                with zf.open(info, "w", force_zip64=True) as fh:
+                    np.lib.format.write_array(fh, np.asanyarray(value), allow_pickle=False)
 
 
 def atomic_save_npy(final: Path, array: np.ndarray) -> None:

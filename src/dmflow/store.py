@@ -121,8 +121,12 @@ def collect(
     replicates: int,
     num_targets: int,
     chunk_size: int,
+    max_diverged_fraction: float = 0.05,
 ) -> dict:
     """Validate every chunk while writing the store; returns the manifest.
+
+    Diverged models stay in the store (status 1) and are left out downstream; more
+    than ``max_diverged_fraction`` of them earns a warning in the log and the manifest.
 
     Arrays go to temporary files first: a bad chunk leaves any earlier store as it was.
     """
@@ -168,6 +172,8 @@ def collect(
         "replicates": replicates,
         "chunk_size": chunk_size,
         "diverged": int((status != STATUS_OK).sum()),
+        "diverged_fraction": float((status != STATUS_OK).mean()),
+        "diverged_warning": bool((status != STATUS_OK).mean() > max_diverged_fraction),
         "chunks": [
             {
                 "index": s.index,
@@ -181,8 +187,12 @@ def collect(
         "arrays": {name: {"shape": list(shapes[name][0]), "dtype": np.dtype(shapes[name][1]).name, "sha256": arrays_sha[name]} for name in ARRAYS},
     }
     atomic_save_json(out_dir / "manifest.json", manifest)
-    if manifest["diverged"]:
-        log.warning("%s: %d of %d models diverged", out_dir, manifest["diverged"], status.size)
+    if manifest["diverged_fraction"] > max_diverged_fraction:
+        log.warning("%s: %d of %d models diverged (%.1f%%, more than train.max_diverged_fraction=%g); "
+                    "they are left out, but check the training settings", out_dir, manifest["diverged"],
+                    status.size, 100 * manifest["diverged_fraction"], max_diverged_fraction)
+    elif manifest["diverged"]:
+        log.info("%s: %d of %d models diverged; they are left out", out_dir, manifest["diverged"], status.size)
     return manifest
 
 

@@ -5,8 +5,9 @@
 #   bash tests/cluster/run.sh  # as root on Debian 12 (installs slurm-wlm and munge)
 #
 # 1. starts the cluster (tests/cluster/slurm-up.sh),
-# 2. runs the real Snakefile with a tiny config (the values of tiny_config() in
-#    tests/conftest.py) twice, side by side in two scratch folders:
+# 2. runs the real Snakefile (a copy, with rules/, profiles/, report/, ...) with a
+#    tiny config (the values of tiny_config() in tests/conftest.py) twice, side by
+#    side in two scratch folders:
 #      slurm/: snakemake --workflow-profile profiles/slurm   (every job an sbatch job)
 #      local/: snakemake --cores 2                           (profiles/default)
 # 3. checks that SLURM really ran the jobs (slurmctld's job completion log) and that
@@ -22,6 +23,7 @@ REPO=$(cd "$HERE/../.." && pwd)
 T0=$(date +%s)
 UP=0
 LOCAL_PID=
+SLURM_PID=
 WORK=
 
 say() { echo "[cluster-ci $(( $(date +%s) - T0 ))s] $*"; }
@@ -30,10 +32,15 @@ fail() { echo "[cluster-ci $(( $(date +%s) - T0 ))s] FAIL: $*" >&2; exit 1; }
 cleanup() {
     local rc=$?
     trap - EXIT INT TERM
-    if [ -n "$LOCAL_PID" ] && kill -0 "$LOCAL_PID" 2>/dev/null; then
-        kill -TERM "$LOCAL_PID" 2>/dev/null || true   # timeout passes it on to snakemake
-        wait "$LOCAL_PID" 2>/dev/null || true
-    fi
+    # Interrupted: stop the snakemake runs (timeout passes SIGTERM on to snakemake and
+    # kills it 10 s later), then the cluster (slurm-down.sh cancels leftover jobs).
+    for pid in $SLURM_PID $LOCAL_PID; do
+        if kill -0 "$pid" 2>/dev/null; then
+            echo "cluster-ci: stopping snakemake (pid $pid)" >&2
+            kill -TERM "$pid" 2>/dev/null || true
+            wait "$pid" 2>/dev/null || true
+        fi
+    done
     if [ "$UP" = 1 ]; then
         bash "$HERE/slurm-down.sh" || { echo "cluster-ci: slurm-down.sh failed" >&2; rc=1; }
     fi
@@ -74,7 +81,11 @@ say "cluster up"
 WORK=$(mktemp -d /tmp/dmflow-cluster-ci.XXXXXX)
 for run in slurm local; do
     mkdir "$WORK/$run"
+    # What tests/conftest.py's Workflow copies, and the other workflow folders there are.
     cp -r "$REPO/Snakefile" "$REPO/rules" "$REPO/profiles" "$WORK/$run/"
+    for extra in report envs schemas scripts; do
+        if [ -e "$REPO/$extra" ]; then cp -r "$REPO/$extra" "$WORK/$run/"; fi
+    done
     # The values of tiny_config() in tests/conftest.py (keep them in sync).
     cat > "$WORK/$run/config.yaml" <<'YAML'
 results: results
@@ -100,9 +111,13 @@ say "local run started (pid $LOCAL_PID): nice -n 19 snakemake --cores 2"
 
 say "SLURM run: snakemake --workflow-profile profiles/slurm"
 T_SLURM=$(date +%s)
+# In the background too, so that a signal to this script is handled at once.
+(cd "$WORK/slurm" && exec timeout -k 10 600 snakemake --workflow-profile profiles/slurm) \
+    > "$WORK/slurm/snakemake.log" 2>&1 &
+SLURM_PID=$!
 slurm_rc=0
-(cd "$WORK/slurm" && timeout -k 10 600 snakemake --workflow-profile profiles/slurm) \
-    > "$WORK/slurm/snakemake.log" 2>&1 || slurm_rc=$?
+wait "$SLURM_PID" || slurm_rc=$?
+SLURM_PID=
 T_SLURM=$(( $(date +%s) - T_SLURM ))
 if [ "$slurm_rc" -ne 0 ]; then
     tail -n 80 "$WORK/slurm/snakemake.log" >&2
@@ -115,11 +130,15 @@ grep -q "Using workflow specific profile profiles/slurm" "$WORK/slurm/snakemake.
 RUN_ID=$(sed -n 's/^SLURM run ID: //p' "$WORK/slurm/snakemake.log" | head -n 1)
 [ -n "$RUN_ID" ] || fail "no 'SLURM run ID' in the log: did the slurm executor run?"
 SUBMITTED=$(grep -c "has been submitted with SLURM jobid" "$WORK/slurm/snakemake.log" || true)
-COMPLETED=$(grep -F "Name=$RUN_ID " /tmp/slurm/jobcomp.txt 2>/dev/null | grep -c "JobState=COMPLETED" || true)
+RECORDS=$(grep -F "Name=$RUN_ID " /tmp/slurm/jobcomp.txt 2>/dev/null || true)
+COMPLETED=$(grep -c "JobState=COMPLETED " <<<"$RECORDS" || true)
+ENDED=$(grep -c "JobState=" <<<"$RECORDS" || true)
 [ "$SUBMITTED" -gt 0 ] || fail "snakemake submitted no SLURM jobs"
-[ "$COMPLETED" -ge "$SUBMITTED" ] \
-    || fail "snakemake submitted $SUBMITTED SLURM jobs, slurmctld's job log has $COMPLETED COMPLETED for $RUN_ID"
-say "SLURM run done in ${T_SLURM}s: $SUBMITTED sbatch jobs, all COMPLETED according to slurmctld (run $RUN_ID)"
+[ "$COMPLETED" -gt 0 ] && [ "$ENDED" -eq "$SUBMITTED" ] \
+    || fail "snakemake submitted $SUBMITTED SLURM jobs; slurmctld's job log has $ENDED ended, $COMPLETED COMPLETED, for $RUN_ID"
+RETRIED=""
+[ "$COMPLETED" -eq "$ENDED" ] || RETRIED=", $(( ENDED - COMPLETED )) failed and retried"
+say "SLURM run done in ${T_SLURM}s: $SUBMITTED sbatch jobs, $COMPLETED COMPLETED according to slurmctld$RETRIED (run $RUN_ID)"
 
 local_rc=0
 wait "$LOCAL_PID" || local_rc=$?
@@ -154,7 +173,11 @@ for key in sorted(set(a) & set(b)):
         same += 1
         continue
     differ = ~((x == y) | (np.isnan(x) & np.isnan(y))) if nan_ok else (x != y)
-    text = f"{key}: {int(np.count_nonzero(differ))} of {x.size} elements differ"
+    count = int(np.count_nonzero(differ))
+    if count == 0:  # equal values, different bits
+        problems.append(f"{key}: equal values but different bytes (-0.0 vs 0.0 or NaN payloads)")
+        continue
+    text = f"{key}: {count} of {x.size} elements differ"
     if x.dtype.kind in "iufc":
         d = np.abs(x.astype(np.float64) - y.astype(np.float64))
         text += f", max |SLURM - local| = {np.nanmax(d) if np.isfinite(d).any() else d.max():.3g}"

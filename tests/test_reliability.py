@@ -1,0 +1,134 @@
+"""Reliability guarantees (docs/guarantees.md), each proven here with real runs and real files."""
+
+import json
+import os
+import resource
+import signal
+import subprocess
+import sys
+import time
+
+import numpy as np
+import pytest
+from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
+
+from conftest import Workflow, tiny_config
+from dmflow.config import ConfigError, load_schema, validate_config
+
+
+def _arrays(path):
+    with np.load(path, allow_pickle=False) as f:
+        return {k: f[k] for k in f.files}
+
+
+def _same_arrays(a, b):
+    return a.keys() == b.keys() and all(np.array_equal(a[k], b[k], equal_nan=True) for k in a)
+
+
+@pytest.mark.workflow
+def test_kill_9_then_rerun_incomplete_retrains_nothing_finished_and_matches_an_uninterrupted_run(tmp_path):
+    cfg_overrides = {"masks.fit_models": 160}  # 4 fit chunks: time to kill between them
+    ref = Workflow(tmp_path / "ref")
+    ref.write_config(tiny_config(ref.results, **cfg_overrides))
+    ref.run()
+
+    run = Workflow(tmp_path / "killed")
+    run.write_config(tiny_config(run.results, **cfg_overrides))
+    env = dict(os.environ, PATH=f"{os.path.dirname(sys.executable)}{os.pathsep}{os.environ['PATH']}")
+    proc = subprocess.Popen([sys.executable, "-m", "snakemake", "--cores", "1"], cwd=run.root, env=env,
+                            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, start_new_session=True)
+    deadline = time.time() + 300
+    while time.time() < deadline and len(list((run.results / "train").glob("*/fit/*.npz"))) < 2:
+        time.sleep(0.2)
+    os.killpg(proc.pid, signal.SIGKILL)
+    proc.wait()
+    left = run.mtimes("results/train/**/*.npz")
+    assert 2 <= len(left) < 5, "the kill should land while chunks are still training"
+    for path in left:  # whatever was left is complete: only whole files have the final name
+        assert _arrays(run.root / path)["margins"].shape[2] == 30
+    # jobs run one at a time: every chunk but the newest was recorded as finished by Snakemake
+    # (the newest may have been renamed into place an instant before the kill, and is redone)
+    newest = max(left, key=left.get)
+    finished = {k: v for k, v in left.items() if k != newest}
+
+    run.run("--unlock")  # a killed snakemake leaves its lock behind
+    run.run("--rerun-incomplete")
+    after = run.mtimes("results/train/**/*.npz")
+    assert {k: after[k] for k in finished} == finished  # finished chunks were not retrained
+    for rel in after:
+        assert (run.root / rel).read_bytes() == (ref.root / rel).read_bytes(), rel  # byte-identical chunks
+    assert _same_arrays(_arrays(run.results / "datamodels" / "0.5.npz"), _arrays(ref.results / "datamodels" / "0.5.npz"))
+    ref_summary = json.loads((ref.results / "evaluation" / "0.5" / "summary.json").read_text())
+    assert json.loads((run.results / "evaluation" / "0.5" / "summary.json").read_text()) == ref_summary
+
+    # adding an alpha trains only that alpha's chunks
+    cfg = tiny_config(ref.results, **cfg_overrides)
+    cfg["masks"]["alphas"] = [0.5, 0.25]
+    ref.write_config(cfg)
+    planned = ref.planned_jobs()
+    assert planned["train_chunk"] == 4 + 1 + 1  # the new alpha's fit, eval and counterfactual chunks
+    assert planned["make_masks"] == 5 and "prepare_data" not in planned
+
+
+def test_fit_refuses_a_store_whose_checksum_does_not_match(tmp_path):
+    from test_fit import _fake_store, planted_problem
+
+    x, y, _ = planted_problem(t=3)
+    store = _fake_store(tmp_path, x, y)
+    margins = np.load(store / "margins.npy")
+    margins[5, 0, 1] += 1.0
+    np.save(store / "margins.npy", margins)
+    out = tmp_path / "block0.npz"
+    proc = subprocess.run([sys.executable, "-m", "dmflow", "fit-block", "--store", str(store), "--block", "0",
+                           "--targets-per-job", "3", "--fit", "{}", "--out", str(out)], capture_output=True, text=True)
+    assert proc.returncode != 0
+    last = proc.stderr.strip().splitlines()[-1]
+    assert last == f"dmflow fit-block: {store / 'margins.npy'}: sha256 differs from manifest.json (the store was modified or corrupted)"
+    assert not out.exists()
+
+
+def test_a_chunk_that_cannot_be_written_leaves_no_file(tmp_path, tiny_data):
+    """The disk fills up (a file-size limit) while a chunk is written: the job fails, no file remains."""
+    from dmflow.masks import write_chunk_masks
+
+    np.savez(tmp_path / "data.npz", **tiny_data)
+    write_chunk_masks(tmp_path / "m.npy", len(tiny_data["y_train"]), 0.5, "fit", 0, 200, seed=0)
+
+    def limit_file_size():
+        signal.signal(signal.SIGXFSZ, signal.SIG_IGN)
+        resource.setrlimit(resource.RLIMIT_FSIZE, (20_000, 20_000))
+
+    out = tmp_path / "out" / "00000.npz"
+    proc = subprocess.run(
+        [sys.executable, "-m", "dmflow", "train-chunk", "--data", str(tmp_path / "data.npz"), "--masks", str(tmp_path / "m.npy"),
+         "--alpha", "0.5", "--split", "fit", "--chunk", "0", "--model", '{"arch": "logreg"}',
+         "--train", '{"epochs": 1, "batch_size": 60, "optimizer": "adam", "lr": 0.01, "weight_decay": 0, "momentum": 0.9, "stack_size": 200, "device": "cpu"}',
+         "--out", str(out)],
+        capture_output=True, text=True, preexec_fn=limit_file_size)
+    assert proc.returncode != 0 and "File too large" in proc.stderr
+    assert list(out.parent.iterdir()) == []  # neither the chunk nor a temporary file
+
+
+_KEYS = {section: list(spec.get("properties", {})) for section, spec in load_schema()["properties"].items()}
+_values = st.one_of(st.none(), st.booleans(), st.integers(-10**6, 10**6), st.floats(allow_nan=True), st.text(max_size=8),
+                    st.lists(st.one_of(st.integers(-5, 5), st.floats(-2, 2), st.text(max_size=3)), max_size=3))
+_section = st.dictionaries(st.sampled_from(sum(_KEYS.values(), []) + ["bogus"]), _values, max_size=4)
+_config = st.dictionaries(st.sampled_from(list(_KEYS) + ["unknown"]), st.one_of(_section, _values), max_size=4)
+
+
+@settings(max_examples=300, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+@given(_config)
+def test_fuzzed_configs_give_a_one_line_config_error_or_a_valid_config(raw):
+    try:
+        cfg = validate_config(raw)
+    except ConfigError as exc:
+        assert "\n" not in str(exc) and str(exc)
+    else:
+        assert cfg["masks"]["fit_models"] % cfg["masks"]["chunk_size"] == 0
+        assert all(0 < a < 1 for a in cfg["masks"]["alphas"])
+
+
+def test_results_path_cannot_climb_out_with_dot_dot():
+    with pytest.raises(ConfigError, match="must not contain '..'"):
+        validate_config({"results": "results/../../etc"})
