@@ -42,7 +42,7 @@ rule learning_curve:
         f"{RESULTS}/logs/learning_curve/{{alpha}}.log",
     threads: config["fit"]["threads"]
     resources:
-        mem_mb=fit_mem_mb(all_targets=True),
+        mem_mb=lambda wc, attempt: fit_mem_mb(all_targets=True) * attempt,
     params:
         fractions=" ".join(str(f) for f in config["evaluate"]["learning_curve"]),
         fit=section_json("fit"),

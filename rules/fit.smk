@@ -8,7 +8,7 @@ rule fit_block:
         f"{RESULTS}/logs/fit_block/{{alpha}}/block{{block}}.log",
     threads: config["fit"]["threads"]
     resources:
-        mem_mb=fit_mem_mb(),
+        mem_mb=lambda wc, attempt: fit_mem_mb() * attempt,
     params:
         fit=section_json("fit"),
         targets_per_job=config["fit"]["targets_per_job"],

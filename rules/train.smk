@@ -8,7 +8,8 @@ rule train_chunk:
         f"{RESULTS}/logs/train_chunk/{{alpha}}/{{split}}/{{chunk}}.log",
     threads: config["train"]["threads"]
     resources:
-        mem_mb=2000,
+        mem_mb=lambda wc, attempt: 2000 * attempt,
+        gpu=1 if config["train"]["device"] == "cuda" else 0,
     params:
         model=section_json("model"),
         train=section_json("train"),

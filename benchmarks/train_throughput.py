@@ -1,0 +1,217 @@
+"""Training throughput: one Trainer.fit per model vs the stacked K-model ensemble.
+
+What is measured, side by side in one run, on the default data and model
+(digits, 1000 training examples, standardised; MLP 64-128-10, 10 epochs, batch
+128, Adam lr 0.01, weight decay 1e-3, subsets of round(0.5 * 1000) = 500):
+
+(a) one by one: ``train_stack`` with K = 1 for each of the first ``--single``
+    masks (one ``Trainer.fit`` per model), models/s;
+(b) stacked: one ``train_stack`` with K = ``--stack-size`` on the same first
+    masks plus more to fill the stack, models/s;
+
+the ratio (b)/(a), the largest margin difference between (a) and (b) on the
+models both trained (stacking must not change what a model learns), the
+machine's measured float32 matmul FLOP/s (``torch.bmm`` on the shapes of the
+stacked training and one large square ``torch.matmul``, same thread count), the
+fraction of those that (b) achieves, and an estimate of the default run's
+training time on 2 cores.
+
+Run:  python benchmarks/train_throughput.py [--quick] [--threads 1]
+
+``--quick`` is a tiny version that only checks the script still runs. Nothing is
+asserted about wall-clock times; the numbers are printed.
+"""
+
+from __future__ import annotations
+
+import argparse
+import math
+import os
+import sys
+import time
+from collections.abc import Callable
+from pathlib import Path
+
+import numpy as np
+import torch
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "src"))
+
+from dmflow.data import prepare_data  # noqa: E402
+from dmflow.masks import draw_masks, subset_size  # noqa: E402
+from dmflow.train import StackResult, TrainSettings, train_stack  # noqa: E402
+
+DATASET = {"name": "digits", "num_train": 1000, "num_targets": None, "standardize": True}
+ALPHA = 0.5
+# The shipped config.yaml's run size: fit models, eval masks x replicates.
+FIT_MODELS, EVAL_MODELS, EVAL_REPLICATES = 10_000, 500, 5
+DEFAULT_CORES = 2
+
+
+def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
+    p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    p.add_argument("--single", type=int, default=16, help="models trained one Trainer.fit each (a)")
+    p.add_argument("--stack-size", type=int, default=250, help="K of the stacked run (b)")
+    p.add_argument("--threads", type=int, default=1, help="torch threads (the train rule's default is 1)")
+    p.add_argument("--epochs", type=int, default=10)
+    p.add_argument("--hidden", type=int, nargs="*", default=[128])
+    p.add_argument("--repeats", type=int, default=3, help="time (a) and (b) this many times, keep the best")
+    p.add_argument("--quick", action="store_true", help="tiny sizes: only checks that the script runs")
+    args = p.parse_args(argv)
+    if args.quick:
+        args.single, args.stack_size, args.epochs, args.repeats = 2, 8, 2, 1
+    args.single = min(args.single, args.stack_size)
+    return args
+
+
+def settings_for(args: argparse.Namespace, k: int) -> TrainSettings:
+    """config.yaml's model and train sections, with stack_size k, on the CPU."""
+    return TrainSettings(
+        arch="mlp", hidden=tuple(args.hidden), epochs=args.epochs, batch_size=128, optimizer="adam",
+        lr=0.01, weight_decay=1e-3, stack_size=k, device="cpu",
+    )
+
+
+def timed(fn: Callable[[], object]) -> tuple[float, object]:
+    start = time.perf_counter()
+    out = fn()
+    return time.perf_counter() - start, out
+
+
+def best_time(fn: Callable[[], object], min_seconds: float = 0.2, repeats: int = 5) -> float:
+    """Best per-call time over ``repeats`` timings of as many calls as fill ``min_seconds``."""
+    fn()
+    start = time.perf_counter()
+    calls = 0
+    while time.perf_counter() - start < 0.1 or calls < 2:
+        fn()
+        calls += 1
+    per_call = (time.perf_counter() - start) / calls
+    n = max(1, int(min_seconds / max(per_call, 1e-9)))
+    best = math.inf
+    for _ in range(repeats):
+        start = time.perf_counter()
+        for _ in range(n):
+            fn()
+        best = min(best, (time.perf_counter() - start) / n)
+    return best
+
+
+def measure_matmul(k: int, batch: int, d: int, h: int, c: int, quick: bool) -> dict[str, float]:
+    """float32 FLOP/s of bmm on the training's shapes and of a large square matmul."""
+    g = torch.Generator().manual_seed(0)
+
+    def rand(*shape: int) -> torch.Tensor:
+        return torch.randn(*shape, generator=g)
+
+    x, w1, w2 = rand(k, batch, d), rand(k, d, h), rand(k, h, c)
+    a1, gy = rand(k, batch, h), rand(k, batch, c)
+    shapes = {
+        # forward layer 1 and its weight gradient, the bulk of the FLOPs
+        f"bmm [{k},{batch},{d}]x[{k},{d},{h}]": (lambda: torch.bmm(x, w1), 2 * k * batch * d * h),
+        f"bmm [{k},{d},{batch}]x[{k},{batch},{h}]": (lambda: torch.bmm(x.transpose(1, 2), a1), 2 * k * batch * d * h),
+        # layer 2 forward (the thin one)
+        f"bmm [{k},{batch},{h}]x[{k},{h},{c}]": (lambda: torch.bmm(a1, w2), 2 * k * batch * h * c),
+        f"bmm [{k},{batch},{c}]x[{k},{c},{h}]": (lambda: torch.bmm(gy, w2.transpose(1, 2)), 2 * k * batch * h * c),
+    }
+    out = {}
+    for name, (fn, flops) in shapes.items():
+        out[name] = flops / best_time(fn, 0.05 if quick else 0.2)
+    size = 512 if quick else 2048
+    a, b = rand(size, size), rand(size, size)
+    out[f"matmul [{size},{size}]^2"] = 2 * size**3 / best_time(lambda: a @ b, 0.05 if quick else 0.3)
+    return out
+
+
+def main(argv: list[str] | None = None) -> None:
+    args = parse_args(argv)
+    os.environ.setdefault("OMP_NUM_THREADS", str(args.threads))
+    torch.set_num_threads(args.threads)
+    torch.manual_seed(0)
+
+    load_start = os.getloadavg()[0]
+    data = prepare_data(DATASET, seed=0)
+    n, d = data["X_train"].shape[0], int(np.prod(data["X_train"].shape[1:]))
+    num_classes, num_targets = int(data["num_classes"]), data["X_target"].shape[0]
+    k_sub = subset_size(ALPHA, n)
+    K = args.stack_size
+    masks = draw_masks(n, ALPHA, K, np.random.default_rng(0))
+    subsets = np.stack([np.flatnonzero(m) for m in masks])
+    seeds = np.random.default_rng(1).integers(0, 2**62, size=K, dtype=np.int64)
+
+    def run(rows: slice) -> StackResult:
+        idx = np.arange(K)[rows]
+        return train_stack(
+            data["X_train"], data["y_train"], data["X_target"], data["y_target"],
+            subsets[idx], seeds[idx], num_classes, settings_for(args, len(idx)),
+        )
+
+    # warm-up: imports, Lightning's first-fit set-up, allocator, thread pool
+    run(slice(0, 1))
+    run(slice(0, min(K, 16)))
+
+    # (a) one Trainer.fit per model, (b) the stack on the same first masks and seeds;
+    # interleaved and repeated, the best time of each kept (other processes add noise)
+    t_single = t_stack = math.inf
+    for _ in range(args.repeats):
+        t, singles = timed(lambda: [run(slice(i, i + 1)) for i in range(args.single)])
+        t_single = min(t_single, t)
+        t, stacked = timed(lambda: run(slice(0, K)))
+        t_stack = min(t_stack, t)
+    threads_after = torch.get_num_threads()
+    load_end = os.getloadavg()[0]
+
+    rate_a = args.single / t_single
+    rate_b = K / t_stack
+    margins_a = np.concatenate([r.margins for r in singles])
+    margin_diff = float(np.abs(margins_a - stacked.margins[: args.single]).max())
+    acc_b = float(stacked.acc_target.mean())
+
+    # FLOPs per model, analytically: forward 2*(d*h + h*C) per example
+    widths = [d, *args.hidden, num_classes]
+    fwd = 2 * sum(a * b for a, b in zip(widths[:-1], widths[1:]))  # per example
+    steps = args.epochs * math.ceil(k_sub / 128)
+    train_flops = 3 * fwd * args.epochs * k_sub  # fwd + bwd ~ 3x fwd (the usual count)
+    eval_flops = fwd * (num_targets + k_sub)  # margins on the targets + accuracy on the subset
+    flops_model = train_flops + eval_flops
+    achieved = flops_model * rate_b
+
+    peaks = measure_matmul(K, 128, d, args.hidden[0] if args.hidden else num_classes, num_classes, args.quick)
+    bmm_main = next(v for k_, v in peaks.items() if k_.startswith("bmm"))
+    square = next(v for k_, v in peaks.items() if k_.startswith("matmul"))
+
+    total_models = FIT_MODELS + EVAL_MODELS * EVAL_REPLICATES
+    est_s = total_models / (rate_b * DEFAULT_CORES)
+
+    line = "-" * 72
+    print(line)
+    print(f"train throughput  torch {torch.__version__}  threads {args.threads} (after fit: {threads_after})  "
+          f"1-min load average {load_start:.2f} at start, {load_end:.2f} after (b){'  [QUICK]' if args.quick else ''}")
+    print(f"data digits n={n} d={d} C={num_classes} targets={num_targets}; subset k={k_sub}; "
+          f"MLP {'-'.join(map(str, widths))}; {args.epochs} epochs x {math.ceil(k_sub / 128)} steps of B<=128")
+    print(line)
+    print(f"{'run (best of ' + str(args.repeats) + ')':<34}{'models':>8}{'seconds':>10}{'models/s':>12}")
+    print(f"{'(a) one Trainer.fit per model':<34}{args.single:>8}{t_single:>10.2f}{rate_a:>12.2f}")
+    print(f"{'(b) stacked, one Trainer.fit':<34}{K:>8}{t_stack:>10.2f}{rate_b:>12.2f}")
+    print(f"ratio (b)/(a): {rate_b / rate_a:.1f}x   (goal >= 20x: {'met' if rate_b / rate_a >= 20 else 'NOT met'})")
+    print(f"max |margin(a) - margin(b)| on the {args.single} shared models: {margin_diff:.2e}"
+          f"   (stacked mean target accuracy {acc_b:.3f})")
+    print(line)
+    print(f"{'float32 matmul, ' + str(args.threads) + ' thread(s), best of 5':<44}{'GFLOP/s':>10}")
+    for name, v in peaks.items():
+        print(f"  {name:<42}{v / 1e9:>10.1f}")
+    print(line)
+    print(f"FLOPs per model: train 3 x fwd x {args.epochs} x {k_sub} = {train_flops / 1e6:.1f} M"
+          f" (+ final margins/accuracy pass {eval_flops / 1e6:.2f} M); {steps} optimizer steps")
+    print(f"(b) achieves {achieved / 1e9:.2f} GFLOP/s = {achieved / bmm_main:.1%} of the bmm "
+          f"[{K},128,{d}]x[{K},{d},{widths[1]}] rate, {achieved / square:.1%} of the square-matmul rate")
+    print("    (3x-forward convention; layer 1's input gradient is never computed, so the FLOPs"
+          f" executed are ~{(fwd + 2 * fwd - 2 * d * widths[1]) / (3 * fwd):.0%} of that)")
+    print(line)
+    print(f"ESTIMATE, default run's training ({FIT_MODELS} fit + {EVAL_MODELS} x {EVAL_REPLICATES} eval = "
+          f"{total_models} models) at (b)'s rate on {DEFAULT_CORES} cores: {est_s:.0f} s ({est_s / 60:.1f} min)")
+    print(line)
+
+
+if __name__ == "__main__":
+    main()
