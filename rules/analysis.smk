@@ -10,6 +10,8 @@ rule influencers:
             category="Influencers",
             subcategory="alpha {alpha}",
         ),
+    conda:
+        CONDA_ENV
     log:
         f"{RESULTS}/logs/influencers/{{alpha}}.log",
     params:
@@ -38,6 +40,8 @@ rule leakage:
             category="Leakage",
             subcategory="alpha {alpha}",
         ),
+    conda:
+        CONDA_ENV
     log:
         f"{RESULTS}/logs/leakage/{{alpha}}.log",
     params:
@@ -72,6 +76,8 @@ rule embeddings:
             category="Embeddings",
             subcategory="alpha {alpha}",
         ),
+    conda:
+        CONDA_ENV
     log:
         f"{RESULTS}/logs/embeddings/{{alpha}}.log",
     params:
@@ -90,6 +96,8 @@ rule summary:
         summary_inputs(),
     output:
         report(f"{RESULTS}/summary.md", caption="../report/summary.rst", category="Summary"),
+    conda:
+        CONDA_ENV
     log:
         f"{RESULTS}/logs/summary.log",
     params:

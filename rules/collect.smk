@@ -6,6 +6,8 @@ rule collect:
     output:
         manifest=f"{RESULTS}/store/{{alpha}}/{{split}}/manifest.json",
         arrays=store_files("{alpha}", "{split}"),
+    conda:
+        CONDA_ENV
     log:
         f"{RESULTS}/logs/collect/{{alpha}}/{{split}}.log",
     params:

@@ -2,6 +2,8 @@
 import json
 import sys
 
+from snakemake.settings.types import DeploymentMethod
+
 from dmflow.config import ConfigError, validate_config
 from dmflow.data import num_targets as count_targets
 
@@ -16,7 +18,14 @@ RESULTS = config["results"].rstrip("/")
 SEED = config["seed"]
 ALPHAS = [str(a) for a in config["masks"]["alphas"]]
 NUM_TARGETS = count_targets(config["dataset"])
-DMFLOW = "dmflow"
+# With --sdm conda the jobs run in envs/dmflow.yaml, which holds dmflow's dependencies
+# but not dmflow itself: they run it from this checkout's src/. Otherwise the `dmflow`
+# command of the active environment (the venv of the README) runs every stage.
+CONDA_ENV = "../envs/dmflow.yaml"
+if DeploymentMethod.CONDA in workflow.deployment_settings.deployment_method:
+    DMFLOW = f"PYTHONPATH={workflow.basedir}/src${{PYTHONPATH:+:$PYTHONPATH}} python -m dmflow"
+else:
+    DMFLOW = "dmflow"
 
 wildcard_constraints:
     alpha=r"[0-9.]+",

@@ -5,6 +5,8 @@ rule counterfactual_design:
     output:
         masks=f"{RESULTS}/masks/{{alpha}}/counterfactual/00000.npy",
         cases=f"{RESULTS}/counterfactual/{{alpha}}/cases.csv",
+    conda:
+        CONDA_ENV
     log:
         f"{RESULTS}/logs/counterfactual_design/{{alpha}}.log",
     params:
@@ -48,6 +50,8 @@ rule counterfactual_analyse:
             category="Counterfactuals",
             subcategory="alpha {alpha}",
         ),
+    conda:
+        CONDA_ENV
     log:
         f"{RESULTS}/logs/counterfactual_analyse/{{alpha}}.log",
     shell:

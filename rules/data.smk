@@ -1,6 +1,8 @@
 rule prepare_data:
     output:
         f"{RESULTS}/data.npz",
+    conda:
+        CONDA_ENV
     log:
         f"{RESULTS}/logs/prepare_data.log",
     params:

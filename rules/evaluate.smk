@@ -12,6 +12,8 @@ rule evaluate:
             category="Evaluation",
             subcategory="alpha {alpha}",
         ),
+    conda:
+        CONDA_ENV
     log:
         f"{RESULTS}/logs/evaluate/{{alpha}}.log",
     shell:
@@ -38,6 +40,8 @@ rule learning_curve:
             category="Evaluation",
             subcategory="alpha {alpha}",
         ),
+    conda:
+        CONDA_ENV
     log:
         f"{RESULTS}/logs/learning_curve/{{alpha}}.log",
     threads: config["fit"]["threads"]

@@ -4,6 +4,8 @@ rule fit_block:
         arrays=store_files("{alpha}", "fit"),
     output:
         f"{RESULTS}/fit/{{alpha}}/block{{block}}.npz",
+    conda:
+        CONDA_ENV
     log:
         f"{RESULTS}/logs/fit_block/{{alpha}}/block{{block}}.log",
     threads: config["fit"]["threads"]
@@ -25,6 +27,8 @@ rule merge_fit:
         blocks=expand(f"{RESULTS}/fit/{{{{alpha}}}}/block{{block}}.npz", block=block_ids()),
     output:
         f"{RESULTS}/datamodels/{{alpha}}.npz",
+    conda:
+        CONDA_ENV
     log:
         f"{RESULTS}/logs/merge_fit/{{alpha}}.log",
     shell:

@@ -5,6 +5,8 @@ rule make_masks:
         f"{RESULTS}/masks/{{alpha}}/{{split}}/{{chunk}}.npy",
     wildcard_constraints:
         split="fit|eval",
+    conda:
+        CONDA_ENV
     log:
         f"{RESULTS}/logs/make_masks/{{alpha}}/{{split}}/{{chunk}}.log",
     params:

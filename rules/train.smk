@@ -4,6 +4,8 @@ rule train_chunk:
         masks=f"{RESULTS}/masks/{{alpha}}/{{split}}/{{chunk}}.npy",
     output:
         f"{RESULTS}/train/{{alpha}}/{{split}}/{{chunk}}.npz",
+    conda:
+        CONDA_ENV
     log:
         f"{RESULTS}/logs/train_chunk/{{alpha}}/{{split}}/{{chunk}}.log",
     threads: config["train"]["threads"]

@@ -30,3 +30,11 @@ def test_the_user_asked_for_packages_are_all_there():
     pyproject = tomllib.loads((REPO / "pyproject.toml").read_text())
     names = {_split(r)[0] for r in pyproject["project"]["dependencies"]}
     assert {"snakemake", "pytorch-lightning", "numpy", "pandas", "cvxpy"} <= names
+
+
+def test_every_rule_declares_the_conda_env():
+    rules = [p for p in (REPO / "rules").glob("*.smk") if p.name != "common.smk"]
+    for path in rules:
+        text = path.read_text()
+        assert text.count("\nrule ") + text.startswith("rule ") == text.count("    conda:\n        CONDA_ENV"), path.name
+    assert (REPO / "rules" / "../envs/dmflow.yaml").resolve() == (REPO / "envs" / "dmflow.yaml").resolve()
