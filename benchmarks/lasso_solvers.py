@@ -76,12 +76,13 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p.add_argument("--lambda-min-ratio", type=float, default=1e-3)
     p.add_argument("--tol", type=float, default=1e-6, help="batched solver's KKT tolerance (relative to lambda_max)")
     p.add_argument("--cvxpy-targets", type=int, default=3)
-    p.add_argument("--cvxpy-lambdas", type=int, default=2, help="lambdas of the path cvxpy solves (always the smallest)")
+    p.add_argument("--cvxpy-lambdas", type=int, default=2,
+                   help="lambdas of the path cvxpy solves, evenly spaced, always the smallest")
     p.add_argument("--sklearn-targets", type=int, default=16)
     p.add_argument("--sklearn-tol", type=float, nargs="+", default=[1e-4, 1e-5, 1e-6],
                    help="lasso_path tol(s): its dual gap is at most tol * ||y||^2")
     p.add_argument("--repeats", type=int, default=2,
-                   help="timings of batched float32 and sklearn, alternated, the best kept (float64 and cvxpy run once)")
+                   help="timings of batched float32 and sklearn, alternated, best kept (float64, cvxpy: once)")
     p.add_argument("--seed", type=int, default=0)
     args = p.parse_args(argv)
     if args.quick:
@@ -116,7 +117,8 @@ def load_problem(args: argparse.Namespace) -> Problem:
         weights[idx, t] = rng.normal(0.0, 0.3, size=support)
     y = masks.astype(np.float32) @ weights + rng.normal(0.0, 1.0, size=(args.m, args.targets)).astype(np.float32)
     y += rng.normal(2.0, 1.0, size=args.targets).astype(np.float32)  # per-target offset (the intercept)
-    return Problem(masks, y.astype(np.float32), np.arange(args.m), f"synthetic ({support} planted weights + N(0,1) noise)")
+    source = f"synthetic ({support} planted weights + N(0,1) noise)"
+    return Problem(masks, y.astype(np.float32), np.arange(args.m), source)
 
 
 _START = time.perf_counter()
@@ -124,7 +126,8 @@ _START = time.perf_counter()
 
 def progress(msg: str) -> None:
     """A progress line on stderr with the elapsed time and the load average (stdout stays the report)."""
-    print(f"  .. {time.perf_counter() - _START:6.1f}s load {os.getloadavg()[0]:.2f}  {msg}", file=sys.stderr, flush=True)
+    elapsed, load = time.perf_counter() - _START, os.getloadavg()[0]
+    print(f"  .. {elapsed:6.1f}s load {load:.2f}  {msg}", file=sys.stderr, flush=True)
 
 
 @dataclass
@@ -136,7 +139,9 @@ class PathRun:
     nnz_last: float
 
 
-def batched_path(gram: torch.Tensor, c: torch.Tensor, path: torch.Tensor, lip: float, tol: float, keep: np.ndarray) -> PathRun:
+def batched_path(
+    gram: torch.Tensor, c: torch.Tensor, path: torch.Tensor, lip: float, tol: float, keep: np.ndarray
+) -> PathRun:
     """Warm-started path for all targets; keeps the weights of the targets ``keep`` at every lambda."""
     w = torch.zeros_like(c)
     kept = np.zeros((path.shape[0], c.shape[0], len(keep)))
@@ -150,6 +155,48 @@ def batched_path(gram: torch.Tensor, c: torch.Tensor, path: torch.Tensor, lip: f
         kept[j] = w[:, idx].double().numpy()
     seconds = time.perf_counter() - start
     return PathRun(seconds, kept, iters, conv, float((w != 0).sum(0).double().mean()))
+
+
+@dataclass
+class SklearnRun:
+    tol: float
+    seconds: float  # on the sample of targets
+    all_seconds: float  # extrapolated to all targets
+    weights: np.ndarray  # [L, n, Ts]
+    warnings: int
+
+
+def run_sklearn(
+    prob: Problem, mom: Moments, path64: np.ndarray, targets: np.ndarray, tols: list[float]
+) -> list[SklearnRun]:
+    """lasso_path on the centred data with the precomputed Gram, one target at a time, per tol.
+
+    The tolerances are interleaved target by target, so a change of machine load hits them alike.
+    """
+    from sklearn.linear_model import lasso_path
+
+    L, n, T = path64.shape[0], prob.masks.shape[1], prob.y.shape[1]
+    mean_x, mean_y = mom.mean_x.numpy(), mom.mean_y.numpy()
+    xc = np.asfortranarray(prob.masks[prob.rows].astype(np.float64) - mean_x)
+    sxx = np.ascontiguousarray(mom.sxx.numpy())  # = xc.T @ xc (centred with the same means)
+    sxy = mom.sxy.numpy()
+    weights = {tol: np.zeros((L, n, len(targets))) for tol in tols}
+    seconds = dict.fromkeys(tols, 0.0)
+    warned = dict.fromkeys(tols, 0)
+    for i, t in enumerate(targets):
+        yc = np.ascontiguousarray(prob.y[prob.rows, t].astype(np.float64) - mean_y[t])
+        xy = np.ascontiguousarray(sxy[:, t])
+        for tol in tols:
+            with warnings.catch_warnings(record=True) as caught:
+                warnings.simplefilter("always")
+                t0 = time.perf_counter()
+                _, coefs, _ = lasso_path(
+                    xc, yc, alphas=path64[:, t], precompute=sxx, Xy=xy, tol=tol, max_iter=10_000, check_input=False,
+                )
+                seconds[tol] += time.perf_counter() - t0
+            warned[tol] += sum("converge" in str(w.message).lower() for w in caught)
+            weights[tol][:, :, i] = coefs.T  # alphas come back descending, as our path is
+    return [SklearnRun(tol, seconds[tol], seconds[tol] / len(targets) * T, weights[tol], warned[tol]) for tol in tols]
 
 
 def main(argv: list[str] | None = None) -> None:
@@ -248,15 +295,18 @@ def main(argv: list[str] | None = None) -> None:
     print(f"lasso solvers  torch {torch.__version__}  threads {args.threads}  1-min load average "
           f"{load_start:.2f} at start, {load_end:.2f} after cvxpy{'  [QUICK]' if args.quick else ''}")
     print(f"problem: {prob.source}")
-    print(f"  m={m} rows, n={n} features, T={T} targets, {L} lambdas (lambda_max .. {args.lambda_min_ratio:g} lambda_max)")
-    print(f"moments (row_moments, float64): {t_moments:.2f} s; lipschitz (eigvalsh): {lips['float32'][1]:.2f} s (f32), "
-          f"{lips['float64'][1]:.2f} s (f64), after a first, untimed eigvalsh of size {n} that took {t_eig_first:.2f} s")
+    print(f"  m={m} rows, n={n} features, T={T} targets, {L} lambdas "
+          f"(lambda_max .. {args.lambda_min_ratio:g} lambda_max)")
+    print(f"moments (row_moments, float64): {t_moments:.2f} s; lipschitz (eigvalsh): "
+          f"{lips['float32'][1]:.2f} s (f32), {lips['float64'][1]:.2f} s (f64)")
+    print(f"  (after a first, untimed eigvalsh of size {n}, which took {t_eig_first:.2f} s)")
     print(line)
     print(f"{'solver':<32}{'solved':>12}{'seconds':>10}{'all T x L, s':>14}{'us/(t,lam)':>12}")
     for name in ("float32", "float64"):
         r = runs[name]
         label = f"batched {name}" + (f" (best of {args.repeats})" if name == "float32" and args.repeats > 1 else "")
-        print(f"{label:<32}{f'{T} x {L}':>12}{r.seconds:>10.2f}{r.seconds:>14.2f}{r.seconds / (T * L) * 1e6:>12.0f}")
+        print(f"{label:<32}{f'{T} x {L}':>12}{r.seconds:>10.2f}{r.seconds:>14.2f}"
+              f"{r.seconds / (T * L) * 1e6:>12.0f}")
     print(f"{'cvxpy CLARABEL (tight)':<32}{f'{len(cv_targets)} x {len(cv_lams)}':>12}{t_cvx:>10.2f}{cvx_all:>14.0f}"
           f"{cvx_all / (T * L) * 1e6:>12.0f}")
     for r in sk_runs:
@@ -279,8 +329,10 @@ def main(argv: list[str] | None = None) -> None:
     print("  " + "   ".join(f"{k} {v:.2e}" for k, v in diffs.items()))
     print("objective minus cvxpy's there, relative to the objective at w=0 (< 0: lower than cvxpy's):")
     print("  " + "   ".join(f"{k} {obj_gap(w):.1e}" for k, w in solutions.items()))
-    print(f"all {L} lambdas of the {len(sk_targets)} sklearn targets: max |w - w_batched f64|: "
-          + "   ".join(f"{k} {float(np.abs(w - b64).max()):.2e}" for k, w in solutions.items() if k != "batched float64"))
+    to_b64 = {k: float(np.abs(w - b64).max()) for k, w in solutions.items() if k != "batched float64"}
+    others = "   ".join(f"{k} {v:.2e}" for k, v in to_b64.items())
+    print(f"all {L} lambdas of the {len(sk_targets)} sklearn targets, max |w - w_batched f64|:")
+    print(f"  {others}")
     print(line)
     r32 = runs["float32"].seconds
     verdicts = [
@@ -295,45 +347,6 @@ def main(argv: list[str] | None = None) -> None:
         print(f"  {text:<44} {value:>10}  {'met' if ok else 'NOT met'}")
     print(line)
 
-
-@dataclass
-class SklearnRun:
-    tol: float
-    seconds: float  # on the sample of targets
-    all_seconds: float  # extrapolated to all targets
-    weights: np.ndarray  # [L, n, Ts]
-    warnings: int
-
-
-def run_sklearn(prob: Problem, mom: Moments, path64: np.ndarray, targets: np.ndarray, tols: list[float]) -> list[SklearnRun]:
-    """lasso_path on the centred data with the precomputed Gram, one target at a time, per tol.
-
-    The tolerances are interleaved target by target, so a change of machine load hits them alike.
-    """
-    from sklearn.linear_model import lasso_path
-
-    L, n, T = path64.shape[0], prob.masks.shape[1], prob.y.shape[1]
-    mean_x, mean_y = mom.mean_x.numpy(), mom.mean_y.numpy()
-    xc = np.asfortranarray(prob.masks[prob.rows].astype(np.float64) - mean_x)
-    sxx = np.ascontiguousarray(mom.sxx.numpy())  # = xc.T @ xc (centred with the same means)
-    sxy = mom.sxy.numpy()
-    weights = {tol: np.zeros((L, n, len(targets))) for tol in tols}
-    seconds = dict.fromkeys(tols, 0.0)
-    warned = dict.fromkeys(tols, 0)
-    for i, t in enumerate(targets):
-        yc = np.ascontiguousarray(prob.y[prob.rows, t].astype(np.float64) - mean_y[t])
-        xy = np.ascontiguousarray(sxy[:, t])
-        for tol in tols:
-            with warnings.catch_warnings(record=True) as caught:
-                warnings.simplefilter("always")
-                t0 = time.perf_counter()
-                _, coefs, _ = lasso_path(
-                    xc, yc, alphas=path64[:, t], precompute=sxx, Xy=xy, tol=tol, max_iter=10_000, check_input=False,
-                )
-                seconds[tol] += time.perf_counter() - t0
-            warned[tol] += sum("converge" in str(w.message).lower() for w in caught)
-            weights[tol][:, :, i] = coefs.T  # alphas come back descending, as our path is
-    return [SklearnRun(tol, seconds[tol], seconds[tol] / len(targets) * T, weights[tol], warned[tol]) for tol in tols]
 
 if __name__ == "__main__":
     main()

@@ -27,6 +27,7 @@ rule learning_curve:
         fit_arrays=store_files("{alpha}", "fit"),
         eval_manifest=f"{RESULTS}/store/{{alpha}}/eval/manifest.json",
         eval_arrays=store_files("{alpha}", "eval"),
+        datamodels=f"{RESULTS}/datamodels/{{alpha}}.npz",
     output:
         table=report(
             f"{RESULTS}/evaluation/{{alpha}}/learning_curve.csv",
@@ -53,5 +54,5 @@ rule learning_curve:
         seed=SEED,
     shell:
         "{DMFLOW} learning-curve --fit-store $(dirname {input.fit_manifest:q}) --eval-store $(dirname {input.eval_manifest:q})"
-        " --fractions {params.fractions} --fit {params.fit:q} --seed {params.seed} --threads {threads}"
+        " --fractions {params.fractions} --datamodels {input.datamodels:q} --fit {params.fit:q} --seed {params.seed} --threads {threads}"
         " --table {output.table:q} --figure {output.figure:q} 2> {log:q}"

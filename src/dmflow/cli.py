@@ -118,7 +118,7 @@ def cmd_learning_curve(args: argparse.Namespace) -> None:
 
     torch.set_num_threads(max(1, args.threads))
     run_learning_curve(args.fit_store, args.eval_store, args.fractions, FitSettings.from_config(args.fit), args.seed,
-                       args.table, args.figure)
+                       args.table, args.figure, args.datamodels)
 
 
 def cmd_counterfactual_design(args: argparse.Namespace) -> None:
@@ -240,6 +240,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--fit-store", type=Path, required=True)
     p.add_argument("--eval-store", type=Path, required=True)
     p.add_argument("--fractions", type=float, nargs="+", required=True)
+    p.add_argument("--datamodels", type=Path, default=None, help="the fit on all rows, reused for fraction 1.0")
     p.add_argument("--fit", type=_json, required=True, help="the config's fit section as JSON")
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--threads", type=int, default=1)

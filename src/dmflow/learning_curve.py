@@ -16,9 +16,21 @@ import pandas as pd
 
 from dmflow.evaluate import predict, score, write_table
 from dmflow.fit import FitSettings, split_validation_rows, usable_rows, fit_targets
+from dmflow.io import load_npz
 from dmflow.store import open_store
 
 log = logging.getLogger(__name__)
+
+
+def _refit_and_predict(fit_store, eval_store, fit_rows, val_rows, settings: FitSettings, targets_per_pass: int) -> np.ndarray:
+    """Fit every target on the given rows (in passes of targets) and predict the eval masks."""
+    num_targets = fit_store.manifest["num_targets"]
+    pred = np.empty((eval_store.masks.shape[0], num_targets), dtype=np.float32)
+    for start in range(0, num_targets, targets_per_pass):
+        cols = slice(start, min(start + targets_per_pass, num_targets))
+        fitted = fit_targets(fit_store.masks, fit_store.margins[:, 0, cols], fit_rows, val_rows, settings)
+        pred[:, cols] = predict(eval_store.masks, fitted["weight"], fitted["bias"])
+    return pred
 
 
 def learning_curve(
@@ -28,21 +40,25 @@ def learning_curve(
     settings: FitSettings,
     seed: int,
     targets_per_pass: int = 1000,
+    datamodels: dict[str, np.ndarray] | None = None,
 ) -> pd.DataFrame:
-    """One row per fraction: number of fit models and the mean/median scores on the eval masks."""
+    """One row per fraction: number of fit models and the mean/median scores on the eval masks.
+
+    ``datamodels`` (the workflow's own fit on all rows) stands in for fraction 1.0,
+    which would repeat exactly that fit.
+    """
     fit_store, eval_store = open_store(fit_store_path), open_store(eval_store_path)
-    m, num_targets = fit_store.masks.shape[0], fit_store.manifest["num_targets"]
+    m = fit_store.masks.shape[0]
     rows_ok = usable_rows(fit_store.status)
     records = []
     for fraction in sorted(fractions):
         first = int(round(fraction * m))
         rows = rows_ok[rows_ok < first]
         fit_rows, val_rows = split_validation_rows(rows, settings.val_fraction, seed, fit_store.manifest["alpha"])
-        pred = np.empty((eval_store.masks.shape[0], num_targets), dtype=np.float32)
-        for start in range(0, num_targets, targets_per_pass):
-            cols = slice(start, min(start + targets_per_pass, num_targets))
-            fitted = fit_targets(fit_store.masks, fit_store.margins[:, 0, cols], fit_rows, val_rows, settings)
-            pred[:, cols] = predict(eval_store.masks, fitted["weight"], fitted["bias"])
+        if fraction == 1.0 and datamodels is not None:
+            pred = predict(eval_store.masks, datamodels["weight"], datamodels["bias"])
+        else:
+            pred = _refit_and_predict(fit_store, eval_store, fit_rows, val_rows, settings, targets_per_pass)
         scores = score(pred, eval_store)
         record = {"fraction": fraction, "num_models": first, "num_usable": len(rows)}
         for key in ("lds_single", "lds_mean", "pearson_single", "pearson_mean", "ceiling_single", "ceiling_mean"):
@@ -54,11 +70,12 @@ def learning_curve(
 
 
 def run_learning_curve(fit_store: Path, eval_store: Path, fractions: Sequence[float], settings: FitSettings,
-                       seed: int, table_path: Path, figure_path: Path) -> pd.DataFrame:
+                       seed: int, table_path: Path, figure_path: Path, datamodels: Path | None = None) -> pd.DataFrame:
     """Compute the curve and write its table and figure."""
     from dmflow.figures import learning_curve_figure
 
-    table = learning_curve(fit_store, eval_store, fractions, settings, seed)
+    fitted = load_npz(datamodels) if datamodels else None
+    table = learning_curve(fit_store, eval_store, fractions, settings, seed, datamodels=fitted)
     write_table(table, table_path)
     learning_curve_figure(table, figure_path)
     return table
