@@ -51,7 +51,7 @@ class Workflow:
     def __init__(self, root: Path) -> None:
         self.root = root
         root.mkdir(parents=True, exist_ok=True)
-        for name in ("Snakefile", "rules", "profiles", "report"):
+        for name in ("Snakefile", "rules", "profiles", "report", "envs"):
             src = REPO / name
             (shutil.copytree if src.is_dir() else shutil.copy)(src, root / name)
         self.results = root / "results"
