@@ -1,10 +1,6 @@
 #!/usr/bin/env bash
-# Set up a venv (CPU build of torch) and run the whole test suite.
+# Set up the venv (CPU build of torch) and run the whole test suite with pytest.
 set -euo pipefail
 cd "$(dirname "$0")/.."
-python3 -m venv .venv
-. .venv/bin/activate
-python -m pip install -q --upgrade pip
-python -m pip install -q torch==2.13.0
-python -m pip install -q -e '.[test]'
+SETUP_EXTRAS="[test,slurm]" . scripts/setup.sh
 python -m pytest "$@"
