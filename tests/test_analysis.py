@@ -1,7 +1,6 @@
 """Influencers, leakage, embeddings and the notebook entry: right targets, order and signs."""
 
 import numpy as np
-import pandas as pd
 import pytest
 from sklearn.datasets import make_classification
 

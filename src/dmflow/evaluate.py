@@ -114,10 +114,8 @@ def summarise(table: pd.DataFrame, store: Store) -> dict:
     return out
 
 
-def evaluate(datamodels_path: Path, eval_store_path: Path) -> tuple[pd.DataFrame, dict, np.ndarray]:
-    """Score the datamodels on the eval store: (per-target table, summary, predictions [m, T])."""
-    dm = load_npz(datamodels_path)
-    store = open_store(eval_store_path)
+def evaluate(dm: dict[str, np.ndarray], store: Store) -> tuple[pd.DataFrame, dict, np.ndarray]:
+    """Score datamodels on an eval store: (per-target table, summary, predictions [m, T])."""
     pred = predict(store.masks, dm["weight"], dm["bias"])
     table = pd.DataFrame({"target": np.arange(dm["weight"].shape[1]), "target_id": dm["target_ids"]})
     for key, values in score(pred, store).items():
@@ -139,10 +137,10 @@ def run_evaluate(datamodels_path: Path, eval_store_path: Path, table_path: Path,
     """Evaluate, then write the per-target table, summary.json and the scatter/histogram figure."""
     from dmflow.figures import evaluation_figure
 
-    table, summary, pred = evaluate(datamodels_path, eval_store_path)
+    store = open_store(eval_store_path)
+    table, summary, pred = evaluate(load_npz(datamodels_path), store)
     write_table(table, table_path)
     atomic_save_json(summary_path, summary)
-    store = open_store(eval_store_path, verify=False)
     evaluation_figure(pred, store, table, scatter_path)
     log.info("LDS vs seed mean %.3f (ceiling %.3f); vs one seed %.3f (ceiling %.3f)",
              summary["lds_mean"]["mean"], summary["ceiling_mean"]["mean"], summary["lds_single"]["mean"], summary["ceiling_single"]["mean"])

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import logging
-import os
 import warnings
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -195,7 +194,6 @@ def run_train_chunk(
 ) -> dict[str, np.ndarray]:
     """Read data and masks, train the chunk, write its ``.npz`` atomically."""
     torch.set_num_threads(max(1, int(threads)))
-    os.environ.setdefault("OMP_NUM_THREADS", str(threads))
     data = load_npz(data_path)
     masks = np.load(masks_path, allow_pickle=False)
     seeds = chunk_seeds(seed, alpha, split, chunk, masks.shape[0], replicates)
