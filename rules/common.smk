@@ -5,7 +5,7 @@ import sys
 from snakemake.settings.types import DeploymentMethod
 
 from dmflow.config import ConfigError, validate_config
-from dmflow.data import num_targets as count_targets
+from dmflow.data import dataset_sizes
 
 try:
     _validated = validate_config(config)
@@ -17,7 +17,7 @@ config.update(_validated)
 RESULTS = config["results"].rstrip("/")
 SEED = config["seed"]
 ALPHAS = [str(a) for a in config["masks"]["alphas"]]
-NUM_TARGETS = count_targets(config["dataset"])
+NUM_TRAIN, NUM_TARGETS = dataset_sizes(config["dataset"], config["seed"])
 # With --sdm conda the jobs run in envs/dmflow.yaml, which holds dmflow's dependencies
 # but not dmflow itself: they run it from this checkout's src/. Otherwise the `dmflow`
 # command of the active environment (the venv of the README) runs every stage.
@@ -86,19 +86,9 @@ def store_files(alpha, split):
     return [f"{RESULTS}/store/{alpha}/{split}/{name}.npy" for name in names]
 
 
-def num_train():
-    """Training-set size n, known before prepare_data runs."""
-    data = config["dataset"]
-    if data["name"] == "digits":
-        return data["num_train"]
-    from dmflow.data import check_npz
-
-    return check_npz(data["path"])["X_train"][0]
-
-
 def fit_mem_mb(all_targets=False):
     """Memory of one fit job: float64 moments (n x n, n x targets) plus solver copies."""
-    n = num_train()
+    n = NUM_TRAIN
     t = NUM_TARGETS if all_targets else min(config["fit"]["targets_per_job"], NUM_TARGETS)
     floats = 3 * n * n + 8 * n * t + 4096 * (n + t)
     return int(500 + floats * 8 / 2**20)

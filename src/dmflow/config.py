@@ -14,7 +14,7 @@ from typing import Any
 import jsonschema
 import yaml
 
-from dmflow.data import DataError, check_npz
+from dmflow.data import DataError, dataset_sizes
 from dmflow.masks import subset_size
 
 
@@ -48,6 +48,9 @@ def _describe(error: jsonschema.ValidationError) -> str:
         unknown = sorted(set(error.instance) - set(error.schema.get("properties", {})))
         where = f"{key}." if error.absolute_path else ""
         return f"unknown key {where}{unknown[0]}; allowed: {allowed}"
+    if key == "model.arch":
+        return (f"model.arch={error.instance!r} is not allowed; choose one of 'mlp', 'logreg', 'cnn', 'resnet9'"
+                " or a custom model as 'package.module:factory'")
     if error.validator == "enum":
         return f"{key}={error.instance!r} is not allowed; choose one of {', '.join(map(repr, error.validator_value))}"
     return f"{key}={error.instance!r}: {error.message}"
@@ -71,21 +74,21 @@ def validate_config(config: dict[str, Any]) -> dict[str, Any]:
         raise ConfigError(f"results={cfg['results']!r} must not contain '..'; give the results folder itself")
     _divisible(cfg, "fit_models", "chunk_size")
     _divisible(cfg, "eval_models", "eval_chunk_size")
-    data = cfg["dataset"]
-    if data["name"] == "npz":
-        if not data["path"]:
-            raise ConfigError("dataset.path is required when dataset.name='npz' (an .npz with X_train, y_train, X_test, y_test)")
-        try:
-            n = check_npz(data["path"])["X_train"][0]
-        except DataError as exc:
-            raise ConfigError(str(exc)) from None
-    else:
-        if data["num_train"] >= 1797:
-            raise ConfigError(f"dataset.num_train={data['num_train']} must be below 1797 (digits has 1797 examples)")
-        n = data["num_train"]
+    try:
+        n, _ = dataset_sizes(cfg["dataset"], cfg["seed"])
+    except DataError as exc:
+        raise ConfigError(str(exc)) from None
     for alpha in cfg["masks"]["alphas"]:
         if not 0 < subset_size(alpha, n) < n:
             raise ConfigError(f"masks.alphas: alpha={alpha} gives round(alpha*{n}) outside 1..{n - 1} training examples")
+    arch = cfg["model"]["arch"]
+    if ":" in arch:
+        from dmflow.convnets import load_factory
+
+        try:
+            load_factory(arch)
+        except ValueError as exc:
+            raise ConfigError(str(exc)) from None
     if cfg["fit"]["cvxpy_solver"] and cfg["fit"]["solver"] == "cvxpy":
         import cvxpy
 

@@ -14,6 +14,8 @@ import pytorch_lightning as pl
 import torch
 from torch.utils.data import DataLoader, IterableDataset
 
+from dmflow.augment import AugmentSettings, apply, draw_params
+
 
 def epoch_orders(subsets: np.ndarray, seeds: Sequence[int], epochs: int) -> np.ndarray:
     """Training-example indices in visiting order, [epochs, K, k].
@@ -31,22 +33,40 @@ def epoch_orders(subsets: np.ndarray, seeds: Sequence[int], epochs: int) -> np.n
 
 
 class _EpochBatches(IterableDataset):
-    """Yields the index batches of one epoch per iteration, epoch after epoch."""
+    """Yields the index batches of one epoch per iteration, epoch after epoch.
 
-    def __init__(self, orders: np.ndarray, batch_size: int) -> None:
+    With augmentation on, a batch is (indices [K, B], augmentation draws [K, B, 5]),
+    the draws made from each model's seed and the epoch.
+    """
+
+    def __init__(
+        self, orders: np.ndarray, batch_size: int, seeds: Sequence[int] = (),
+        augment: AugmentSettings = AugmentSettings(), image_hw: tuple[int, int] = (0, 0),
+    ) -> None:
         super().__init__()
         self.orders = torch.from_numpy(orders)
         self.batch_size = batch_size
+        self.seeds = list(seeds)
+        self.augment = augment
+        self.image_hw = image_hw
         self.epoch = 0
 
     def __len__(self) -> int:
         return -(-self.orders.shape[2] // self.batch_size)
 
     def __iter__(self) -> Iterator[torch.Tensor]:
-        order = self.orders[min(self.epoch, self.orders.shape[0] - 1)]
+        epoch = min(self.epoch, self.orders.shape[0] - 1)
+        order = self.orders[epoch]
         self.epoch += 1
+        params = None
+        if self.augment.enabled:
+            size = order.shape[1]
+            params = torch.from_numpy(np.stack([
+                draw_params(seed, epoch, size, *self.image_hw, self.augment) for seed in self.seeds
+            ]))
         for start in range(0, order.shape[1], self.batch_size):
-            yield order[:, start : start + self.batch_size]
+            batch = order[:, start : start + self.batch_size]
+            yield batch if params is None else (batch, params[:, start : start + self.batch_size])
 
 
 class StackedSubsetDataModule(pl.LightningDataModule):
@@ -60,18 +80,27 @@ class StackedSubsetDataModule(pl.LightningDataModule):
         seeds: Sequence[int],
         batch_size: int,
         epochs: int,
+        augment: AugmentSettings = AugmentSettings(),
     ) -> None:
         super().__init__()
         self.x = x
         self.y = y
         self.batch_size = batch_size
+        self.seeds = list(seeds)
+        self.augment = augment
         self.orders = epoch_orders(subsets, seeds, epochs)
 
     def train_dataloader(self) -> DataLoader:
-        return DataLoader(_EpochBatches(self.orders, self.batch_size), batch_size=None)
+        hw = tuple(self.x.shape[-2:]) if self.x.dim() == 4 else (0, 0)
+        return DataLoader(_EpochBatches(self.orders, self.batch_size, self.seeds, self.augment, hw), batch_size=None)
 
-    def on_after_batch_transfer(self, batch: torch.Tensor, dataloader_idx: int) -> tuple[torch.Tensor, torch.Tensor]:
-        """Gather the features on the batch's device (the data moves there once)."""
-        if self.x.device != batch.device:
-            self.x, self.y = self.x.to(batch.device), self.y.to(batch.device)
-        return self.x[batch], self.y[batch]
+    def on_after_batch_transfer(self, batch, dataloader_idx: int) -> tuple[torch.Tensor, torch.Tensor]:
+        """Gather the features on the batch's device (the data moves there once), then augment."""
+        idx, params = batch if isinstance(batch, (tuple, list)) else (batch, None)
+        if self.x.device != idx.device:
+            self.x, self.y = self.x.to(idx.device), self.y.to(idx.device)
+        x = self.x[idx]
+        if params is not None:
+            k, b = idx.shape
+            x = apply(x.reshape(k * b, *x.shape[2:]), params.reshape(k * b, -1), self.augment).reshape(x.shape)
+        return x, self.y[idx]

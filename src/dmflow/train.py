@@ -12,9 +12,10 @@ import pytorch_lightning as pl
 import torch
 from pytorch_lightning.plugins.environments import LightningEnvironment
 
+from dmflow.augment import AugmentSettings
 from dmflow.ensemble_data import StackedSubsetDataModule
 from dmflow.io import atomic_save_npz, load_npz
-from dmflow.models import StackedEnsembleModule, build_stacked_model, margins_from_logits
+from dmflow.models import VECTOR_ARCHITECTURES, StackedEnsembleModule, build_stacked_model, margins_from_logits
 from dmflow.seeds import chunk_seeds
 from dmflow.store import STATUS_DIVERGED, STATUS_OK
 
@@ -27,12 +28,20 @@ class TrainSettings:
 
     arch: str = "mlp"
     hidden: tuple[int, ...] = (128,)
+    width: float = 1.0
+    stacking: str = "auto"
     epochs: int = 20
     batch_size: int = 64
     optimizer: str = "adam"
     lr: float = 1e-3
     weight_decay: float = 0.0
     momentum: float = 0.9
+    label_smoothing: float = 0.0
+    lr_schedule: str = "constant"
+    lr_peak_epoch: float = 5.0
+    augment: AugmentSettings = AugmentSettings()
+    test_time_flip: bool = False
+    precision: str = "auto"
     stack_size: int = 250
     device: str = "auto"
 
@@ -41,12 +50,20 @@ class TrainSettings:
         return cls(
             arch=model["arch"],
             hidden=tuple(model.get("hidden", ())),
+            width=float(model.get("width", 1.0)),
+            stacking=model.get("stacking", "auto"),
             epochs=train["epochs"],
             batch_size=train["batch_size"],
             optimizer=train["optimizer"],
             lr=train["lr"],
             weight_decay=train["weight_decay"],
             momentum=train["momentum"],
+            label_smoothing=float(train.get("label_smoothing", 0.0)),
+            lr_schedule=train.get("lr_schedule", "constant"),
+            lr_peak_epoch=float(train.get("lr_peak_epoch", 5.0)),
+            augment=AugmentSettings(**train.get("augment", {})),
+            test_time_flip=bool(train.get("test_time_flip", False)),
+            precision=str(train.get("precision", "auto")),
             stack_size=train["stack_size"],
             device=train["device"],
         )
@@ -82,6 +99,75 @@ def _quiet_lightning() -> None:
     warnings.filterwarnings("ignore", message=".*isinstance\\(treespec, LeafSpec\\).*")
 
 
+def lightning_precision(precision: str, device: str) -> str:
+    """Lightning's precision flag: ``auto`` is bf16 mixed precision on CUDA, float32 elsewhere."""
+    if precision == "auto":
+        return "bf16-mixed" if device == "cuda" else "32-true"
+    return {"32": "32-true", "bf16": "bf16-mixed"}[precision]
+
+
+def _trainer(settings: TrainSettings, device: str) -> pl.Trainer:
+    return pl.Trainer(
+        accelerator="gpu" if device == "cuda" else "cpu",
+        devices=1,
+        max_epochs=settings.epochs,
+        precision=lightning_precision(settings.precision, device),
+        logger=False,
+        enable_checkpointing=False,
+        enable_progress_bar=False,
+        enable_model_summary=False,
+        num_sanity_val_steps=0,
+        deterministic=device == "cpu",
+        # one process on one device, also inside a SLURM job (no SLURM auto-detection)
+        plugins=[LightningEnvironment()],
+    )
+
+
+def _logits(net: torch.nn.Module, x: torch.Tensor, flip: bool) -> torch.Tensor:
+    """Stacked logits [K, B, C] (half precision raised to float32); averaged with the mirrored images when ``flip``."""
+    out = net(x)
+    if flip:
+        out = (out + net(x.flip(-1))) / 2
+    return out.float() if out.dtype in (torch.bfloat16, torch.float16) else out
+
+
+def predict_stack(
+    net: torch.nn.Module,
+    x: torch.Tensor,
+    y: torch.Tensor,
+    x_target: np.ndarray,
+    y_target: np.ndarray,
+    subsets: np.ndarray,
+    batch_size: int,
+    flip: bool,
+) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """Margins [K, T] and accuracy on the targets [K] and on each model's own subset [K].
+
+    Evaluated in slices of ``batch_size`` examples, so K x T images never sit in memory at once.
+    """
+    dev = next(net.parameters()).device
+    k_models = subsets.shape[0]
+    xt = torch.as_tensor(x_target, dtype=x.dtype, device=dev)
+    yt = torch.as_tensor(y_target, dtype=torch.long, device=dev)
+    margins, hits_t, hits_s = [], [], []
+    step = max(1, int(batch_size))
+    with torch.no_grad():
+        for start in range(0, len(xt), step):
+            xb, yb = xt[start : start + step], yt[start : start + step]
+            logits = _logits(net, xb.unsqueeze(0).expand(k_models, *xb.shape), flip)
+            margins.append(margins_from_logits(logits, yb))
+            hits_t.append((logits.argmax(-1) == yb).float().sum(1))
+        xd, yd = x.to(dev), y.to(dev)
+        idx_all = torch.as_tensor(subsets, device=dev)
+        for start in range(0, subsets.shape[1], step):
+            idx = idx_all[:, start : start + step]
+            hits_s.append((_logits(net, xd[idx], flip).argmax(-1) == yd[idx]).float().sum(1))
+    margins_np = torch.cat(margins, dim=1).float().cpu().numpy()
+    acc_target = (torch.stack(hits_t).sum(0) / len(xt)).cpu().numpy()
+    acc_subset = (torch.stack(hits_s).sum(0) / subsets.shape[1]).cpu().numpy()
+    return margins_np, acc_target, acc_subset
+
+
 def train_stack(
     x_train: np.ndarray,
     y_train: np.ndarray,
@@ -96,38 +182,31 @@ def train_stack(
     """Train K models at once, model i on ``subsets[i]`` (indices) from ``seeds[i]``; one Trainer.fit."""
     _quiet_lightning()
     device = resolve_device(settings.device)
-    k_models = subsets.shape[0]
-    net = build_stacked_model(settings.arch, k_models, int(np.prod(x_train.shape[1:])), num_classes, settings.hidden)
-    net.reset_parameters(seeds)
-    module = StackedEnsembleModule(net, settings.optimizer, settings.lr, settings.weight_decay, settings.momentum)
+    if settings.arch not in VECTOR_ARCHITECTURES and x_train.ndim == 3:
+        # greyscale images [N, H, W] (digits) get their channel axis for the conv nets
+        x_train, x_target = x_train[:, None], x_target[:, None]
+    net = build_stacked_model(
+        settings.arch, seeds, x_train.shape[1:], num_classes, settings.hidden, settings.width, settings.stacking
+    ).to(torch.get_default_dtype())
+    if device == "cuda" and x_train.ndim == 4:
+        net = net.to(memory_format=torch.channels_last)
+        net.channels_last = True
+    module = StackedEnsembleModule(
+        net, settings.optimizer, settings.lr, settings.weight_decay, settings.momentum,
+        settings.label_smoothing, settings.lr_schedule, settings.lr_peak_epoch,
+    )
     x = torch.as_tensor(x_train, dtype=torch.get_default_dtype())
     y = torch.as_tensor(y_train, dtype=torch.long)
-    data = StackedSubsetDataModule(x, y, subsets, seeds, settings.batch_size, settings.epochs)
-    trainer = pl.Trainer(
-        accelerator="gpu" if device == "cuda" else "cpu",
-        devices=1,
-        max_epochs=settings.epochs,
-        logger=False,
-        enable_checkpointing=False,
-        enable_progress_bar=False,
-        enable_model_summary=False,
-        num_sanity_val_steps=0,
-        deterministic=device == "cpu",
-        # one process on one device, also inside a SLURM job (no SLURM auto-detection)
-        plugins=[LightningEnvironment()],
-    )
+    augment = settings.augment if x_train.ndim == 4 else AugmentSettings()
+    data = StackedSubsetDataModule(x, y, subsets, seeds, settings.batch_size, settings.epochs, augment)
+    trainer = _trainer(settings, device)
     trainer.fit(module, datamodule=data)
     module.eval()
-    with torch.no_grad():
-        dev = next(module.parameters()).device
-        xt = torch.as_tensor(x_target, dtype=x.dtype, device=dev)
-        yt = torch.as_tensor(y_target, dtype=torch.long, device=dev)
-        logits_t = module(xt.unsqueeze(0).expand(k_models, *xt.shape))
-        margins = margins_from_logits(logits_t, yt).float().cpu().numpy()
-        acc_target = (logits_t.argmax(-1) == yt).float().mean(1).cpu().numpy()
-        xs = x.to(dev)[torch.as_tensor(subsets, device=dev)]
-        ys = y.to(dev)[torch.as_tensor(subsets, device=dev)]
-        acc_subset = (module(xs).argmax(-1) == ys).float().mean(1).cpu().numpy()
+    flip = settings.test_time_flip and x_train.ndim == 4
+    with trainer.precision_plugin.forward_context():
+        margins, acc_target, acc_subset = predict_stack(
+            module.net, x, y, x_target, y_target, subsets, max(settings.batch_size, 256), flip
+        )
     state = {k: v.detach().cpu().clone() for k, v in module.net.state_dict().items()} if keep_state else {}
     return StackResult(margins, acc_target, acc_subset, module.finite.cpu().numpy(), state)
 
