@@ -36,7 +36,7 @@ wildcard_constraints:
 
 # Keys that never change a stage's result: left out of the params, so changing them
 # (or adding such keys in a new dmflow version) re-runs nothing.
-NOT_RESULTS = {"dataset": ("image_shape",), "train": ("threads", "max_diverged_fraction"), "fit": ("threads",)}
+NOT_RESULTS = {"dataset": ("image_shape",), "train": ("threads", "mem_mb", "max_diverged_fraction"), "fit": ("threads",)}
 
 
 def section_json(name):

@@ -10,7 +10,7 @@ rule train_chunk:
         f"{RESULTS}/logs/train_chunk/{{alpha}}/{{split}}/{{chunk}}.log",
     threads: config["train"]["threads"]
     resources:
-        mem_mb=lambda wc, attempt: 2000 * attempt,
+        mem_mb=lambda wc, attempt: config["train"]["mem_mb"] * attempt,
         gpu=1 if config["train"]["device"] == "cuda" else 0,
     params:
         model=section_json("model"),

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import pickle
 
 import numpy as np
@@ -188,3 +189,39 @@ def test_conv_stack_equals_independent_trainings(arch, stacking):
         assert not np.allclose(stacked.margins[0], stacked.margins[1])
     finally:
         torch.set_default_dtype(torch.float32)
+
+
+@pytest.mark.workflow
+def test_tiny_workflow_with_a_user_model_on_a_generated_image_folder(workflow):
+    """snakemake end to end on an image folder, with a conv model defined in the user's own module."""
+    from conftest import tiny_config
+    from PIL import Image
+
+    x, y = synthetic_images(120, 3, seed=4, size=12, noise=40)
+    for i, (img, label) in enumerate(zip(x, y)):
+        folder = workflow.root / "imgs" / f"class{label}"
+        folder.mkdir(parents=True, exist_ok=True)
+        Image.fromarray(img.transpose(1, 2, 0)).save(folder / f"{i:03d}.png")
+    (workflow.root / "my_models.py").write_text(
+        "from torch import nn\n\n"
+        "def small_cnn(input_shape, num_classes):\n"
+        "    return nn.Sequential(nn.Conv2d(input_shape[0], 6, 3, padding=1), nn.BatchNorm2d(6), nn.ReLU(),\n"
+        "                         nn.MaxPool2d(2), nn.Flatten(), nn.Linear(6 * 36, num_classes))\n"
+    )
+    cfg = tiny_config(workflow.results)
+    cfg["dataset"] = {"name": "images", "path": "imgs", "test_fraction": 0.25, "num_targets": 20}
+    cfg["model"] = {"arch": "my_models:small_cnn"}
+    cfg["train"].update({"augment": {"flip": True, "translate": 1}, "test_time_flip": True, "stack_size": 20})
+    cfg["counterfactual"]["enabled"] = False
+    cfg["evaluate"]["learning_curve"] = []
+    workflow.write_config(cfg)
+    workflow.run()
+    data = np.load(workflow.results / "data.npz")
+    n = len(data["y_train"])
+    assert data["X_train"].shape[1:] == (3, 12, 12) and data["X_target"].shape == (20, 3, 12, 12)
+    dm = np.load(workflow.results / "datamodels" / "0.5.npz")
+    assert dm["weight"].shape == (n, 20) and np.isfinite(dm["weight"]).all()
+    summary = json.loads((workflow.results / "evaluation" / "0.5" / "summary.json").read_text())
+    assert summary["counts"]["eval_masks"] == 10 and summary["counts"]["diverged_models_excluded"] == 0
+    train = np.load(workflow.results / "train" / "0.5" / "fit" / "00000.npz")
+    assert train["acc_subset"].mean() > 0.6  # the user's model learned its subsets

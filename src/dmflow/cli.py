@@ -43,6 +43,14 @@ def cmd_prepare_data(args: argparse.Namespace) -> None:
     logging.info("wrote %s: %d training examples, %d targets", args.out, len(arrays["y_train"]), len(arrays["y_target"]))
 
 
+def cmd_synthetic_cifar10(args: argparse.Namespace) -> None:
+    from dmflow.data import synthetic_images, write_cifar10_folder
+
+    x, y = synthetic_images(args.train + args.test, args.classes, args.seed)
+    folder = write_cifar10_folder(args.out, x[: args.train], y[: args.train], x[args.train :], y[args.train :])
+    logging.info("wrote a synthetic CIFAR-10-format folder %s: %d training and %d test images", folder, args.train, args.test)
+
+
 def cmd_make_masks(args: argparse.Namespace) -> None:
     import numpy as np
 
@@ -175,6 +183,14 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--out", type=Path, required=True)
     p.set_defaults(func=cmd_prepare_data)
+
+    p = sub.add_parser("synthetic-cifar10", help="write a synthetic folder in CIFAR-10's python format (demos, tests)")
+    p.add_argument("--out", type=Path, required=True, help="folder to create (e.g. data/cifar-10-batches-py)")
+    p.add_argument("--train", type=int, default=5000)
+    p.add_argument("--test", type=int, default=1000)
+    p.add_argument("--classes", type=int, default=10)
+    p.add_argument("--seed", type=int, default=0)
+    p.set_defaults(func=cmd_synthetic_cifar10)
 
     def chunk_args(p: argparse.ArgumentParser) -> None:
         p.add_argument("--alpha", type=float, required=True)
