@@ -168,13 +168,13 @@ def write_cifar10_folder(
     return folder
 
 
-def synthetic_images(num: int, num_classes: int, seed: int, size: int = 32, noise: float = 60.0) -> tuple[np.ndarray, np.ndarray]:
+def synthetic_images(num: int, num_classes: int, seed: int, size: int = 32, noise: float = 90.0) -> tuple[np.ndarray, np.ndarray]:
     """uint8 images [num, 3, size, size] and labels: one smooth random template per class plus noise.
 
     A stand-in for CIFAR-10 where no copy exists (demos, tests): learnable, not trivial.
     """
     rng = np.random.default_rng(seed)
-    coarse = rng.uniform(0, 255, (num_classes, 3, 4, 4))
+    coarse = rng.uniform(100, 155, (num_classes, 3, 4, 4))
     templates = coarse.repeat(size // 4, axis=2).repeat(size // 4, axis=3)
     labels = rng.integers(0, num_classes, num)
     images = templates[labels] + rng.normal(0, noise, (num, 3, size, size))
