@@ -65,3 +65,10 @@ def test_diverged_replicates_are_left_out():
     s = score(signal.astype(np.float32), store)
     assert np.isfinite(s["lds_mean"]).all() and np.isfinite(s["replicate_corr"]).all()
     assert replicate_agreement(store.margins, store.ok).min() > 0.99
+
+
+def test_fraction_of_the_ceiling_is_withheld_where_the_ceiling_is_noise():
+    from dmflow.evaluate import _fraction
+
+    assert _fraction(0.45, 0.9) == 0.5
+    assert _fraction(0.05, 0.01) is None  # a ratio of two noise figures says nothing

@@ -95,14 +95,22 @@ def _stats(values: np.ndarray) -> dict[str, float]:
     return {"mean": float(np.nanmean(values)), "median": float(np.nanmedian(values))}
 
 
+MIN_CEILING = 0.1
+
+
+def _fraction(score: float, ceiling: float) -> float | None:
+    """score / ceiling; None where the ceiling is below MIN_CEILING (retraining noise swamps any signal)."""
+    return float(score / ceiling) if ceiling >= MIN_CEILING else None
+
+
 def summarise(table: pd.DataFrame, store: Store) -> dict:
     """Headline numbers of an evaluation table (means, medians, fractions of the ceiling, counts)."""
     out = {key: _stats(table[key].to_numpy()) for key in (
         "pearson_single", "lds_single", "pearson_mean", "lds_mean", "mse_single", "mse_mean",
         "replicate_corr", "ceiling_single", "ceiling_mean")}
     out["fraction_of_ceiling"] = {
-        "pearson_single": float(np.nanmean(table.pearson_single) / np.nanmean(table.ceiling_single)),
-        "pearson_mean": float(np.nanmean(table.pearson_mean) / np.nanmean(table.ceiling_mean)),
+        "pearson_single": _fraction(np.nanmean(table.pearson_single), np.nanmean(table.ceiling_single)),
+        "pearson_mean": _fraction(np.nanmean(table.pearson_mean), np.nanmean(table.ceiling_mean)),
     }
     out["counts"] = {
         "targets": int(len(table)),

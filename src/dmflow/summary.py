@@ -11,8 +11,8 @@ import pandas as pd
 from dmflow.io import atomic_path
 
 
-def _fmt(x: float) -> str:
-    return f"{x:.3f}"
+def _fmt(x: float | None) -> str:
+    return "n/a (ceiling < 0.1)" if x is None else f"{x:.3f}"
 
 
 def alpha_section(results: Path, alpha: str) -> list[str]:
