@@ -5,7 +5,8 @@ masks, ~800 targets, a 30-lambda path from lambda_max down to 1e-3 lambda_max):
 
 * moments: ``row_moments`` once (timed on its own; every solver below uses them);
 * batched: ``solve_batched`` over the whole path for ALL targets at once, warm
-  started from the previous lambda, in float32 (the default) and float64;
+  started (as in fit.py) on the line through the two previous solutions of the
+  path (``path_warm_start``), in float32 (the default) and float64;
 * cvxpy: ``solve_cvxpy`` (CLARABEL, tight tolerances) on a few targets at a few
   lambdas of the path, its time per (target, lambda) extrapolated to all targets
   x all lambdas (one compile per call is included, as in the pipeline);
@@ -53,6 +54,7 @@ from dmflow.lasso import (  # noqa: E402
     lambda_path,
     lipschitz,
     objective,
+    path_warm_start,
     row_moments,
     solve_batched,
     solve_cvxpy,
@@ -143,14 +145,15 @@ def batched_path(
     gram: torch.Tensor, c: torch.Tensor, path: torch.Tensor, lip: float, tol: float, keep: np.ndarray
 ) -> PathRun:
     """Warm-started path for all targets; keeps the weights of the targets ``keep`` at every lambda."""
-    w = torch.zeros_like(c)
+    w = w_prev = torch.zeros_like(c)
     kept = np.zeros((path.shape[0], c.shape[0], len(keep)))
     iters, conv = 0, True
     idx = torch.as_tensor(keep)
     start = time.perf_counter()
     for j in range(path.shape[0]):
-        res = solve_batched(gram, c, path[j], w0=w, tol=tol, max_iter=2000, lip=lip)
-        w = res.weight
+        w0 = path_warm_start(w_prev, w, path[j - 2], path[j - 1], path[j]) if j >= 2 else w  # as fit.py does
+        res = solve_batched(gram, c, path[j], w0=w0, tol=tol, max_iter=2000, lip=lip)
+        w_prev, w = w, res.weight
         iters, conv = max(iters, int(res.iterations.max())), conv and bool(res.converged.all())
         kept[j] = w[:, idx].double().numpy()
     seconds = time.perf_counter() - start

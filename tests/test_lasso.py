@@ -5,7 +5,8 @@ import pytest
 import torch
 
 from dmflow.lasso import (
-    CLARABEL_TIGHT, kkt_violation, lambda_max, lambda_path, objective, row_moments, solve_batched, solve_cvxpy,
+    CLARABEL_TIGHT, kkt_violation, lambda_max, lambda_path, objective, path_warm_start, row_moments, solve_batched,
+    solve_cvxpy,
 )
 from dmflow.masks import draw_masks
 
@@ -120,3 +121,66 @@ def test_lambda_path_is_geometric_from_lambda_max():
     np.testing.assert_allclose(path[-1].numpy(), [0.02, 0.005])
     ratios = (path[1:] / path[:-1]).numpy()
     np.testing.assert_allclose(ratios, ratios[0, 0])
+
+
+def reference_kkt(gram, c, w, lam, l2, nonneg):
+    """The KKT violation written out with masks, as in the definition."""
+    g = gram @ w - c + l2 * w
+    on_support = (g + lam * torch.sign(w)).abs()
+    off = (-g - lam).clamp(min=0) if nonneg else (g.abs() - lam).clamp(min=0)
+    return torch.where(w != 0, on_support, off).amax(0)
+
+
+@pytest.mark.parametrize("nonneg", [False, True])
+def test_kkt_violation_equals_the_masked_definition(nonneg):
+    rng = np.random.default_rng(3)
+    a = torch.as_tensor(rng.normal(size=(12, 12)))
+    gram, c = a @ a.T / 12, torch.as_tensor(rng.normal(size=(12, 6)))
+    w = torch.as_tensor(rng.normal(size=(12, 6)) * (rng.random((12, 6)) < 0.5))
+    w = w.abs() if nonneg else w
+    lam = torch.as_tensor(rng.uniform(0.1, 1.0, 6))
+    torch.testing.assert_close(kkt_violation(gram, c, w, lam, 0.1, nonneg), reference_kkt(gram, c, w, lam, 0.1, nonneg))
+
+
+def test_path_warm_start_is_exact_on_a_fixed_support_and_does_not_change_the_path():
+    # masks of varying size: with fixed-size ones a full support with balanced signs
+    # leaves the objective flat along all-ones, and two exact solutions may differ there
+    x, y, _, _ = planted(t=3, fixed_size=False)
+    gram, c, _ = row_moments(x, y, np.arange(len(x))).gram(torch.float64)
+    path = lambda_path(lambda_max(c), 12, 1e-3)
+    solve = lambda lam, w0: solve_batched(gram, c, lam, w0=w0, tol=1e-12, max_iter=100_000).weight  # noqa: E731
+    close = lambda_max(c) * torch.tensor([0.05, 0.0499, 0.0498], dtype=torch.float64).unsqueeze(1)
+    w_prev, w, exact = (solve(lam, None) for lam in close)
+    start = path_warm_start(w_prev, w, *close)
+    same_signs = (torch.sign(w_prev) == torch.sign(w)).all(0) & (torch.sign(w) == torch.sign(exact)).all(0)
+    assert same_signs.any()  # on close lambdas the signs rarely change
+    torch.testing.assert_close(start[:, same_signs], exact[:, same_signs], atol=1e-9, rtol=0)
+    # along the path: the same solutions as plain warm starts, in fewer iterations
+    plain, extrap = torch.zeros_like(c), [torch.zeros_like(c)] * 2
+    its_plain = its_extrap = 0
+    for j in range(len(path)):
+        res = solve_batched(gram, c, path[j], w0=plain, tol=1e-10, max_iter=100_000)
+        plain, its_plain = res.weight, its_plain + int(res.iterations.sum())
+        w0 = path_warm_start(extrap[0], extrap[1], path[j - 2], path[j - 1], path[j]) if j >= 2 else extrap[1]
+        res = solve_batched(gram, c, path[j], w0=w0, tol=1e-10, max_iter=100_000)
+        extrap, its_extrap = [extrap[1], res.weight], its_extrap + int(res.iterations.sum())
+        np.testing.assert_allclose(extrap[1].numpy(), plain.numpy(), atol=1e-7)
+    assert its_extrap < its_plain
+
+
+def test_max_iter_reports_not_converged_and_keeps_the_last_iterate():
+    x, y, _, _ = planted()
+    gram, c, _ = row_moments(x, y, np.arange(len(x))).gram(torch.float64)
+    res = solve_batched(gram, c, lambda_max(c) * 0.01, tol=1e-14, max_iter=3)
+    assert not res.converged.any() and (res.iterations == 3).all() and (res.weight != 0).any()
+
+
+def test_targets_leaving_the_batch_early_keep_the_weights_they_converged_with():
+    x, y, _, _ = planted(t=8)
+    gram, c, _ = row_moments(x, y, np.arange(len(x))).gram(torch.float64)
+    lam = lambda_max(c) * torch.linspace(0.9, 0.01, 8, dtype=torch.float64)  # easy to hard
+    together = solve_batched(gram, c, lam, tol=1e-9, max_iter=100_000)
+    for j in range(8):
+        alone = solve_batched(gram, c[:, j : j + 1], lam[j : j + 1], tol=1e-9, max_iter=100_000)
+        assert int(alone.iterations[0]) == int(together.iterations[j])
+        torch.testing.assert_close(alone.weight[:, 0], together.weight[:, j], atol=1e-12, rtol=0)

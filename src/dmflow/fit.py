@@ -18,7 +18,9 @@ import numpy as np
 import torch
 
 from dmflow.io import atomic_save_npz, load_npz
-from dmflow.lasso import Moments, lambda_max, lambda_path, lipschitz, mse_from_moments, row_moments, solve_batched, solve_cvxpy
+from dmflow.lasso import (
+    Moments, lambda_max, lambda_path, lipschitz, mse_from_moments, path_warm_start, row_moments, solve_batched, solve_cvxpy,
+)
 from dmflow.seeds import PURPOSE_VALIDATION_ROWS, alpha_key
 from dmflow.store import open_store
 
@@ -131,13 +133,17 @@ def fit_targets(
     best_w, best_mse = torch.zeros_like(c), torch.full((t,), float("inf"), dtype=torch.float64, device=device)
     best_idx = torch.zeros(t, dtype=torch.long, device=device)
     since_best = torch.zeros(t, dtype=torch.long, device=device)
-    w = torch.zeros_like(c)
+    w, w_prev = torch.zeros_like(c), torch.zeros_like(c)
     active = torch.arange(t, device=device)
     for j in range(settings.num_lambdas):
         if active.numel() == 0:
             break
         ca, lam_j = c[:, active], path[j, active]
-        wa, conv = _solve(gram, ca, lam_j, w[:, active], lip, settings)
+        w0 = w[:, active]
+        if j >= 2:  # extrapolate along the path (targets active now were active at j-1 and j-2)
+            w0 = path_warm_start(w_prev[:, active], w0, path[j - 2, active], path[j - 1, active], lam_j)
+        wa, conv = _solve(gram, ca, lam_j, w0, lip, settings)
+        w_prev[:, active] = w[:, active]
         w[:, active] = wa
         converged[active.cpu()] &= conv
         train_mse[j, active.cpu()] = mse_from_moments(gram, ca, yy[active], wa).double().cpu()
