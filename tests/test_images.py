@@ -142,7 +142,10 @@ def test_grouped_stack_computes_each_models_own_function():
 
 def test_auto_stacking_loops_what_it_cannot_fuse_and_grouped_says_why():
     models = [unfusable_factory((3, 4, 4), 2) for _ in range(2)]
-    assert isinstance(stack_models(models, "auto"), LoopStack)
+    assert isinstance(stack_models(models, "auto", device="cuda"), LoopStack)
+    fusable = [tiny_factory((3, 4, 4), 2) for _ in range(2)]
+    assert isinstance(stack_models(fusable, "auto", device="cuda"), GroupedStack)
+    assert isinstance(stack_models(fusable, "auto", device="cpu"), LoopStack)  # measured faster on CPUs
     with pytest.raises(ValueError, match="cannot fuse this network: Unfusable"):
         stack_models(models, "grouped")
 

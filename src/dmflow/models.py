@@ -78,6 +78,7 @@ def build_stacked_model(
     hidden: Sequence[int] = (),
     width: float = 1.0,
     stacking: str = "auto",
+    device: str = "cpu",
 ) -> nn.Module:
     """The stacked network of K = len(seeds) models for a config's ``model`` section.
 
@@ -89,7 +90,7 @@ def build_stacked_model(
         net = StackedMLP(len(seeds), int(math.prod(input_shape)), num_classes, tuple(hidden) if arch == "mlp" else ())
         net.reset_parameters(seeds)
         return net
-    return stack_models(build_seeded(arch, input_shape, num_classes, seeds, width), stacking)
+    return stack_models(build_seeded(arch, input_shape, num_classes, seeds, width), stacking, device)
 
 
 def margins_from_logits(logits: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:

@@ -186,7 +186,7 @@ def train_stack(
         # greyscale images [N, H, W] (digits) get their channel axis for the conv nets
         x_train, x_target = x_train[:, None], x_target[:, None]
     net = build_stacked_model(
-        settings.arch, seeds, x_train.shape[1:], num_classes, settings.hidden, settings.width, settings.stacking
+        settings.arch, seeds, x_train.shape[1:], num_classes, settings.hidden, settings.width, settings.stacking, device
     ).to(torch.get_default_dtype())
     if x_train.ndim == 4:
         # channels-last is faster for convolutions, and for CPU max-pooling by ~10x
