@@ -60,7 +60,7 @@ from dmflow.train import StackResult, TrainSettings, _quiet_lightning, train_sta
 DATASET = {"name": "digits", "num_train": 1000, "num_targets": None, "standardize": True}
 ALPHA = 0.5
 # The shipped config.yaml's run size: fit models, eval masks x replicates.
-FIT_MODELS, EVAL_MODELS, EVAL_REPLICATES = 10_000, 500, 5
+FIT_MODELS, EVAL_MODELS, EVAL_REPLICATES = 20_000, 500, 5
 DEFAULT_CORES = 2
 
 
