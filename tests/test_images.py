@@ -200,7 +200,7 @@ def test_tiny_workflow_with_a_user_model_on_a_generated_image_folder(workflow):
     from conftest import tiny_config
     from PIL import Image
 
-    x, y = synthetic_images(120, 3, seed=4, size=12, noise=40)
+    x, y = synthetic_images(120, 3, seed=4, size=12, noise=15)
     for i, (img, label) in enumerate(zip(x, y)):
         folder = workflow.root / "imgs" / f"class{label}"
         folder.mkdir(parents=True, exist_ok=True)
