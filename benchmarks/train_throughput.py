@@ -15,7 +15,7 @@ What is measured, side by side in one run, on the default data and model
 
 the ratios (b)/(a0) and (b)/(a), the largest margin difference between (a) and (b) on the
 models both trained (stacking must not change what a model learns), the
-machine's measured float32 matmul FLOP/s (``torch.bmm`` on the shapes of the
+machine's measured matmul FLOP/s in the training's dtype (``torch.bmm`` on the shapes of the
 stacked training and one large square ``torch.matmul``, same thread count), the
 fraction of those that (b) achieves, and an estimate of the default run's
 training time on 2 cores.
@@ -55,7 +55,7 @@ from dmflow.masks import draw_masks, subset_size  # noqa: E402
 from dmflow.augment import AugmentSettings  # noqa: E402
 from dmflow.data import synthetic_images  # noqa: E402
 from dmflow.models import margins_from_logits  # noqa: E402
-from dmflow.train import StackResult, TrainSettings, _quiet_lightning, train_stack  # noqa: E402
+from dmflow.train import StackResult, TrainSettings, _quiet_lightning, cpu_has_bf16_matrix_units, lightning_precision, train_stack  # noqa: E402
 
 DATASET = {"name": "digits", "num_train": 1000, "num_targets": None, "standardize": True}
 ALPHA = 0.5
@@ -72,6 +72,8 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p.add_argument("--epochs", type=int, default=10)
     p.add_argument("--hidden", type=int, nargs="*", default=[128])
     p.add_argument("--repeats", type=int, default=3, help="time (a) and (b) this many times, keep the best")
+    p.add_argument("--precision", choices=("auto", "32", "bf16"), default="auto",
+                   help="train.precision of (a) and (b) (auto: bf16 on CUDA and AMX CPUs, else float32)")
     p.add_argument("--arch", choices=("mlp", "cnn", "resnet9"), default="mlp")
     p.add_argument("--width", type=float, default=1.0, help="conv nets: channel multiplier")
     p.add_argument("--quick", action="store_true", help="tiny sizes: only checks that the script runs")
@@ -90,7 +92,7 @@ def settings_for(args: argparse.Namespace, k: int) -> TrainSettings:
     """config.yaml's model and train sections, with stack_size k, on the CPU."""
     return TrainSettings(
         arch="mlp", hidden=tuple(args.hidden), epochs=args.epochs, batch_size=128, optimizer="adam",
-        lr=0.01, weight_decay=1e-3, stack_size=k, device="cpu",
+        lr=0.01, weight_decay=1e-3, stack_size=k, device="cpu", precision=args.precision,
     )
 
 
@@ -153,12 +155,12 @@ def best_time(fn: Callable[[], object], min_seconds: float = 0.2, repeats: int =
     return best
 
 
-def measure_matmul(k: int, batch: int, d: int, h: int, c: int, quick: bool) -> dict[str, float]:
-    """float32 FLOP/s of bmm on the training's shapes and of a large square matmul."""
+def measure_matmul(k: int, batch: int, d: int, h: int, c: int, quick: bool, dtype: torch.dtype) -> dict[str, float]:
+    """FLOP/s in ``dtype`` of bmm on the training's shapes and of a large square matmul."""
     g = torch.Generator().manual_seed(0)
 
     def rand(*shape: int) -> torch.Tensor:
-        return torch.randn(*shape, generator=g)
+        return torch.randn(*shape, generator=g).to(dtype)
 
     x, w1, w2 = rand(k, batch, d), rand(k, d, h), rand(k, h, c)
     a1, gy = rand(k, batch, h), rand(k, batch, c)
@@ -283,7 +285,9 @@ def main(argv: list[str] | None = None) -> None:
     flops_model = train_flops + eval_flops
     achieved = flops_model * rate_b
 
-    peaks = measure_matmul(K, 128, d, args.hidden[0] if args.hidden else num_classes, num_classes, args.quick)
+    matmul_dtype = torch.bfloat16 if lightning_precision(args.precision, "cpu") == "bf16-mixed" else torch.float32
+    peaks = measure_matmul(K, 128, d, args.hidden[0] if args.hidden else num_classes, num_classes, args.quick,
+                           matmul_dtype)
     bmm_main = next(v for k_, v in peaks.items() if k_.startswith("bmm"))
     square = next(v for k_, v in peaks.items() if k_.startswith("matmul"))
 
@@ -296,6 +300,8 @@ def main(argv: list[str] | None = None) -> None:
           f"1-min load average {load_start:.2f} at start, {load_end:.2f} after (b){'  [QUICK]' if args.quick else ''}")
     print(f"data digits n={n} d={d} C={num_classes} targets={num_targets}; subset k={k_sub}; "
           f"MLP {'-'.join(map(str, widths))}; {args.epochs} epochs x {math.ceil(k_sub / 128)} steps of B<=128")
+    print(f"precision of (a) and (b): train.precision={args.precision} -> {lightning_precision(args.precision, 'cpu')}"
+          f" (AMX: {cpu_has_bf16_matrix_units()}); (a0) is Lightning's default, 32-true; margins in float32")
     print(line)
     print(f"{'run (best of ' + str(args.repeats) + ')':<34}{'models':>8}{'seconds':>10}{'models/s':>12}")
     print(f"{'(a0) textbook Lightning, per model':<34}{args.single:>8}{t_textbook:>10.2f}{rate_a0:>12.2f}")
@@ -306,7 +312,8 @@ def main(argv: list[str] | None = None) -> None:
     print(f"max |margin(a) - margin(b)| on the {args.single} shared models: {margin_diff:.2e}"
           f"   (stacked mean target accuracy {acc_b:.3f})")
     print(line)
-    print(f"{'float32 matmul, ' + str(args.threads) + ' thread(s), best of 5':<44}{'GFLOP/s':>10}")
+    dtype_name = str(matmul_dtype).removeprefix("torch.")
+    print(f"{dtype_name + ' matmul, ' + str(args.threads) + ' thread(s), best of 5':<44}{'GFLOP/s':>10}")
     for name, v in peaks.items():
         print(f"  {name:<42}{v / 1e9:>10.1f}")
     print(line)

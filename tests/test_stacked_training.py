@@ -104,3 +104,44 @@ def test_diverging_models_are_marked_not_fatal(tiny_data):
     masks = chunk_masks(len(tiny_data["y_train"]), 0.5, "fit", 0, 2, seed=0)
     out = train_chunk(tiny_data, masks, chunk_seeds(0, 0.5, "fit", 0, 2, 1), settings)
     assert (out["status"] == STATUS_DIVERGED).all()
+
+
+def test_precision_auto_is_bf16_only_where_the_hardware_multiplies_bf16(monkeypatch):
+    import dmflow.train as train
+
+    assert train.lightning_precision("auto", "cuda") == "bf16-mixed"
+    monkeypatch.setattr(train, "cpu_has_bf16_matrix_units", lambda: True)
+    assert train.lightning_precision("auto", "cpu") == "bf16-mixed"
+    monkeypatch.setattr(train, "cpu_has_bf16_matrix_units", lambda: False)
+    assert train.lightning_precision("auto", "cpu") == "32-true"
+    assert train.lightning_precision("32", "cuda") == "32-true"
+    assert train.lightning_precision("bf16", "cpu") == "bf16-mixed"
+    torch.set_default_dtype(torch.float64)
+    try:  # the float64 equivalence tests always train in full precision
+        assert train.lightning_precision("auto", "cuda") == "32-true"
+    finally:
+        torch.set_default_dtype(torch.float32)
+
+
+def test_bf16_training_stacks_like_alone_and_records_float32_margins(tiny_data):
+    settings = TrainSettings(arch="mlp", hidden=(16,), epochs=3, batch_size=20, precision="bf16", stack_size=3,
+                             device="cpu")
+    masks = chunk_masks(len(tiny_data["y_train"]), 0.5, "fit", 0, 3, seed=0)
+    subsets = np.stack([np.flatnonzero(m) for m in masks])
+    args = (tiny_data["X_train"], tiny_data["y_train"], tiny_data["X_target"], tiny_data["y_target"])
+    three = train_stack(*args, subsets, np.array([5, 6, 7]), 10, settings, keep_state=True)
+    alone = train_stack(*args, subsets[1:2], np.array([6]), 10, settings)
+    np.testing.assert_allclose(three.margins[1], alone.margins[0], atol=1e-4)
+    # the recorded margins are the float32 forward of the float32 weights, not bf16 logits
+    from dmflow.models import build_stacked_model
+
+    net = build_stacked_model("mlp", [5, 6, 7], (8, 8), 10, (16,))
+    net.load_state_dict(three.state)
+    assert all(p.dtype == torch.float32 for p in net.parameters())
+    with torch.no_grad():
+        xt = torch.as_tensor(tiny_data["X_target"], dtype=torch.float32)
+        logits = net(xt.unsqueeze(0).expand(3, *xt.shape))
+    expected = margins_from_logits(logits, torch.as_tensor(tiny_data["y_target"])).numpy()
+    np.testing.assert_allclose(three.margins, expected, rtol=1e-6, atol=1e-6)
+    rounded = margins_from_logits(logits.bfloat16().float(), torch.as_tensor(tiny_data["y_target"])).numpy()
+    assert np.abs(three.margins - rounded).max() > 1e-3  # bf16 logits would have been this far off
