@@ -6,7 +6,9 @@ masks, ~800 targets, a 30-lambda path from lambda_max down to 1e-3 lambda_max):
 * moments: ``row_moments`` once (timed on its own; every solver below uses them);
 * batched: ``solve_batched`` over the whole path for ALL targets at once, warm
   started (as in fit.py) on the line through the two previous solutions of the
-  path (``path_warm_start``), in float32 (the default) and float64;
+  path (``path_warm_start``), in float32 (the default) and float64, with the fused
+  numba kernels (the CPU default; their compile or cache load is timed on its own),
+  and once in float32 with the plain torch loop (backend="torch", the CUDA path);
 * cvxpy: ``solve_cvxpy`` (CLARABEL, tight tolerances) on a few targets at a few
   lambdas of the path, its time per (target, lambda) extrapolated to all targets
   x all lambdas (one compile per call is included, as in the pipeline);
@@ -58,6 +60,7 @@ from dmflow.lasso import (  # noqa: E402
     row_moments,
     solve_batched,
     solve_cvxpy,
+    warm_up_fused,
 )
 from dmflow.masks import draw_masks  # noqa: E402
 
@@ -142,7 +145,8 @@ class PathRun:
 
 
 def batched_path(
-    gram: torch.Tensor, c: torch.Tensor, path: torch.Tensor, lip: float, tol: float, keep: np.ndarray
+    gram: torch.Tensor, c: torch.Tensor, path: torch.Tensor, lip: float, tol: float, keep: np.ndarray,
+    backend: str = "auto",
 ) -> PathRun:
     """Warm-started path for all targets; keeps the weights of the targets ``keep`` at every lambda."""
     w = w_prev = torch.zeros_like(c)
@@ -152,7 +156,7 @@ def batched_path(
     start = time.perf_counter()
     for j in range(path.shape[0]):
         w0 = path_warm_start(w_prev, w, path[j - 2], path[j - 1], path[j]) if j >= 2 else w  # as fit.py does
-        res = solve_batched(gram, c, path[j], w0=w0, tol=tol, max_iter=2000, lip=lip)
+        res = solve_batched(gram, c, path[j], w0=w0, tol=tol, max_iter=2000, lip=lip, backend=backend)
         w_prev, w = w, res.weight
         iters, conv = max(iters, int(res.iterations.max())), conv and bool(res.converged.all())
         kept[j] = w[:, idx].double().numpy()
@@ -219,6 +223,7 @@ def main(argv: list[str] | None = None) -> None:
     t0 = time.perf_counter()
     torch.linalg.eigvalsh(spd @ spd.T / n)
     t_eig_first = time.perf_counter() - t0
+    t_jit = warm_up_fused()  # numba: compiled on a fresh install, else loaded from its cache
     solve_batched(torch.eye(8), torch.ones(8, 2), torch.full((2,), 0.5))
 
     t0 = time.perf_counter()
@@ -244,12 +249,13 @@ def main(argv: list[str] | None = None) -> None:
     g64, c64, yy64 = grams["float64"]
     path64 = paths["float64"].numpy()
 
-    def time_batched(name: str) -> None:
-        progress(f"batched {name} path ({T} targets x {L} lambdas)")
+    def time_batched(name: str, backend: str = "auto") -> None:
+        key = name if backend == "auto" else f"{name} {backend}"
+        progress(f"batched {key} path ({T} targets x {L} lambdas)")
         gram, c, _ = grams[name]
-        run = batched_path(gram, c, paths[name], lips[name][0], args.tol, sk_targets)
-        if name not in runs or run.seconds < runs[name].seconds:
-            runs[name] = run
+        run = batched_path(gram, c, paths[name], lips[name][0], args.tol, sk_targets, backend)
+        if key not in runs or run.seconds < runs[key].seconds:
+            runs[key] = run
 
     # batched float32 and sklearn alternate, best of --repeats each: a load change hits both alike
     sk_runs: list[SklearnRun] = []
@@ -259,6 +265,7 @@ def main(argv: list[str] | None = None) -> None:
         new_runs = run_sklearn(prob, mom, path64, sk_targets, args.sklearn_tol)
         sk_runs = new_runs if not sk_runs else [a if a.seconds <= b.seconds else b for a, b in zip(sk_runs, new_runs)]
     time_batched("float64")
+    time_batched("float32", "torch")  # the plain torch loop (the CUDA path) on CPU, for reference
 
     progress(f"cvxpy: {len(cv_targets)} targets x {len(cv_lams)} lambdas (lambda indices {cv_lams})")
     t0 = time.perf_counter()
@@ -302,10 +309,11 @@ def main(argv: list[str] | None = None) -> None:
           f"(lambda_max .. {args.lambda_min_ratio:g} lambda_max)")
     print(f"moments (row_moments, float64): {t_moments:.2f} s; lipschitz (eigvalsh): "
           f"{lips['float32'][1]:.2f} s (f32), {lips['float64'][1]:.2f} s (f64)")
-    print(f"  (after a first, untimed eigvalsh of size {n}, which took {t_eig_first:.2f} s)")
+    print(f"  (after a first, untimed eigvalsh of size {n}, which took {t_eig_first:.2f} s, and the fused "
+          f"kernels' numba compile or cache load, {t_jit:.2f} s)")
     print(line)
     print(f"{'solver':<32}{'solved':>12}{'seconds':>10}{'all T x L, s':>14}{'us/(t,lam)':>12}")
-    for name in ("float32", "float64"):
+    for name in ("float32", "float64", "float32 torch"):
         r = runs[name]
         label = f"batched {name}" + (f" (best of {args.repeats})" if name == "float32" and args.repeats > 1 else "")
         print(f"{label:<32}{f'{T} x {L}':>12}{r.seconds:>10.2f}{r.seconds:>14.2f}"

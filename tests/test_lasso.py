@@ -184,3 +184,64 @@ def test_targets_leaving_the_batch_early_keep_the_weights_they_converged_with():
         alone = solve_batched(gram, c[:, j : j + 1], lam[j : j + 1], tol=1e-9, max_iter=100_000)
         assert int(alone.iterations[0]) == int(together.iterations[j])
         torch.testing.assert_close(alone.weight[:, 0], together.weight[:, j], atol=1e-12, rtol=0)
+
+
+@pytest.mark.parametrize("options", [{}, {"nonneg": True}, {"l2": 0.05}, {"nonneg": True, "l2": 0.05}])
+@pytest.mark.parametrize("max_iter", [3, 100_000])
+def test_fused_kernels_take_the_same_iterates_as_the_torch_loop(options, max_iter):
+    # from lambda_max (zero at once; few non-zero columns: the sparse product) to
+    # small lambdas (dense), easy to hard, so targets finish and leave the batch
+    x, y, _, _ = planted(t=10)
+    gram, c, _ = row_moments(x, y, np.arange(len(x))).gram(torch.float64)
+    lam = lambda_max(c, options.get("nonneg", False)) * torch.logspace(0, -2.5, 10, dtype=torch.float64)
+    w0 = solve_batched(gram, c, lam * 1.5, tol=1e-3, backend="torch", **options).weight
+    for start, scale in ((None, None), (w0, 2 * lambda_max(c))):
+        kw = dict(w0=start, scale=scale, tol=1e-10, max_iter=max_iter, **options)
+        ref = solve_batched(gram, c, lam, backend="torch", **kw)
+        res = solve_batched(gram, c, lam, backend="fused", **kw)
+        torch.testing.assert_close(res.weight, ref.weight, atol=1e-6, rtol=0)
+        assert res.iterations.tolist() == ref.iterations.tolist()
+        assert res.converged.tolist() == ref.converged.tolist()
+        assert bool(res.converged.all()) == (max_iter > 3)
+        assert res.weight.is_contiguous() and res.weight.shape == c.shape
+    assert int(res.iterations[0]) == 0  # target 0 is at lambda_max: its zero start already satisfies KKT
+
+
+def test_fused_kernels_in_float32_and_the_backend_choice():
+    x, y, _, _ = planted(t=6)
+    gram, c, _ = row_moments(x, y, np.arange(len(x))).gram(torch.float32)
+    lam = lambda_max(c) * torch.linspace(0.5, 0.01, 6)
+    ref = solve_batched(gram, c, lam, tol=1e-6, backend="torch")
+    res = solve_batched(gram, c, lam, tol=1e-6, backend="fused")
+    auto = solve_batched(gram, c, lam, tol=1e-6)
+    assert res.weight.dtype == torch.float32 and res.converged.all()
+    torch.testing.assert_close(res.weight, ref.weight, atol=1e-4, rtol=0)
+    torch.testing.assert_close(auto.weight, res.weight, atol=0, rtol=0)  # "auto" is fused on CPU
+    kkt = kkt_violation(gram.double(), c.double(), res.weight.double(), lam.double(), 0.0, False)
+    assert (kkt <= 2e-6 * lambda_max(c.double())).all()  # tol 1e-6 up to float32 rounding
+    empty = solve_batched(gram, c[:, :0], lam[:0], backend="fused")
+    assert empty.weight.shape == (c.shape[0], 0) and empty.iterations.numel() == 0
+    with pytest.raises(ValueError):
+        solve_batched(gram, c, lam, backend="cuda-ish")
+    with pytest.raises(ValueError):
+        solve_batched(gram.half(), c.half(), lam.half(), backend="fused")
+
+
+def test_fused_sparse_product_only_uses_the_non_zero_columns(monkeypatch):
+    import dmflow._lasso_kernels as kernels
+
+    x, y, _, _ = planted(n=40, t=6)
+    gram, c, _ = row_moments(x, y, np.arange(len(x))).gram(torch.float64)
+    lam = lambda_max(c) * torch.linspace(0.95, 0.5, 6, dtype=torch.float64)  # few non-zero weights
+    gathers = []
+    gather = kernels.gather_columns
+    def counted(src, cols, dst):
+        gathers.append(cols.size)
+        gather(src, cols, dst)
+
+    monkeypatch.setattr(kernels, "gather_columns", counted)
+    res = solve_batched(gram, c, lam, tol=1e-10, max_iter=100_000, backend="fused")
+    ref = solve_batched(gram, c, lam, tol=1e-10, max_iter=100_000, backend="torch")
+    assert gathers and max(gathers) <= 20  # the sparse product ran, on at most half the columns
+    torch.testing.assert_close(res.weight, ref.weight, atol=1e-9, rtol=0)
+    assert res.iterations.tolist() == ref.iterations.tolist()
