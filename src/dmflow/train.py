@@ -103,8 +103,8 @@ def cpu_has_bf16_matrix_units() -> bool:
     """Whether this CPU multiplies bf16 matrices in hardware (Intel AMX tiles).
 
     There, a bf16 batched matmul ran 4-7x faster than float32 (366-479 vs 48-100 GFLOP/s
-    on the training's shapes, one thread). Without them ``auto`` stays in float32, where
-    bf16 gains are unmeasured and often negative.
+    on the training's shapes, one thread). Without them ``auto`` stays in float32 (bf16
+    is unmeasured there).
     """
     probe = getattr(torch.cpu, "_is_amx_tile_supported", None)
     try:
