@@ -198,6 +198,7 @@ def conv_benchmark(args: argparse.Namespace) -> None:
             arch=args.arch, width=args.width, stacking=stacking, epochs=args.epochs, batch_size=100,
             optimizer="sgd", lr=0.05, weight_decay=5e-4, label_smoothing=0.1,
             augment=AugmentSettings(flip=True, translate=2), stack_size=len(idx), device="cpu",
+            precision=args.precision,
         )
         return train_stack(x, y, xt, yt, subsets[idx], seeds[idx], 10, settings)
 
@@ -212,7 +213,8 @@ def conv_benchmark(args: argparse.Namespace) -> None:
     print(line)
     print(f"conv throughput  {args.arch} width {args.width}  torch {torch.__version__}  threads {args.threads}  "
           f"1-min load {os.getloadavg()[0]:.2f}{'  [QUICK]' if args.quick else ''}")
-    print(f"synthetic 32x32x3, n={n}, subset {k_sub}, {args.epochs} epochs, batch 100, SGD, flip + translate, channels-last")
+    print(f"synthetic 32x32x3, n={n}, subset {k_sub}, {args.epochs} epochs, batch 100, SGD, flip + translate, channels-last, "
+          f"train.precision={args.precision} -> {lightning_precision(args.precision, 'cpu')}")
     print(line)
     print(f"{'run (best of ' + str(args.repeats) + ')':<34}{'models':>8}{'seconds':>10}{'models/s':>12}")
     print(f"{'(a) one Trainer.fit per model':<34}{args.single:>8}{times['one']:>10.2f}{rates['one']:>12.2f}")
