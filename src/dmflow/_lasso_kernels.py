@@ -94,16 +94,6 @@ def transpose_into(src, dst):  # pragma: no cover
 
 
 @nb.njit(cache=True)
-def nonzero_rows(a, nz):  # pragma: no cover
-    """nz[j] = row j of a has a non-zero."""
-    for j in range(a.shape[0]):
-        found = False
-        for i in range(a.shape[1]):
-            found |= a[j, i] != 0
-        nz[j] = found
-
-
-@nb.njit(cache=True)
 def store_transposed(src, rows, cols, dst):  # pragma: no cover
     """dst[:, cols[r]] = src[rows[r], :] for each r (rows of the target-major iterates into [n, T])."""
     n = src.shape[1]
@@ -129,18 +119,3 @@ def gather_columns(src, cols, dst):  # pragma: no cover
         for r in range(cols.size):
             dst[i, r] = src[i, cols[r]]
 
-
-@nb.njit(cache=True, fastmath={"reassoc", "nsz"})
-def row_absmax(a, nonneg):  # pragma: no cover
-    """Per row, max |a| (max(a, 0) if nonneg): lambda_max of target-major c."""
-    out = np.zeros(a.shape[0], dtype=a.dtype)
-    for i in range(a.shape[0]):
-        m = out[i]
-        if nonneg:
-            for j in range(a.shape[1]):
-                m = max(m, a[i, j])
-        else:
-            for j in range(a.shape[1]):
-                m = max(m, abs(a[i, j]))
-        out[i] = m
-    return out
