@@ -18,8 +18,8 @@ import numpy as np
 
 
 @nb.njit(cache=True, fastmath={"reassoc", "contract", "nsz"})
-def fista_step(gx, c, xn, x, u, lam, tol, mom, beta, dd, dpd, pending, ok, nz, step, l2, nonneg):  # pragma: no cover
-    """One FISTA iteration for each pending row, given gx = xn @ G (G symmetric).
+def prox_grad_step(gx, c, xn, x, u, lam, tol, mom, beta, dd, dpd, pending, ok, nz, step, l2, nonneg, accelerate):  # pragma: no cover
+    """One proximal gradient iteration (FISTA's, or plain) for each pending row, given gx = xn @ G (G symmetric).
 
     In: the iterate xn, the one before it x, u = x - step g(x), the momentum beta that
     made xn and, for the restart test, dd = |xn - x|^2 and dpd = (x - x_before).(xn - x)
@@ -32,6 +32,9 @@ def fista_step(gx, c, xn, x, u, lam, tol, mom, beta, dd, dpd, pending, ok, nz, s
 
     Pass 1 over a row reads gx, c, xn (gradient, KKT); pass 2 re-reads them from cache
     and reads and writes x and u: seven streams over memory per iteration in all.
+    Without ``accelerate`` it is a plain proximal gradient step, x = prox(u'), and
+    pass 2 only writes x (u, mom, beta, dd and dpd are left alone; the first
+    accelerated call must find dd < 0).
     """
     rows, n = gx.shape
     one = step / step
@@ -55,6 +58,15 @@ def fista_step(gx, c, xn, x, u, lam, tol, mom, beta, dd, dpd, pending, ok, nz, s
         ok[i] = viol <= tol[i]
         if ok[i]:  # done: the next iterate is not needed
             continue
+        th = la * step
+        if not accelerate:
+            for j in range(n):
+                v = xn[i, j]
+                z = v - step * (gx[i, j] - c[i, j] + l2 * v)
+                xnext = max(z - th, zero) if nonneg else z - min(max(z, -th), th)
+                x[i, j] = xnext
+                nz[j] |= xnext != 0
+            continue
         m = mom[i]
         m_new = (1 + np.sqrt(1 + 4 * m * m)) / 2
         if beta[i] * dpd[i] > dd[i]:  # restart (always at the first call, where dd < 0)
@@ -62,7 +74,6 @@ def fista_step(gx, c, xn, x, u, lam, tol, mom, beta, dd, dpd, pending, ok, nz, s
         else:
             beta[i], mom[i] = (m - 1) / m_new, m_new
         b = beta[i]
-        th = la * step
         dd_next = 0.0
         dpd_next = 0.0
         for j in range(n):
@@ -102,6 +113,13 @@ def store_transposed(src, rows, cols, dst):  # pragma: no cover
             i, col = rows[r], cols[r]
             for j in range(j0, min(j0 + 64, n)):
                 dst[j, col] = src[i, j]
+
+
+@nb.njit(cache=True)
+def store_rows(src, rows, cols, dst):  # pragma: no cover
+    """dst[cols[r]] = src[rows[r]] for each r (rows of the iterates into target-major weights [T, n])."""
+    for r in range(rows.size):
+        dst[cols[r], :] = src[rows[r], :]
 
 
 @nb.njit(cache=True)

@@ -19,7 +19,7 @@ import torch
 
 from dmflow.io import atomic_save_npz, load_npz
 from dmflow.lasso import (
-    Moments, lambda_max, lambda_path, lipschitz, mse_from_moments, path_warm_start, row_moments, solve_batched, solve_cvxpy,
+    Moments, curvature, lambda_max, lambda_path, mse_from_moments, path_warm_start, row_moments, solve_batched, solve_cvxpy,
 )
 from dmflow.seeds import PURPOSE_VALIDATION_ROWS, alpha_key
 from dmflow.store import open_store
@@ -89,14 +89,26 @@ def _constant_targets(moments: Moments) -> torch.Tensor:
     return moments.syy <= 1e-20 * moments.count * (1 + moments.mean_y**2)
 
 
-def _solve(gram, c, lam, w0, lip, settings: FitSettings) -> tuple[torch.Tensor, torch.Tensor]:
+def _solve(gram, c, lam, w0, bounds, settings: FitSettings) -> tuple[torch.Tensor, torch.Tensor]:
     """One lambda per target -> (weights, converged), with the configured solver."""
     if settings.solver == "cvxpy":
         w = solve_cvxpy(gram.double().cpu().numpy(), c.double().cpu().numpy(), lam.double().cpu().numpy()[None],
                         settings.l2, settings.nonneg, settings.cvxpy_solver)[0]
         return torch.as_tensor(w, dtype=c.dtype, device=c.device), torch.ones(c.shape[1], dtype=torch.bool)
-    res = solve_batched(gram, c, lam, w0, settings.l2, settings.nonneg, settings.tol, settings.max_iter, lip)
+    lip, mu = bounds
+    res = solve_batched(gram, c, lam, w0, settings.l2, settings.nonneg, settings.tol, settings.max_iter, lip, mu)
     return res.weight, res.converged.cpu()
+
+
+def _target_major(x: torch.Tensor) -> torch.Tensor:
+    """The same [n, T] matrix stored target by target (x.T contiguous): the fused solver's layout, so it
+    copies c and the warm starts without transposing them, at every lambda."""
+    return x.T.contiguous().T
+
+
+def _columns(x: torch.Tensor, idx: torch.Tensor) -> torch.Tensor:
+    """Columns ``idx`` of a target-major [n, T] matrix, target-major too (a gather of whole rows)."""
+    return x.T[idx].T
 
 
 def fit_targets(
@@ -121,7 +133,8 @@ def fit_targets(
     constant = _constant_targets(fit_m) | _constant_targets(all_m)
     gram, c, yy = fit_m.gram(dtype)
     c[:, constant.to(c.device)] = 0  # lam_max 0: solved by w = 0 at once
-    lip = lipschitz(gram) + settings.l2
+    c = _target_major(c)
+    bounds = tuple(v + settings.l2 for v in curvature(gram))  # (L, mu) of the smooth part
     lam_max = lambda_max(c, settings.nonneg)
     path = lambda_path(lam_max, settings.num_lambdas, settings.lambda_min_ratio)
     n, t = c.shape
@@ -138,13 +151,13 @@ def fit_targets(
     for j in range(settings.num_lambdas):
         if active.numel() == 0:
             break
-        ca, lam_j = c[:, active], path[j, active]
-        w0 = w[:, active]
+        ca, lam_j = _columns(c, active), path[j, active]
+        w0 = _columns(w, active)
         if j >= 2:  # extrapolate along the path (targets active now were active at j-1 and j-2)
-            w0 = path_warm_start(w_prev[:, active], w0, path[j - 2, active], path[j - 1, active], lam_j)
-        wa, conv = _solve(gram, ca, lam_j, w0, lip, settings)
-        w_prev[:, active] = w[:, active]
-        w[:, active] = wa
+            w0 = path_warm_start(_columns(w_prev, active), w0, path[j - 2, active], path[j - 1, active], lam_j)
+        wa, conv = _solve(gram, ca, lam_j, w0, bounds, settings)
+        w_prev.T[active] = w.T[active]
+        w.T[active] = wa.T
         converged[active.cpu()] &= conv
         train_mse[j, active.cpu()] = mse_from_moments(gram, ca, yy[active], wa).double().cpu()
         mse = validation_mse(val_m.select(active), fit_m.mean_x, fit_m.mean_y[active], wa)
@@ -152,20 +165,22 @@ def fit_targets(
         better = mse < best_mse[active]
         improved = active[better]
         best_mse[improved], best_idx[improved] = mse[better], j
-        best_w[:, improved] = wa[:, better]
+        best_w.T[improved] = wa.T[better]
         since_best[active] = torch.where(better, 0, since_best[active] + 1)
         if settings.patience:
             active = active[since_best[active] < settings.patience]
     lam = path.gather(0, best_idx.unsqueeze(0)).squeeze(0)
     gram_all, c_all, _ = all_m.gram(dtype)
     c_all[:, constant.to(c.device)] = 0
-    weight, conv = _solve(gram_all, c_all, lam, best_w, lipschitz(gram_all) + settings.l2, settings)
+    c_all = _target_major(c_all)
+    bounds_all = tuple(v + settings.l2 for v in curvature(gram_all))
+    weight, conv = _solve(gram_all, c_all, lam, best_w, bounds_all, settings)
     converged &= conv
     bias = all_m.mean_y - all_m.mean_x @ weight.double()
     flags = torch.where(converged, FLAG_OK, FLAG_NOT_CONVERGED).to(torch.uint8)
     flags[constant.cpu()] = FLAG_CONSTANT
     return {
-        "weight": weight.float().cpu().numpy(),
+        "weight": np.ascontiguousarray(weight.float().cpu().numpy()),
         "bias": bias.float().cpu().numpy(),
         "lam": lam.double().cpu().numpy(),
         "val_mse": best_mse.cpu().numpy(),
