@@ -134,8 +134,9 @@ def curvature(gram: torch.Tensor) -> tuple[float, float]:
 # path (797 targets x 30 lambdas, float64) this took 183 matrix products per target
 # against 256 for FISTA alone and 191 for plain steps alone; on its first 6k / 3k rows
 # (L/mu 5.6 / 14) 321 / 522 against 397 / 556 (FISTA) and 345 / 641 (plain). Plain steps
-# alone stall at the dense end of the path (the null direction of G, where only the
-# l1 term moves the iterates), and FISTA with the longer step diverged on the 3k rows.
+# alone are slow at the dense end of the path, where G restricted to the support is
+# nearly as ill-conditioned as G and FISTA's momentum pays; FISTA with the longer step
+# diverged on the 3k rows.
 PLAIN_STEPS = 5
 
 
