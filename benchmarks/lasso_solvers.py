@@ -9,8 +9,8 @@ masks, ~800 targets, a 30-lambda path from lambda_max down to 1e-3 lambda_max):
   path (``path_warm_start``), in float32 (the default) and float64, with the fused
   numba kernels (the CPU default; their compile or cache load is timed on its own),
   once in float32 with the plain torch loop (backend="torch", the CUDA path), and
-  once in float32 with FISTA alone (mu = 0: every step 1/L), which the solver's
-  first ``PLAIN_STEPS`` plain steps of 2/(L + mu) speed up;
+  once in float32 with mu = 0, i.e. plain steps of 1/L instead of 2/(L + mu) before
+  greedy FISTA (what the smallest eigenvalue buys);
 * cvxpy: ``solve_cvxpy`` (CLARABEL, tight tolerances) on a few targets at a few
   lambdas of the path, its time per (target, lambda) extrapolated to all targets
   x all lambdas (one compile per call is included, as in the pipeline);
@@ -56,6 +56,7 @@ sys.path.insert(0, str(ROOT / "src"))
 
 from dmflow.lasso import (  # noqa: E402
     Moments,
+    GREEDY_STEP,
     PLAIN_STEPS,
     curvature,
     lambda_max,
@@ -263,12 +264,12 @@ def main(argv: list[str] | None = None) -> None:
     g64, c64, yy64 = grams["float64"]
     path64 = paths["float64"].numpy()
 
-    def time_batched(name: str, backend: str = "auto", fista: bool = False) -> None:
-        key = name + ("" if backend == "auto" else f" {backend}") + (" FISTA" if fista else "")
+    def time_batched(name: str, backend: str = "auto", no_mu: bool = False) -> None:
+        key = name + ("" if backend == "auto" else f" {backend}") + (" mu=0" if no_mu else "")
         progress(f"batched {key} path ({T} targets x {L} lambdas)")
         gram, c, _ = grams[name]
         lip, mu = bounds[name]
-        run = batched_path(gram, c, paths[name], (lip, 0.0 if fista else mu), args.tol, sk_targets, backend)
+        run = batched_path(gram, c, paths[name], (lip, 0.0 if no_mu else mu), args.tol, sk_targets, backend)
         if key not in runs or run.seconds < runs[key].seconds:
             runs[key] = run
 
@@ -281,7 +282,7 @@ def main(argv: list[str] | None = None) -> None:
         sk_runs = new_runs if not sk_runs else [a if a.seconds <= b.seconds else b for a, b in zip(sk_runs, new_runs)]
     time_batched("float64")
     time_batched("float32", "torch")  # the plain torch loop (the CUDA path) on CPU, for reference
-    time_batched("float32", fista=True)  # FISTA at step 1/L whatever L/mu: the method the rule may replace
+    time_batched("float32", no_mu=True)  # plain steps of 1/L: what the long plain steps save
     progress(f"reference: batched float64 at tol {REF_TOL:g} on the {len(sk_targets)} sklearn targets")
     ref = batched_path(g64, c64[:, sk_targets], paths["float64"][:, sk_targets], bounds["float64"], REF_TOL,
                        np.arange(len(sk_targets)), "torch")
@@ -310,7 +311,7 @@ def main(argv: list[str] | None = None) -> None:
             gaps.append(float(((mine - ref) / (0.5 * yy)).max()))
         return max(gaps)
 
-    solutions = {f"batched {k}": runs[k].kept for k in ("float32", "float64", "float32 FISTA")}
+    solutions = {f"batched {k}": runs[k].kept for k in ("float32", "float64", "float32 mu=0")}
     solutions.update({f"sklearn tol={r.tol:g}": r.weights for r in sk_runs})
     diffs = {k: diff_to_cvx(w) for k, w in solutions.items()}
     to_ref = {k: float(np.abs(w - ref.kept).max()) for k, w in solutions.items()}
@@ -333,10 +334,11 @@ def main(argv: list[str] | None = None) -> None:
     print(f"  (after a first, untimed eigvalsh of size {n}, which took {t_eig_first:.2f} s, and the fused "
           f"kernels' numba compile or cache load, {t_jit:.2f} s)")
     print(f"spectrum of G: L = {lip:.4g}, mu = {mu:.4g} (smallest non-null eigenvalue), L/mu = {lip / max(mu, 1e-300):.3g}"
-          f" -> {PLAIN_STEPS} plain steps of 2/(L + mu) = {2 / (lip + mu):.3g}, then FISTA's of 1/L = {1 / lip:.3g}")
+          f" -> {PLAIN_STEPS} plain steps of 2/(L + mu) = {2 / (lip + mu):.3g}, then greedy FISTA's from "
+          f"{GREEDY_STEP:g}/L = {GREEDY_STEP / lip:.3g}")
     print(line)
     print(f"{'solver':<32}{'solved':>12}{'seconds':>10}{'all T x L, s':>14}{'us/(t,lam)':>12}")
-    for name in ("float32", "float64", "float32 torch", "float32 FISTA"):
+    for name in ("float32", "float64", "float32 torch", "float32 mu=0"):
         r = runs[name]
         label = f"batched {name}" + (f" (best of {args.repeats})" if name == "float32" and args.repeats > 1 else "")
         print(f"{label:<32}{f'{T} x {L}':>12}{r.seconds:>10.2f}{r.seconds:>14.2f}"
@@ -347,14 +349,14 @@ def main(argv: list[str] | None = None) -> None:
         label = f"sklearn tol={r.tol:g}" + (f" (best of {args.repeats})" if args.repeats > 1 else "")
         print(f"{label:<32}{f'{len(sk_targets)} x {L}':>12}{r.seconds:>10.2f}"
               f"{r.all_seconds:>14.1f}{r.all_seconds / (T * L) * 1e6:>12.0f}")
-    for name in ("float32", "float64", "float32 FISTA"):
+    for name in ("float32", "float64", "float32 mu=0"):
         r = runs[name]
         print(f"  batched {name}: max iterations {r.max_iter_used}, all converged: {r.converged}, "
               f"mean nnz at the smallest lambda {r.nnz_last:.1f} of {n}")
     print("  sklearn: " + ", ".join(f"tol={r.tol:g} {r.warnings} convergence warning(s)" for r in sk_runs))
     print(line)
     print("speed-up of batched (all targets x lambdas; cvxpy and sklearn extrapolated from their samples):")
-    for name in ("float32", "float64", "float32 FISTA"):
+    for name in ("float32", "float64", "float32 mu=0"):
         s = runs[name].seconds
         sk_text = "   ".join(f"{r.all_seconds / s:6.1f}x sklearn tol={r.tol:g}" for r in sk_runs)
         print(f"  batched {name}: {cvx_all / s:>8.0f}x cvxpy   {sk_text}")

@@ -18,22 +18,26 @@ import numpy as np
 
 
 @nb.njit(cache=True, fastmath={"reassoc", "contract", "nsz"})
-def prox_grad_step(gx, c, xn, x, u, lam, tol, mom, beta, dd, dpd, pending, ok, nz, step, l2, nonneg, accelerate):  # pragma: no cover
-    """One proximal gradient iteration (FISTA's, or plain) for each pending row, given gx = xn @ G (G symmetric).
+def prox_grad_step(
+    gx, c, xn, x, gp, lam, tol, gam, beta, dd, dpd, d0, pending, ok, nz, step, min_step, shrink, l2, nonneg, accelerate,
+):  # pragma: no cover
+    """One proximal gradient iteration (greedy FISTA's, or plain) for each pending row, given gx = xn @ G (G symmetric).
 
-    In: the iterate xn, the one before it x, u = x - step g(x), the momentum beta that
-    made xn and, for the restart test, dd = |xn - x|^2 and dpd = (x - x_before).(xn - x)
-    (dd < 0: the first call). Out: ok (KKT violation at xn <= tol); for rows not ok, x
-    becomes the next iterate prox(u' + beta' (u' - u)) with u' = xn - step g(xn), which
-    replaces u, and beta' the new momentum (0 after a restart), dd and dpd are those of
-    the next iterate, and nz[j] says whether some next iterate is non-zero in column j.
-    The restart test is O'Donoghue and Candes' (y - xn).(xn - x) > 0 with y = x + beta
-    (x - x_before), written as beta dpd > dd so that y is never formed.
+    In: the iterate xn, the one before it x and the gradient there gp, the momentum beta
+    (0 or 1) that made xn and, for the restart test, dd = |xn - x|^2 and dpd =
+    (x - x_before).(xn - x) (dd < 0: the first accelerated call). Out: ok (KKT violation
+    at xn <= tol); for rows not ok, x becomes the next iterate prox(y - gam g(y)) at
+    y = xn + beta' (xn - x) (g(y) the same combination of the gradients), gp becomes
+    g(xn), dd and dpd those of the next iterate, and nz[j] says whether some next
+    iterate is non-zero in column j. beta' is 1, or 0 after O'Donoghue and Candes'
+    restart test (y - xn).(xn - x) > 0, written as beta dpd > dd so that y is never
+    formed. Safeguard: d0 is the first accelerated step's dd, and a later step at least
+    as long shrinks the row's step gam by ``shrink``, down to ``min_step``.
 
     Pass 1 over a row reads gx, c, xn (gradient, KKT); pass 2 re-reads them from cache
-    and reads and writes x and u: seven streams over memory per iteration in all.
-    Without ``accelerate`` it is a plain proximal gradient step, x = prox(u'), and
-    pass 2 only writes x (u, mom, beta, dd and dpd are left alone; the first
+    and reads and writes x and gp: seven streams over memory per iteration in all.
+    Without ``accelerate`` it is a plain proximal gradient step of length ``step``,
+    and pass 2 only writes x (gp, gam, beta, dd, dpd and d0 are left alone; the first
     accelerated call must find dd < 0).
     """
     rows, n = gx.shape
@@ -58,8 +62,8 @@ def prox_grad_step(gx, c, xn, x, u, lam, tol, mom, beta, dd, dpd, pending, ok, n
         ok[i] = viol <= tol[i]
         if ok[i]:  # done: the next iterate is not needed
             continue
-        th = la * step
         if not accelerate:
+            th = la * step
             for j in range(n):
                 v = xn[i, j]
                 z = v - step * (gx[i, j] - c[i, j] + l2 * v)
@@ -67,27 +71,30 @@ def prox_grad_step(gx, c, xn, x, u, lam, tol, mom, beta, dd, dpd, pending, ok, n
                 x[i, j] = xnext
                 nz[j] |= xnext != 0
             continue
-        m = mom[i]
-        m_new = (1 + np.sqrt(1 + 4 * m * m)) / 2
-        if beta[i] * dpd[i] > dd[i]:  # restart (always at the first call, where dd < 0)
-            beta[i], mom[i] = zero, one
-        else:
-            beta[i], mom[i] = (m - 1) / m_new, m_new
-        b = beta[i]
+        if dd[i] >= 0:  # the step that made xn was accelerated
+            if d0[i] < 0:
+                d0[i] = dd[i]
+            elif dd[i] >= d0[i]:
+                gam[i] = max(gam[i] * shrink, min_step)
+        b = zero if beta[i] * dpd[i] > dd[i] else one  # restart: always at the first accelerated call
+        beta[i] = b
+        st = gam[i]
+        th = la * st
         dd_next = 0.0
         dpd_next = 0.0
         for j in range(n):
             v = xn[i, j]
-            un = v - step * (gx[i, j] - c[i, j] + l2 * v)
-            z = un + b * (un - u[i, j])
-            u[i, j] = un
+            xo = x[i, j]
+            g = gx[i, j] - c[i, j] + l2 * v
+            z = v + b * (v - xo) - st * (g + b * (g - gp[i, j]))
+            gp[i, j] = g
             if nonneg:
                 xnext = max(z - th, zero)
             else:
                 xnext = z - min(max(z, -th), th)
             d = xnext - v
             dd_next += d * d
-            dpd_next += (v - x[i, j]) * d
+            dpd_next += (v - xo) * d
             x[i, j] = xnext
             nz[j] |= xnext != 0
         dd[i], dpd[i] = dd_next, dpd_next
