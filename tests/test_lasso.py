@@ -259,6 +259,7 @@ def test_curvature_bounds_the_spectrum_and_skips_the_null_direction_of_fixed_siz
     # with fixed-size masks the smallest eigenvalue is ~0 (the all-ones direction) and mu is the next one
     assert mu == pytest.approx(evals[1 if fixed_size else 0].item())
     assert 0 < mu < lip and plain_step(lip, mu) == pytest.approx(2 / (lip + mu)) and plain_step(lip, 0.0) == 1 / lip
+    assert curvature(gram, l2=0.05) == pytest.approx((lip + 0.05, mu + 0.05))  # the l2 term adds to both
 
 
 def test_long_plain_steps_reach_the_same_path_in_fewer_iterations():

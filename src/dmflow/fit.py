@@ -134,7 +134,7 @@ def fit_targets(
     gram, c, yy = fit_m.gram(dtype)
     c[:, constant.to(c.device)] = 0  # lam_max 0: solved by w = 0 at once
     c = _target_major(c)
-    bounds = tuple(v + settings.l2 for v in curvature(gram))  # (L, mu) of the smooth part
+    bounds = curvature(gram, settings.l2)  # (L, mu) of the smooth part
     lam_max = lambda_max(c, settings.nonneg)
     path = lambda_path(lam_max, settings.num_lambdas, settings.lambda_min_ratio)
     n, t = c.shape
@@ -173,8 +173,7 @@ def fit_targets(
     gram_all, c_all, _ = all_m.gram(dtype)
     c_all[:, constant.to(c.device)] = 0
     c_all = _target_major(c_all)
-    bounds_all = tuple(v + settings.l2 for v in curvature(gram_all))
-    weight, conv = _solve(gram_all, c_all, lam, best_w, bounds_all, settings)
+    weight, conv = _solve(gram_all, c_all, lam, best_w, curvature(gram_all, settings.l2), settings)
     converged &= conv
     bias = all_m.mean_y - all_m.mean_x @ weight.double()
     flags = torch.where(converged, FLAG_OK, FLAG_NOT_CONVERGED).to(torch.uint8)

@@ -105,9 +105,10 @@ def lambda_path(lam_max: torch.Tensor, num: int, min_ratio: float) -> torch.Tens
     return lam_max.unsqueeze(0) * (min_ratio ** exponents).unsqueeze(1)
 
 
-def curvature(gram: torch.Tensor) -> tuple[float, float]:
+def curvature(gram: torch.Tensor, l2: float = 0.0) -> tuple[float, float]:
     """(L, mu): the largest eigenvalue of the Gram matrix, with a small safety margin
-    (the step size), and its smallest eigenvalue that is not ~0 (the convergence rate).
+    (the step size), and its smallest eigenvalue that is not ~0 (the convergence rate),
+    both + ``l2`` (the elastic-net term belongs to the smooth part).
 
     The gradient G w - c always lies in the range of G (c = Xc^T yc / m does), so the
     null directions of G (with fixed-size masks, the all-ones vector) carry no
@@ -118,7 +119,7 @@ def curvature(gram: torch.Tensor) -> tuple[float, float]:
         evals = torch.linalg.eigvalsh(gram.double())
         top = max(evals[-1].item(), 1e-12)
         positive = evals[evals > 1e-6 * top]
-        return top * 1.01, positive[0].item() if positive.numel() else 0.0
+        return top * 1.01 + l2, positive[0].item() + l2 if positive.numel() else l2
     # power iteration from a fixed start (reproducible); it approaches the top
     # eigenvalue from below, hence the larger safety margin
     gen = torch.Generator(device=gram.device).manual_seed(0)
@@ -126,7 +127,7 @@ def curvature(gram: torch.Tensor) -> tuple[float, float]:
     for _ in range(300):
         v = gram @ v
         v = v / v.norm()
-    return max((v @ (gram @ v)).item(), 1e-12) * 1.05, 0.0
+    return max((v @ (gram @ v)).item(), 1e-12) * 1.05 + l2, l2
 
 
 # The first iterations of a solve are plain proximal gradient steps of length 2/(L + mu);
@@ -271,7 +272,7 @@ def solve_batched(
     n, t = c.shape
     device = c.device
     if lip is None:
-        lip, mu = (v + l2 for v in curvature(gram))
+        lip, mu = curvature(gram, l2)
     steps = (plain_step(lip, mu), GREEDY_STEP / lip, 1.0 / lip)  # plain; greedy from, down to
     if backend not in ("auto", "torch", "fused"):
         raise ValueError(f"unknown backend {backend!r}")
