@@ -69,6 +69,12 @@ class _EpochBatches(IterableDataset):
             yield batch if params is None else (batch, params[:, start : start + self.batch_size])
 
 
+def gather_rows(x: torch.Tensor, idx: torch.Tensor) -> torch.Tensor:
+    """x[idx] for an index tensor of any shape, as one index_select on the flat index
+    (~6x faster on the CPU than advanced indexing)."""
+    return x.index_select(0, idx.reshape(-1)).view(*idx.shape, *x.shape[1:])
+
+
 class StackedSubsetDataModule(pl.LightningDataModule):
     """Serves (x [K, B, ...], y [K, B]) batches for K models trained on K subsets."""
 
@@ -99,8 +105,7 @@ class StackedSubsetDataModule(pl.LightningDataModule):
         idx, params = batch if isinstance(batch, (tuple, list)) else (batch, None)
         if self.x.device != idx.device:
             self.x, self.y = self.x.to(idx.device), self.y.to(idx.device)
-        # index_select on the flat index: ~6x faster on the CPU than x[idx] (advanced indexing)
-        x = self.x.index_select(0, idx.reshape(-1)).view(*idx.shape, *self.x.shape[1:])
+        x = gather_rows(self.x, idx)
         if params is not None:
             k, b = idx.shape
             x = apply(x.reshape(k * b, *x.shape[2:]), params.reshape(k * b, -1), self.augment).reshape(x.shape)

@@ -13,7 +13,7 @@ import torch
 from pytorch_lightning.plugins.environments import LightningEnvironment
 
 from dmflow.augment import AugmentSettings
-from dmflow.ensemble_data import StackedSubsetDataModule
+from dmflow.ensemble_data import StackedSubsetDataModule, gather_rows
 from dmflow.io import atomic_save_npz, load_npz
 from dmflow.models import VECTOR_ARCHITECTURES, StackedEnsembleModule, build_stacked_model, margins_from_logits
 from dmflow.seeds import chunk_seeds
@@ -183,8 +183,7 @@ def predict_stack(
         idx_all = torch.as_tensor(subsets, device=dev)
         for start in range(0, subsets.shape[1], step):
             idx = idx_all[:, start : start + step]
-            xs = xd.index_select(0, idx.reshape(-1)).view(*idx.shape, *xd.shape[1:])  # = xd[idx], faster
-            hits_s.append((_logits(net, xs, flip).argmax(-1) == yd[idx]).float().sum(1))
+            hits_s.append((_logits(net, gather_rows(xd, idx), flip).argmax(-1) == yd[idx]).float().sum(1))
     margins_np = torch.cat(margins, dim=1).float().cpu().numpy()
     acc_target = (torch.stack(hits_t).sum(0) / len(xt)).cpu().numpy()
     acc_subset = (torch.stack(hits_s).sum(0) / subsets.shape[1]).cpu().numpy()
