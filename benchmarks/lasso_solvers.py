@@ -91,7 +91,7 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p.add_argument("--cvxpy-lambdas", type=int, default=2,
                    help="lambdas of the path cvxpy solves, evenly spaced, always the smallest")
     p.add_argument("--sklearn-targets", type=int, default=16)
-    p.add_argument("--sklearn-tol", type=float, nargs="+", default=[1e-4, 3e-5, 1e-5, 1e-6],
+    p.add_argument("--sklearn-tol", type=float, nargs="+", default=[1e-4, 3e-5, 2e-5, 1.5e-5, 1e-5, 1e-6],
                    help="lasso_path tol(s): its dual gap is at most tol * ||y||^2")
     p.add_argument("--repeats", type=int, default=2,
                    help="timings of batched float32 and sklearn, alternated, best kept (float64, cvxpy: once)")
