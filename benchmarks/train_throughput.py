@@ -53,7 +53,8 @@ from pytorch_lightning.plugins.environments import LightningEnvironment
 from torch import nn
 from torch.utils.data import DataLoader, TensorDataset
 
-sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "src"))
+ROOT = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(ROOT / "src"))
 
 from dmflow.config import load_config  # noqa: E402
 from dmflow.data import prepare_data  # noqa: E402
@@ -66,7 +67,6 @@ from dmflow.train import StackResult, TrainSettings, _quiet_lightning, cpu_has_b
 DATASET = {"name": "digits", "num_train": 1000, "num_targets": None, "standardize": True}
 ALPHA = 0.5
 DEFAULT_CORES = 2
-ROOT = Path(__file__).resolve().parents[1]
 
 
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:

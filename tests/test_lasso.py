@@ -168,6 +168,46 @@ def test_path_warm_start_is_exact_on_a_fixed_support_and_does_not_change_the_pat
     assert its_extrap < its_plain
 
 
+@pytest.mark.parametrize("backend", ["torch", "fused"])
+@pytest.mark.parametrize("options", [{}, {"l2": 0.05}])
+def test_the_product_at_the_solution_comes_back_and_spares_the_next_lambda_its_first_product(
+    backend, options, monkeypatch
+):
+    # along a path, G @ w0 for the extrapolated warm start is the same combination of the
+    # previous solutions' products: passing it must change neither iterates nor counts
+    products = {"n": 0}
+    mm, addmm = torch.mm, torch.addmm
+
+    def counted(fn):
+        def call(*args, **kwargs):
+            products["n"] += 1
+            return fn(*args, **kwargs)
+        return call
+
+    monkeypatch.setattr(torch, "mm", counted(mm))
+    monkeypatch.setattr(torch, "addmm", counted(addmm))
+    x, y, _, _ = planted(t=6)
+    gram, c, _ = row_moments(x, y, np.arange(len(x))).gram(torch.float64)
+    path = lambda_path(lambda_max(c), 10, 1e-3)
+    kw = dict(tol=1e-10, max_iter=100_000, backend=backend, **options)
+    w, gw = [torch.zeros_like(c)] * 2, [torch.zeros_like(c)] * 2
+    for j in range(len(path)):
+        lams = (path[j - 2], path[j - 1], path[j])
+        w0 = path_warm_start(*w, *lams) if j >= 2 else w[1]
+        gw0 = path_warm_start(*gw, *lams) if j >= 2 else gw[1]
+        products["n"] = 0
+        computed = solve_batched(gram, c, path[j], w0=w0, **kw)
+        with_product = products["n"]
+        products["n"] = 0
+        combined = solve_batched(gram, c, path[j], w0=w0, gram_w0=gw0, **kw)
+        assert products["n"] == with_product - int(bool((w0 != 0).any()))  # one product fewer
+        torch.testing.assert_close(combined.gram_weight, gram @ combined.weight, atol=1e-12, rtol=0)
+        torch.testing.assert_close(computed.gram_weight, gram @ computed.weight, atol=1e-12, rtol=0)
+        torch.testing.assert_close(combined.weight, computed.weight, atol=1e-12, rtol=0)
+        assert torch.equal(combined.iterations, computed.iterations)
+        w, gw = [w[1], combined.weight], [gw[1], combined.gram_weight]
+
+
 def test_max_iter_reports_not_converged_and_keeps_the_last_iterate():
     x, y, _, _ = planted()
     gram, c, _ = row_moments(x, y, np.arange(len(x))).gram(torch.float64)

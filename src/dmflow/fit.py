@@ -89,15 +89,22 @@ def _constant_targets(moments: Moments) -> torch.Tensor:
     return moments.syy <= 1e-20 * moments.count * (1 + moments.mean_y**2)
 
 
-def _solve(gram, c, lam, w0, bounds, settings: FitSettings) -> tuple[torch.Tensor, torch.Tensor]:
-    """One lambda per target -> (weights, converged), with the configured solver."""
+def _solve(
+    gram, c, lam, w0, bounds, settings: FitSettings, gram_w0: torch.Tensor | None = None
+) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """One lambda per target -> (weights, converged, G @ weights), with the configured solver.
+
+    ``gram_w0`` (G @ w0, when known) spares the batched solver its first matrix product.
+    """
     if settings.solver == "cvxpy":
         w = solve_cvxpy(gram.double().cpu().numpy(), c.double().cpu().numpy(), lam.double().cpu().numpy()[None],
                         settings.l2, settings.nonneg, settings.cvxpy_solver)[0]
-        return torch.as_tensor(w, dtype=c.dtype, device=c.device), torch.ones(c.shape[1], dtype=torch.bool)
+        w = torch.as_tensor(w, dtype=c.dtype, device=c.device)
+        return w, torch.ones(c.shape[1], dtype=torch.bool), gram @ w
     lip, mu = bounds
-    res = solve_batched(gram, c, lam, w0, settings.l2, settings.nonneg, settings.tol, settings.max_iter, lip, mu)
-    return res.weight, res.converged.cpu()
+    res = solve_batched(gram, c, lam, w0, settings.l2, settings.nonneg, settings.tol, settings.max_iter, lip, mu,
+                        gram_w0=gram_w0)
+    return res.weight, res.converged.cpu(), res.gram_weight
 
 
 def _target_major(x: torch.Tensor) -> torch.Tensor:
@@ -147,19 +154,22 @@ def fit_targets(
     best_idx = torch.zeros(t, dtype=torch.long, device=device)
     since_best = torch.zeros(t, dtype=torch.long, device=device)
     w, w_prev = torch.zeros_like(c), torch.zeros_like(c)
+    gw, gw_prev = torch.zeros_like(c), torch.zeros_like(c)  # G @ w, G @ w_prev
     active = torch.arange(t, device=device)
     for j in range(settings.num_lambdas):
         if active.numel() == 0:
             break
         ca, lam_j = _columns(c, active), path[j, active]
-        w0 = _columns(w, active)
+        w0, gw0 = _columns(w, active), _columns(gw, active)
         if j >= 2:  # extrapolate along the path (targets active now were active at j-1 and j-2)
-            w0 = path_warm_start(_columns(w_prev, active), w0, path[j - 2, active], path[j - 1, active], lam_j)
-        wa, conv = _solve(gram, ca, lam_j, w0, bounds, settings)
-        w_prev.T[active] = w.T[active]
-        w.T[active] = wa.T
+            lams = (path[j - 2, active], path[j - 1, active], lam_j)
+            w0 = path_warm_start(_columns(w_prev, active), w0, *lams)
+            gw0 = path_warm_start(_columns(gw_prev, active), gw0, *lams)  # G @ w0: the same combination
+        wa, conv, gwa = _solve(gram, ca, lam_j, w0, bounds, settings, gw0)
+        w_prev.T[active], gw_prev.T[active] = w.T[active], gw.T[active]
+        w.T[active], gw.T[active] = wa.T, gwa.T
         converged[active.cpu()] &= conv
-        train_mse[j, active.cpu()] = mse_from_moments(gram, ca, yy[active], wa).double().cpu()
+        train_mse[j, active.cpu()] = mse_from_moments(gram, ca, yy[active], wa, gwa).double().cpu()
         mse = validation_mse(val_m.select(active), fit_m.mean_x, fit_m.mean_y[active], wa)
         val_mse[j, active.cpu()], nnz[j, active.cpu()] = mse.cpu(), (wa != 0).sum(0).cpu()
         better = mse < best_mse[active]
@@ -173,7 +183,7 @@ def fit_targets(
     gram_all, c_all, _ = all_m.gram(dtype)
     c_all[:, constant.to(c.device)] = 0
     c_all = _target_major(c_all)
-    weight, conv = _solve(gram_all, c_all, lam, best_w, curvature(gram_all, settings.l2), settings)
+    weight, conv, _ = _solve(gram_all, c_all, lam, best_w, curvature(gram_all, settings.l2), settings)
     converged &= conv
     bias = all_m.mean_y - all_m.mean_x @ weight.double()
     flags = torch.where(converged, FLAG_OK, FLAG_NOT_CONVERGED).to(torch.uint8)

@@ -231,6 +231,7 @@ class SolveResult:
     weight: torch.Tensor  # [n, T]
     iterations: torch.Tensor  # [T] int
     converged: torch.Tensor  # [T] bool
+    gram_weight: torch.Tensor  # [n, T]: G @ weight, from the product the solver made there
 
 
 def solve_batched(
@@ -246,6 +247,7 @@ def solve_batched(
     mu: float = 0.0,
     scale: torch.Tensor | None = None,
     backend: str = "auto",
+    gram_w0: torch.Tensor | None = None,
 ) -> SolveResult:
     """Proximal gradient for all targets at once: ``PLAIN_STEPS`` plain steps, then greedy FISTA.
 
@@ -262,7 +264,10 @@ def solve_batched(
     the iterates x, and the gradient at the extrapolated point y = x + beta (x - x_prev)
     is the same affine combination of g(x) and g(x_prev). So the KKT test at every
     iterate costs no product, and the restart test (O'Donoghue and Candes' gradient
-    scheme: (y - x_new) . (x_new - x) > 0) none either.
+    scheme: (y - x_new) . (x_new - x) > 0) none either. The result carries G @ weight,
+    and ``gram_w0`` = G @ w0, when the caller knows it, replaces the first product:
+    along a path the warm start is a combination of earlier solutions
+    (``path_warm_start``), so its product is the same combination of theirs.
 
     ``backend``: "torch" (any device), "fused" (CPU, float32/64: the same iterates,
     up to rounding, from numba kernels that make two passes over each target's row
@@ -280,14 +285,19 @@ def solve_batched(
     if backend == "fused" and not fused_ok:
         raise ValueError("the fused backend needs float32/float64 CPU tensors and numba")
     if backend != "torch" and fused_ok:
-        return _solve_fused(gram.to(c.dtype).contiguous(), c, lam, w0, l2, nonneg, tol, scale, max_iter, steps)
+        return _solve_fused(gram.to(c.dtype).contiguous(), c, lam, w0, l2, nonneg, tol, scale, max_iter, steps, gram_w0)
     scale = lambda_max(c, nonneg).clamp(min=1e-30) if scale is None else scale
     w = torch.zeros_like(c) if w0 is None else w0.clone()
     iterations = torch.zeros(t, dtype=torch.long, device=device)
     converged = torch.zeros(t, dtype=torch.bool, device=device)
     with _one_thread(device):
         rows = _support_rows(w)
-    g = _gradient(gram, w, -c, l2, rows)
+    if gram_w0 is None:
+        g = _gradient(gram, w, -c, l2, rows)
+        gw = (g + c).sub_(w, alpha=l2) if l2 else g + c  # G w, as the iterations below record it
+    else:
+        gw = gram_w0.clone()
+        g = (gram_w0 - c).add_(w, alpha=l2) if l2 else gram_w0 - c
     with _one_thread(device):
         done = _kkt_from_grad(g, w, lam, nonneg) <= tol * scale
     converged |= done
@@ -326,6 +336,8 @@ def solve_batched(
             if newly.any():  # record them now; they leave the batch at the next compaction
                 local = newly.nonzero().squeeze(1)
                 w[:, active[local]] = x.index_select(1, local)
+                gx = g.index_select(1, local) - neg_c.index_select(1, local)
+                gw[:, active[local]] = gx.sub_(x.index_select(1, local), alpha=l2) if l2 else gx
                 iterations[active[local]] = it
                 converged[active[local]] = ok[local]
                 pending &= ~newly
@@ -335,7 +347,7 @@ def solve_batched(
                     active, pending = active[keep], pending[keep]
                     x, g, x_prev, g_prev, neg_c = (v.index_select(1, keep) for v in (x, g, x_prev, g_prev, neg_c))
                     la, tol_a, beta, gam, d0 = la[keep], tol_a[keep], beta[keep], gam[keep], d0[keep]
-    return SolveResult(w, iterations, converged)
+    return SolveResult(w, iterations, converged, gw)
 
 
 def _numba_kernels():
@@ -380,6 +392,7 @@ def _solve_fused(
     scale: torch.Tensor | None,
     max_iter: int,
     steps: tuple[float, float, float],
+    gram_w0: torch.Tensor | None = None,
 ) -> SolveResult:
     """``solve_batched`` on CPU with the numba kernels, in the target-major layout [T, n].
 
@@ -395,10 +408,11 @@ def _solve_fused(
     n, t = c.shape
     dtype = c.dtype
     w = torch.zeros_like(c) if w0 is None else torch.empty_like(c)
+    gw = torch.zeros_like(c) if w0 is None else torch.empty_like(c)  # G @ w
     iterations = torch.zeros(t, dtype=torch.long)
     converged = torch.zeros(t, dtype=torch.bool)
     if t == 0:
-        return SolveResult(w, iterations, converged)
+        return SolveResult(w, iterations, converged, gw)
     np_dtype = torch.empty((), dtype=dtype).numpy().dtype
     l2_ = np_dtype.type(l2)
     # numpy's empty/zeros cost no pass over memory (torch's zeros is a threaded fill)
@@ -425,7 +439,9 @@ def _solve_fused(
         if sparse:
             new_cols = np.flatnonzero(nz)
             sparse = new_cols.size <= n // 2
-        if not sparse:
+        if k == 0 and gram_w0 is not None:
+            _to_target_major(gram_w0, gx)
+        elif not sparse:
             torch.mm(xn, gram, out=gx)
         elif new_cols.size == 0:
             gx.zero_()
@@ -445,10 +461,11 @@ def _solve_fused(
         newly = pending if k == max_iter else ok & pending
         if newly.any():  # record them now; they leave the batch at the next compaction
             local = newly.nonzero().squeeze(1)
-            if w.T.is_contiguous():
-                kern.store_rows(xn.numpy(), local.numpy(), active[local].numpy(), w.T.numpy())
-            else:
-                kern.store_transposed(xn.numpy(), local.numpy(), active[local].numpy(), w.numpy())
+            for src, dst in ((xn, w), (gx, gw)):
+                if dst.T.is_contiguous():
+                    kern.store_rows(src.numpy(), local.numpy(), active[local].numpy(), dst.T.numpy())
+                else:
+                    kern.store_transposed(src.numpy(), local.numpy(), active[local].numpy(), dst.numpy())
             iterations[active[local]] = k
             converged[active[local]] = ok[local]
             pending &= ~newly
@@ -463,7 +480,7 @@ def _solve_fused(
                 active, pending, ok = active[keep], pending[keep], ok[keep]
                 la, tol_a, beta, gam, d0, dd, dpd = (v[keep] for v in (la, tol_a, beta, gam, d0, dd, dpd))
         x, xn = xn, x  # the kernel wrote the next iterate into x
-    return SolveResult(w, iterations, converged)
+    return SolveResult(w, iterations, converged, gw)
 
 
 def _to_target_major(src: torch.Tensor, dst: torch.Tensor) -> None:
@@ -488,9 +505,13 @@ def path_warm_start(
     return torch.lerp(w, w_prev, -ratio)  # w + ratio (w - w_prev) in one pass
 
 
-def mse_from_moments(gram: torch.Tensor, c: torch.Tensor, yy: torch.Tensor, w: torch.Tensor) -> torch.Tensor:
-    """Per-target mean squared residual (1/m)||Xw+b-y||^2 at the best b, from the moments."""
-    return (w * (gram @ w)).sum(0) - 2 * (c * w).sum(0) + yy
+def mse_from_moments(
+    gram: torch.Tensor, c: torch.Tensor, yy: torch.Tensor, w: torch.Tensor, gram_w: torch.Tensor | None = None
+) -> torch.Tensor:
+    """Per-target mean squared residual (1/m)||Xw+b-y||^2 at the best b, from the moments
+    (``gram_w`` = G @ w when known, e.g. from the solver)."""
+    gram_w = gram @ w if gram_w is None else gram_w
+    return (w * gram_w).sum(0) - 2 * (c * w).sum(0) + yy
 
 
 def objective(
