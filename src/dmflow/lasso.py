@@ -207,6 +207,12 @@ def _gradient(
     return g.add_(w, alpha=l2) if l2 else g
 
 
+def _gram_part(g: torch.Tensor, neg_c: torch.Tensor, w: torch.Tensor, l2: float) -> torch.Tensor:
+    """G w, recovered from the gradient g = G w + l2 w - c."""
+    gw = g - neg_c
+    return gw.sub_(w, alpha=l2) if l2 else gw
+
+
 @contextmanager
 def _one_thread(device: torch.device) -> Iterator[None]:
     """Run the elementwise part of an iteration on one CPU thread, then restore the count.
@@ -294,7 +300,7 @@ def solve_batched(
         rows = _support_rows(w)
     if gram_w0 is None:
         g = _gradient(gram, w, -c, l2, rows)
-        gw = (g + c).sub_(w, alpha=l2) if l2 else g + c  # G w, as the iterations below record it
+        gw = _gram_part(g, -c, w, l2)
     else:
         gw = gram_w0.clone()
         g = (gram_w0 - c).add_(w, alpha=l2) if l2 else gram_w0 - c
@@ -336,8 +342,7 @@ def solve_batched(
             if newly.any():  # record them now; they leave the batch at the next compaction
                 local = newly.nonzero().squeeze(1)
                 w[:, active[local]] = x.index_select(1, local)
-                gx = g.index_select(1, local) - neg_c.index_select(1, local)
-                gw[:, active[local]] = gx.sub_(x.index_select(1, local), alpha=l2) if l2 else gx
+                gw[:, active[local]] = _gram_part(*(v.index_select(1, local) for v in (g, neg_c, x)), l2)
                 iterations[active[local]] = it
                 converged[active[local]] = ok[local]
                 pending &= ~newly
