@@ -19,9 +19,10 @@ import numpy as np
 
 @nb.njit(cache=True, fastmath={"reassoc", "contract", "nsz"})
 def prox_grad_step(
-    gx, c, xn, x, gp, lam, tol, gam, beta, dd, dpd, d0, pending, ok, nz, step, min_step, shrink, l2, nonneg, accelerate,
+    gx, xn, x, gp, lam, tol, gam, beta, dd, dpd, d0, pending, ok, nz, step, min_step, shrink, l2, nonneg, accelerate,
 ):  # pragma: no cover
-    """One proximal gradient iteration (greedy FISTA's, or plain) for each pending row, given gx = xn @ G (G symmetric).
+    """One proximal gradient iteration (greedy FISTA's, or plain) for each pending row, given gx = xn @ G - c
+    (G symmetric; the matrix product subtracts c, so the kernel does not read it).
 
     In: the iterate xn, the one before it x and the gradient there gp, the momentum beta
     (0 or 1) that made xn and, for the restart test, dd = |xn - x|^2 and dpd =
@@ -34,8 +35,8 @@ def prox_grad_step(
     formed. Safeguard: d0 is the first accelerated step's dd, and a later step at least
     as long shrinks the row's step gam by ``shrink``, down to ``min_step``.
 
-    Pass 1 over a row reads gx, c, xn (gradient, KKT); pass 2 re-reads them from cache
-    and reads and writes x and gp: seven streams over memory per iteration in all.
+    Pass 1 over a row reads gx, xn (gradient, KKT); pass 2 re-reads them from cache
+    and reads and writes x and gp: six streams over memory per iteration in all.
     Without ``accelerate`` it is a plain proximal gradient step of length ``step``,
     and pass 2 only writes x (gp, gam, beta, dd, dpd and d0 are left alone; the first
     accelerated call must find dd < 0).
@@ -51,7 +52,7 @@ def prox_grad_step(
         viol = zero
         for j in range(n):
             v = xn[i, j]
-            g = gx[i, j] - c[i, j] + l2 * v
+            g = gx[i, j] + l2 * v
             s = np.sign(v)
             if nonneg:  # h = g + lam: |h| on the support, -h off it
                 h = g + la
@@ -66,7 +67,7 @@ def prox_grad_step(
             th = la * step
             for j in range(n):
                 v = xn[i, j]
-                z = v - step * (gx[i, j] - c[i, j] + l2 * v)
+                z = v - step * (gx[i, j] + l2 * v)
                 xnext = max(z - th, zero) if nonneg else z - min(max(z, -th), th)
                 x[i, j] = xnext
                 nz[j] |= xnext != 0
@@ -85,7 +86,7 @@ def prox_grad_step(
         for j in range(n):
             v = xn[i, j]
             xo = x[i, j]
-            g = gx[i, j] - c[i, j] + l2 * v
+            g = gx[i, j] + l2 * v
             z = v + b * (v - xo) - st * (g + b * (g - gp[i, j]))
             gp[i, j] = g
             if nonneg:
@@ -130,11 +131,30 @@ def store_rows(src, rows, cols, dst):  # pragma: no cover
 
 
 @nb.njit(cache=True)
-def compact_rows(a, keep):  # pragma: no cover
-    """a[r] = a[keep[r]] for r = 0, 1, ... (keep ascending, so nothing is overwritten before it is read)."""
-    for r in range(keep.size):
-        if keep[r] != r:
-            a[r, :] = a[keep[r], :]
+def move_rows(a, dst, src):  # pragma: no cover
+    """a[dst[r]] = a[src[r]] for each r: rows from the end of the batch fill the places of finished ones."""
+    for r in range(dst.size):
+        a[dst[r], :] = a[src[r], :]
+
+
+@nb.njit(cache=True)
+def store_rows_sum(src, add, rows, cols, dst):  # pragma: no cover
+    """dst[cols[r]] = src[rows[r]] + add[rows[r]] for each r (target-major dst [T, n])."""
+    for r in range(rows.size):
+        i, col = rows[r], cols[r]
+        for j in range(src.shape[1]):
+            dst[col, j] = src[i, j] + add[i, j]
+
+
+@nb.njit(cache=True)
+def store_transposed_sum(src, add, rows, cols, dst):  # pragma: no cover
+    """dst[:, cols[r]] = src[rows[r], :] + add[rows[r], :] for each r (feature-major dst [n, T])."""
+    n = src.shape[1]
+    for j0 in range(0, n, 64):
+        for r in range(rows.size):
+            i, col = rows[r], cols[r]
+            for j in range(j0, min(j0 + 64, n)):
+                dst[j, col] = src[i, j] + add[i, j]
 
 
 @nb.njit(cache=True)

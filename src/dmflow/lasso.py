@@ -263,8 +263,9 @@ def solve_batched(
     1.3/L and shrink towards 1/L (see ``PLAIN_STEPS``). Each target
     has its own lam; a target stops when its KKT violation is at most
     ``tol * scale`` (scale defaults to lambda_max): its weights are recorded at that
-    iterate, and it leaves the batch once an eighth of the batch has finished (each
-    removal copies the iterates), so the matrix products shrink as targets converge.
+    iterate, and it leaves the batch (in the torch loop once an eighth of the batch has
+    finished, as each removal copies the iterates; in the fused one at once), so the
+    matrix products shrink as targets converge.
 
     One matrix product per iteration: the gradient g(x) = G x + l2 x - c is kept for
     the iterates x, and the gradient at the extrapolated point y = x + beta (x - x_prev)
@@ -402,10 +403,12 @@ def _solve_fused(
     """``solve_batched`` on CPU with the numba kernels, in the target-major layout [T, n].
 
     The same iterates as the torch loop (up to rounding): iterate k's gradient comes
-    from one matrix product (x_k @ G, G symmetric), then one kernel call tests the KKT
-    conditions at x_k and computes x_{k+1}. All data movement (transposes in and out,
-    compaction, the sparse product's gather) is single-threaded numba too: torch's
-    threaded copies waited for the busy second core. Inputs that are already
+    from one matrix product (x_k @ G - c, G symmetric; the product subtracts c, so the
+    kernel reads one array less), then one kernel call tests the KKT conditions at x_k
+    and computes x_{k+1}. A target that finishes leaves the batch at once: the last
+    pending rows move into its place (a copy of as many rows as finished). All data
+    movement (transposes in and out, those moves, the sparse product's gather) is
+    single-threaded numba too: torch's threaded copies waited for the busy second core. Inputs that are already
     target-major (``c.T`` contiguous, as ``fit_targets`` keeps them along a path) are
     copied without a transpose, and the weights come back in the layout of ``c``.
     """
@@ -444,46 +447,54 @@ def _solve_fused(
         if sparse:
             new_cols = np.flatnonzero(nz)
             sparse = new_cols.size <= n // 2
+        # gx = xn @ G - c: the product subtracts c (its C operand), so the kernel never reads c
         if k == 0 and gram_w0 is not None:
             _to_target_major(gram_w0, gx)
+            np.subtract(gx.numpy(), ct.numpy(), out=gx.numpy())
         elif not sparse:
-            torch.mm(xn, gram, out=gx)
+            torch.addmm(ct, xn, gram, beta=-1, out=gx)
         elif new_cols.size == 0:
-            gx.zero_()
+            np.negative(ct.numpy(), out=gx.numpy())
         else:  # only the non-zero columns take part; G's rows are gathered again when they change
             if cols is None or not np.array_equal(cols, new_cols):
                 cols = new_cols
                 gram_cols = gram.index_select(0, torch.from_numpy(cols))
             xs = torch.from_numpy(np.empty((xn.shape[0], cols.size), dtype=np_dtype))
             kern.gather_columns(xn.numpy(), cols, xs.numpy())
-            torch.mm(xs, gram_cols, out=gx)
+            torch.addmm(ct, xs, gram_cols, beta=-1, out=gx)
         kern.prox_grad_step(
-            gx.numpy(), ct.numpy(), xn.numpy(), x.numpy(), gp.numpy(), la.numpy(), tol_a.numpy(), gam.numpy(),
+            gx.numpy(), xn.numpy(), x.numpy(), gp.numpy(), la.numpy(), tol_a.numpy(), gam.numpy(),
             beta.numpy(), dd.numpy(), dpd.numpy(), d0.numpy(), pending.numpy(), ok.numpy(), nz,
             np_dtype.type(steps[0]), np_dtype.type(steps[2]), np_dtype.type(GREEDY_SHRINK), l2_, nonneg,
             k >= PLAIN_STEPS,
         )
         newly = pending if k == max_iter else ok & pending
-        if newly.any():  # record them now; they leave the batch at the next compaction
+        if newly.any():  # record them, then the last rows of the batch take their places
             local = newly.nonzero().squeeze(1)
-            for src, dst in ((xn, w), (gx, gw)):
-                if dst.T.is_contiguous():
-                    kern.store_rows(src.numpy(), local.numpy(), active[local].numpy(), dst.T.numpy())
-                else:
-                    kern.store_transposed(src.numpy(), local.numpy(), active[local].numpy(), dst.numpy())
+            rows_, cols_ = local.numpy(), active[local].numpy()
+            if w.T.is_contiguous():
+                kern.store_rows(xn.numpy(), rows_, cols_, w.T.numpy())
+                kern.store_rows_sum(gx.numpy(), ct.numpy(), rows_, cols_, gw.T.numpy())  # G @ w = gx + c
+            else:
+                kern.store_transposed(xn.numpy(), rows_, cols_, w.numpy())
+                kern.store_transposed_sum(gx.numpy(), ct.numpy(), rows_, cols_, gw.numpy())
             iterations[active[local]] = k
             converged[active[local]] = ok[local]
             pending &= ~newly
             left = int(pending.sum())
             if left == 0:
                 break
-            if 8 * (pending.numel() - left) >= pending.numel():  # compacting copies 4 [active, n] arrays
-                keep = pending.nonzero().squeeze(1)
-                for v in (ct, xn, x, gp):
-                    kern.compact_rows(v.numpy(), keep.numpy())
-                ct, xn, x, gp, gx = (v[: keep.numel()] for v in (ct, xn, x, gp, gx))
-                active, pending, ok = active[keep], pending[keep], ok[keep]
-                la, tol_a, beta, gam, d0, dd, dpd = (v[keep] for v in (la, tol_a, beta, gam, d0, dd, dpd))
+            # finished rows in the first `left` places get the pending rows from beyond them:
+            # a copy of as many rows as finished, where keeping the order would move all rows after the first
+            holes = (~pending[:left]).nonzero().squeeze(1)
+            movers = pending[left:].nonzero().squeeze(1) + left
+            for v in (ct, xn, x, gp):
+                kern.move_rows(v.numpy(), holes.numpy(), movers.numpy())
+            ct, xn, x, gp, gx = (v[:left] for v in (ct, xn, x, gp, gx))
+            for v in (active, la, tol_a, beta, gam, d0, dd, dpd):
+                v[holes] = v[movers]
+            active, la, tol_a, beta, gam, d0, dd, dpd = (v[:left] for v in (active, la, tol_a, beta, gam, d0, dd, dpd))
+            pending, ok = pending[:left].fill_(True), ok[:left]
         x, xn = xn, x  # the kernel wrote the next iterate into x
     return SolveResult(w, iterations, converged, gw)
 
