@@ -96,8 +96,9 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p.add_argument("--sklearn-targets", type=int, default=16)
     p.add_argument("--sklearn-tol", type=float, nargs="+", default=[1e-4, 3e-5, 2e-5, 1.5e-5, 1e-5, 1e-6],
                    help="lasso_path tol(s): its dual gap is at most tol * ||y||^2")
-    p.add_argument("--repeats", type=int, default=2,
-                   help="timings of batched float32 and sklearn, alternated, best kept (float64, cvxpy: once)")
+    p.add_argument("--repeats", type=int, default=5,
+                   help="timings of batched float32 and sklearn, alternated, best kept (float64, cvxpy: once); "
+                        "single timings move by up to 30 %% on a shared machine, and each repeat costs ~8 s")
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--max-rows", type=int, default=0,
                    help="use only the first this many rows (fewer rows: a worse-conditioned Gram matrix)")
