@@ -113,21 +113,30 @@ def transpose_into(src, dst):  # pragma: no cover
 
 
 @nb.njit(cache=True)
-def store_transposed(src, rows, cols, dst):  # pragma: no cover
-    """dst[:, cols[r]] = src[rows[r], :] for each r (rows of the target-major iterates into [n, T])."""
+def store_transposed(src, rows, cols, dst, add=None):  # pragma: no cover
+    """dst[:, cols[r]] = src[rows[r], :] (+ add[rows[r], :]) for each r (target-major rows into [n, T])."""
     n = src.shape[1]
     for j0 in range(0, n, 64):
         for r in range(rows.size):
             i, col = rows[r], cols[r]
-            for j in range(j0, min(j0 + 64, n)):
-                dst[j, col] = src[i, j]
+            if add is None:
+                for j in range(j0, min(j0 + 64, n)):
+                    dst[j, col] = src[i, j]
+            else:
+                for j in range(j0, min(j0 + 64, n)):
+                    dst[j, col] = src[i, j] + add[i, j]
 
 
 @nb.njit(cache=True)
-def store_rows(src, rows, cols, dst):  # pragma: no cover
-    """dst[cols[r]] = src[rows[r]] for each r (rows of the iterates into target-major weights [T, n])."""
+def store_rows(src, rows, cols, dst, add=None):  # pragma: no cover
+    """dst[cols[r]] = src[rows[r]] (+ add[rows[r]]) for each r (rows into target-major [T, n])."""
     for r in range(rows.size):
-        dst[cols[r], :] = src[rows[r], :]
+        i, col = rows[r], cols[r]
+        if add is None:
+            dst[col, :] = src[i, :]
+        else:
+            for j in range(src.shape[1]):
+                dst[col, j] = src[i, j] + add[i, j]
 
 
 @nb.njit(cache=True)
@@ -135,26 +144,6 @@ def move_rows(a, dst, src):  # pragma: no cover
     """a[dst[r]] = a[src[r]] for each r: rows from the end of the batch fill the places of finished ones."""
     for r in range(dst.size):
         a[dst[r], :] = a[src[r], :]
-
-
-@nb.njit(cache=True)
-def store_rows_sum(src, add, rows, cols, dst):  # pragma: no cover
-    """dst[cols[r]] = src[rows[r]] + add[rows[r]] for each r (target-major dst [T, n])."""
-    for r in range(rows.size):
-        i, col = rows[r], cols[r]
-        for j in range(src.shape[1]):
-            dst[col, j] = src[i, j] + add[i, j]
-
-
-@nb.njit(cache=True)
-def store_transposed_sum(src, add, rows, cols, dst):  # pragma: no cover
-    """dst[:, cols[r]] = src[rows[r], :] + add[rows[r], :] for each r (feature-major dst [n, T])."""
-    n = src.shape[1]
-    for j0 in range(0, n, 64):
-        for r in range(rows.size):
-            i, col = rows[r], cols[r]
-            for j in range(j0, min(j0 + 64, n)):
-                dst[j, col] = src[i, j] + add[i, j]
 
 
 @nb.njit(cache=True)

@@ -474,10 +474,10 @@ def _solve_fused(
             rows_, cols_ = local.numpy(), active[local].numpy()
             if w.T.is_contiguous():
                 kern.store_rows(xn.numpy(), rows_, cols_, w.T.numpy())
-                kern.store_rows_sum(gx.numpy(), ct.numpy(), rows_, cols_, gw.T.numpy())  # G @ w = gx + c
+                kern.store_rows(gx.numpy(), rows_, cols_, gw.T.numpy(), ct.numpy())  # G @ w = gx + c
             else:
                 kern.store_transposed(xn.numpy(), rows_, cols_, w.numpy())
-                kern.store_transposed_sum(gx.numpy(), ct.numpy(), rows_, cols_, gw.numpy())
+                kern.store_transposed(gx.numpy(), rows_, cols_, gw.numpy(), ct.numpy())
             iterations[active[local]] = k
             converged[active[local]] = ok[local]
             pending &= ~newly
