@@ -449,8 +449,11 @@ def _solve_fused(
             sparse = new_cols.size <= n // 2
         # gx = xn @ G - c: the product subtracts c (its C operand), so the kernel never reads c
         if k == 0 and gram_w0 is not None:
-            _to_target_major(gram_w0, gx)
-            np.subtract(gx.numpy(), ct.numpy(), out=gx.numpy())
+            if gram_w0.T.is_contiguous():  # target-major along a path: one pass
+                np.subtract(gram_w0.T.numpy(), ct.numpy(), out=gx.numpy())
+            else:
+                _to_target_major(gram_w0, gx)
+                np.subtract(gx.numpy(), ct.numpy(), out=gx.numpy())
         elif not sparse:
             torch.addmm(ct, xn, gram, beta=-1, out=gx)
         elif new_cols.size == 0:
