@@ -4,14 +4,19 @@ On one problem of the default run's size (n = 1000 training examples, m = 10k
 masks, ~800 targets, a 30-lambda path from lambda_max down to 1e-3 lambda_max):
 
 * moments: ``row_moments`` once (timed on its own; every solver below uses them);
-* batched: ``solve_batched`` over the whole path for ALL targets at once, warm
+* batched: ``solve_batched`` over the whole path for ALL targets, warm
   started (as in fit.py) on the line through the two previous solutions of the
   path (``path_warm_start``) with G @ w0 combined the same way from the previous
-  solutions' products, in float32 (the default) and float64, with the fused
+  solutions' products, the targets in up to ``--threads`` groups whose paths run
+  side by side (as fit.py runs them: ``group_count``, ``over_target_groups``; torch
+  on one thread per group),
+  in float32 (the default) and float64, with the fused
   numba kernels (the CPU default; their compile or cache load is timed on its own),
-  once in float32 computing each lambda's first product G @ w0 instead ("G@w0",
-  alternated with the default, best of ``--repeats`` each: what the combination
-  saves), once in float32 with the plain torch loop (backend="torch", the CUDA path), and
+  once in float32 computing each lambda's first product G @ w0 instead ("G@w0")
+  and once in float32 with all targets in one group, each product on all threads
+  ("1 group"; both alternated with the default, best of ``--repeats`` each: what
+  the combination and the groups save), once in float32 with the plain torch loop
+  (backend="torch", the CUDA path), and
   once in float32 with mu = 0, i.e. plain steps of 1/L instead of 2/(L + mu) before
   greedy FISTA (what the smallest eigenvalue buys);
 * cvxpy: ``solve_cvxpy`` (CLARABEL, tight tolerances) on a few targets at a few
@@ -71,6 +76,7 @@ from dmflow.lasso import (  # noqa: E402
     solve_cvxpy,
     warm_up_fused,
 )
+from dmflow.fit import group_count, over_target_groups  # noqa: E402
 from dmflow.masks import draw_masks  # noqa: E402
 
 DEFAULT_STORE = ROOT / "results" / "default" / "store" / "0.5" / "fit"
@@ -161,30 +167,37 @@ class PathRun:
 
 def batched_path(
     gram: torch.Tensor, c: torch.Tensor, path: torch.Tensor, bounds: tuple[float, float], tol: float,
-    keep: np.ndarray, backend: str = "auto", reuse: bool = True,
+    keep: np.ndarray, backend: str = "auto", reuse: bool = True, workers: int = 1,
 ) -> PathRun:
     """Warm-started path for all targets; keeps the weights of the targets ``keep`` at every lambda.
 
     As fit.py does, G @ w0 is passed along (``reuse``): the same combination of the previous
-    solutions' products as w0 is of their weights, which spares each lambda its first product.
+    solutions' products as w0 is of their weights, which spares each lambda its first product;
+    and ``workers`` groups of targets run their paths side by side (``over_target_groups``).
     """
-    w = w_prev = gw = gw_prev = torch.zeros_like(c)
-    kept = np.zeros((path.shape[0], c.shape[0], len(keep)))
-    iters, conv = 0, True
-    idx = torch.as_tensor(keep)
+    num_lambdas, t = path.shape
+    kept = np.zeros((num_lambdas, c.shape[0], len(keep)))
+
+    def run_group(g: slice) -> tuple[int, bool, float]:
+        cg, mine = c[:, g], (keep >= g.start) & (keep < g.stop)
+        w = w_prev = gw = gw_prev = torch.zeros_like(cg)
+        iters, conv = 0, True
+        for j in range(num_lambdas):
+            lams = (path[j - 2, g], path[j - 1, g], path[j, g])
+            w0 = path_warm_start(w_prev, w, *lams) if j >= 2 else w  # as fit.py does
+            gw0 = (path_warm_start(gw_prev, gw, *lams) if j >= 2 else gw) if reuse else None
+            res = solve_batched(gram, cg, path[j, g], w0=w0, tol=tol, max_iter=2000, lip=bounds[0], mu=bounds[1],
+                                backend=backend, gram_w0=gw0)
+            w_prev, w, gw_prev, gw = w, res.weight, gw, res.gram_weight
+            iters, conv = max(iters, int(res.iterations.max())), conv and bool(res.converged.all())
+            kept[j][:, mine] = w[:, torch.as_tensor(keep[mine] - g.start)].double().numpy()
+        return iters, conv, float((w != 0).sum())
+
     start = time.perf_counter()
     c = c.T.contiguous().T  # target-major, as fit.py keeps it: the solver copies it without a transpose
-    for j in range(path.shape[0]):
-        lams = (path[j - 2], path[j - 1], path[j])
-        w0 = path_warm_start(w_prev, w, *lams) if j >= 2 else w  # as fit.py does
-        gw0 = (path_warm_start(gw_prev, gw, *lams) if j >= 2 else gw) if reuse else None
-        res = solve_batched(gram, c, path[j], w0=w0, tol=tol, max_iter=2000, lip=bounds[0], mu=bounds[1],
-                            backend=backend, gram_w0=gw0)
-        w_prev, w, gw_prev, gw = w, res.weight, gw, res.gram_weight
-        iters, conv = max(iters, int(res.iterations.max())), conv and bool(res.converged.all())
-        kept[j] = w[:, idx].double().numpy()
+    groups = over_target_groups(run_group, t, workers)
     seconds = time.perf_counter() - start
-    return PathRun(seconds, kept, iters, conv, float((w != 0).sum(0).double().mean()))
+    return PathRun(seconds, kept, max(g[0] for g in groups), all(g[1] for g in groups), sum(g[2] for g in groups) / t)
 
 
 @dataclass
@@ -274,13 +287,17 @@ def main(argv: list[str] | None = None) -> None:
     g64, c64, yy64 = grams["float64"]
     path64 = paths["float64"].numpy()
 
-    def time_batched(name: str, backend: str = "auto", no_mu: bool = False, reuse: bool = True) -> None:
+    fit_groups = group_count(T, n, args.threads)  # as fit.py splits the targets
+
+    def time_batched(name: str, backend: str = "auto", no_mu: bool = False, reuse: bool = True,
+                     groups: int = fit_groups) -> None:
         key = name + ("" if backend == "auto" else f" {backend}") + (" mu=0" if no_mu else "") + (
-            "" if reuse else " G@w0")
+            "" if reuse else " G@w0") + ("" if groups == fit_groups else f" {groups} group")
         progress(f"batched {key} path ({T} targets x {L} lambdas)")
         gram, c, _ = grams[name]
         lip, mu = bounds[name]
-        run = batched_path(gram, c, paths[name], (lip, 0.0 if no_mu else mu), args.tol, sk_targets, backend, reuse)
+        run = batched_path(gram, c, paths[name], (lip, 0.0 if no_mu else mu), args.tol, sk_targets, backend, reuse,
+                           groups)
         if key not in runs or run.seconds < runs[key].seconds:
             runs[key] = run
 
@@ -289,6 +306,8 @@ def main(argv: list[str] | None = None) -> None:
     for _ in range(args.repeats):
         time_batched("float32")
         time_batched("float32", reuse=False)  # each lambda's first product computed, not combined
+        if fit_groups > 1:
+            time_batched("float32", groups=1)  # all targets in one group: every product on all threads
         progress(f"sklearn lasso_path: {len(sk_targets)} targets x {L} lambdas, tol {args.sklearn_tol}")
         new_runs = run_sklearn(prob, mom, path64, sk_targets, args.sklearn_tol)
         sk_runs = new_runs if not sk_runs else [a if a.seconds <= b.seconds else b for a, b in zip(sk_runs, new_runs)]
@@ -348,19 +367,22 @@ def main(argv: list[str] | None = None) -> None:
     print(f"spectrum of G: L = {lip:.4g}, mu = {mu:.4g} (smallest non-null eigenvalue), L/mu = {lip / max(mu, 1e-300):.3g}"
           f" -> {PLAIN_STEPS} plain steps of 2/(L + mu) = {2 / (lip + mu):.3g}, then greedy FISTA's from "
           f"{GREEDY_STEP:g}/L = {GREEDY_STEP / lip:.3g}")
+    print(f"target groups side by side (group_count, as fit.py): {fit_groups}, torch on "
+          f"{1 if fit_groups > 1 else args.threads} thread(s) each")
     print(line)
-    print(f"{'solver':<32}{'solved':>12}{'seconds':>10}{'all T x L, s':>14}{'us/(t,lam)':>12}")
-    for name in ("float32", "float32 G@w0", "float64", "float32 torch", "float32 mu=0"):
+    print(f"{'solver':<36}{'solved':>12}{'seconds':>10}{'all T x L, s':>14}{'us/(t,lam)':>12}")
+    alternated = [k for k in ("float32", "float32 G@w0", "float32 1 group") if k in runs]
+    for name in (*alternated, "float64", "float32 torch", "float32 mu=0"):
         r = runs[name]
-        best_of = name in ("float32", "float32 G@w0") and args.repeats > 1
+        best_of = name in alternated and args.repeats > 1
         label = f"batched {name}" + (f" (best of {args.repeats})" if best_of else "")
-        print(f"{label:<32}{f'{T} x {L}':>12}{r.seconds:>10.2f}{r.seconds:>14.2f}"
+        print(f"{label:<36}{f'{T} x {L}':>12}{r.seconds:>10.2f}{r.seconds:>14.2f}"
               f"{r.seconds / (T * L) * 1e6:>12.0f}")
-    print(f"{'cvxpy CLARABEL (tight)':<32}{f'{len(cv_targets)} x {len(cv_lams)}':>12}{t_cvx:>10.2f}{cvx_all:>14.0f}"
+    print(f"{'cvxpy CLARABEL (tight)':<36}{f'{len(cv_targets)} x {len(cv_lams)}':>12}{t_cvx:>10.2f}{cvx_all:>14.0f}"
           f"{cvx_all / (T * L) * 1e6:>12.0f}")
     for r in sk_runs:
         label = f"sklearn tol={r.tol:g}" + (f" (best of {args.repeats})" if args.repeats > 1 else "")
-        print(f"{label:<32}{f'{len(sk_targets)} x {L}':>12}{r.seconds:>10.2f}"
+        print(f"{label:<36}{f'{len(sk_targets)} x {L}':>12}{r.seconds:>10.2f}"
               f"{r.all_seconds:>14.1f}{r.all_seconds / (T * L) * 1e6:>12.0f}")
     for name in ("float32", "float64", "float32 mu=0"):
         r = runs[name]
@@ -369,7 +391,7 @@ def main(argv: list[str] | None = None) -> None:
     print("  sklearn: " + ", ".join(f"tol={r.tol:g} {r.warnings} convergence warning(s)" for r in sk_runs))
     print(line)
     print("speed-up of batched (all targets x lambdas; cvxpy and sklearn extrapolated from their samples):")
-    for name in ("float32", "float32 G@w0", "float64", "float32 mu=0"):
+    for name in (*alternated, "float64", "float32 mu=0"):
         s = runs[name].seconds
         sk_text = "   ".join(f"{r.all_seconds / s:6.1f}x sklearn tol={r.tol:g}" for r in sk_runs)
         print(f"  batched {name}: {cvx_all / s:>8.0f}x cvxpy   {sk_text}")

@@ -5,8 +5,8 @@ import pytest
 import torch
 
 from dmflow.fit import (
-    FLAG_CONSTANT, FLAG_NO_DATA, FLAG_OK, FitSettings, block_targets, fit_block, fit_targets, merge_blocks,
-    split_validation_rows, validation_mse,
+    FLAG_CONSTANT, FLAG_NO_DATA, FLAG_OK, MIN_GROUP_WORK, FitSettings, block_targets, fit_block, fit_targets,
+    group_count, merge_blocks, over_target_groups, split_validation_rows, validation_mse,
 )
 from dmflow.io import atomic_save_npz
 from dmflow.lasso import row_moments, solve_batched
@@ -48,6 +48,60 @@ def test_patience_stops_a_path_only_after_that_many_lambdas_without_improvement(
         stopped = np.isnan(early["val_mse_path"][:, j])
         assert not stopped[: best + 3].any() and (stopped.sum() == 0 or best + 3 <= np.argmax(stopped))
         assert (early["nnz_path"][stopped, j] == -1).all()
+
+
+def test_target_groups_run_side_by_side_on_one_torch_thread_each_and_cover_the_targets_in_order():
+    seen = []
+    before = torch.get_num_threads()
+    out = over_target_groups(lambda g: seen.append((g, torch.get_num_threads())) or (g.start, g.stop), 10, 3)
+    assert out == [(0, 3), (3, 7), (7, 10)]  # contiguous, in order, all targets once
+    assert {threads for _, threads in seen} == {1}
+    assert torch.get_num_threads() == before  # restored
+    assert over_target_groups(lambda g: (g.start, g.stop), 2, 8) == [(0, 1), (1, 2)]  # never an empty group
+    single = over_target_groups(lambda g: torch.get_num_threads(), 5, 1)
+    assert single == [before]  # one group keeps every thread for its products
+
+    def fails(g: slice) -> None:
+        raise RuntimeError(f"group {g.start}")
+
+    with pytest.raises(RuntimeError, match="group"):
+        over_target_groups(fails, 4, 2)
+    assert torch.get_num_threads() == before
+
+
+def test_group_count_needs_enough_work_per_group():
+    n = 1000
+    per_group = int(MIN_GROUP_WORK // n**2)  # targets per group at n = 1000
+    assert group_count(per_group - 1, n, 2) == 1  # too small to split
+    assert group_count(2 * per_group, n, 2) == 2
+    assert group_count(10 * per_group, n, 2) == 2  # at most one group per thread
+    assert group_count(10 * per_group, n, 1) == 1
+    assert group_count(5, 40, 4) == 1
+
+
+def test_targets_fitted_in_groups_equal_each_group_fitted_alone(monkeypatch):
+    import dmflow.fit
+
+    x, y, _ = planted_problem(t=6)
+    rows = split_validation_rows(np.arange(len(x)), 0.2, 0, 0.5)
+    groups = []
+    real = dmflow.fit.over_target_groups
+    monkeypatch.setattr(dmflow.fit, "over_target_groups", lambda fn, t, w: groups.append(w) or real(fn, t, w))
+    grouped = fit_targets(x, y, *rows, F64, workers=2)
+    fit_targets(x, y, *rows, F64)  # default: group_count says this is too small to split
+    assert groups == [2, 1]
+    before = torch.get_num_threads()
+    torch.set_num_threads(1)  # as inside a group
+    try:
+        halves = [fit_targets(x, y[:, cols], *rows, F64, workers=1) for cols in (slice(0, 3), slice(3, 6))]
+    finally:
+        torch.set_num_threads(before)
+    for key in ("weight", "bias", "lam", "val_mse", "nnz", "flags", "train_mse", "val_mse_path", "nnz_path"):
+        alone = np.concatenate([h[key] for h in halves], axis=-1)  # moments of 3 targets round apart from 6's
+        np.testing.assert_allclose(grouped[key], alone, rtol=1e-9, atol=1e-12, err_msg=key)
+    whole = fit_targets(x, y, *rows, F64, workers=1)
+    np.testing.assert_allclose(grouped["weight"], whole["weight"], atol=1e-8)
+    np.testing.assert_array_equal(grouped["lam"], whole["lam"])
 
 
 def test_validation_mse_equals_direct_computation():

@@ -17,7 +17,7 @@ import numba as nb
 import numpy as np
 
 
-@nb.njit(cache=True, fastmath={"reassoc", "contract", "nsz"})
+@nb.njit(cache=True, nogil=True, fastmath={"reassoc", "contract", "nsz"})
 def prox_grad_step(
     gx, xn, x, gp, lam, tol, gam, beta, dd, dpd, d0, pending, ok, nz, step, min_step, shrink, l2, nonneg, accelerate,
 ):  # pragma: no cover
@@ -101,7 +101,7 @@ def prox_grad_step(
         dd[i], dpd[i] = dd_next, dpd_next
 
 
-@nb.njit(cache=True)
+@nb.njit(cache=True, nogil=True)
 def transpose_into(src, dst):  # pragma: no cover
     """dst = src.T for any strides of src, in 32 x 32 blocks (3x faster than element by element)."""
     n, t = src.shape
@@ -112,7 +112,7 @@ def transpose_into(src, dst):  # pragma: no cover
                     dst[i, j] = src[j, i]
 
 
-@nb.njit(cache=True)
+@nb.njit(cache=True, nogil=True)
 def store_transposed(src, rows, cols, dst, add=None):  # pragma: no cover
     """dst[:, cols[r]] = src[rows[r], :] (+ add[rows[r], :]) for each r (target-major rows into [n, T])."""
     n = src.shape[1]
@@ -127,7 +127,7 @@ def store_transposed(src, rows, cols, dst, add=None):  # pragma: no cover
                     dst[j, col] = src[i, j] + add[i, j]
 
 
-@nb.njit(cache=True)
+@nb.njit(cache=True, nogil=True)
 def store_rows(src, rows, cols, dst, add=None):  # pragma: no cover
     """dst[cols[r]] = src[rows[r]] (+ add[rows[r]]) for each r (rows into target-major [T, n])."""
     for r in range(rows.size):
@@ -139,14 +139,14 @@ def store_rows(src, rows, cols, dst, add=None):  # pragma: no cover
                 dst[col, j] = src[i, j] + add[i, j]
 
 
-@nb.njit(cache=True)
+@nb.njit(cache=True, nogil=True)
 def move_rows(a, dst, src):  # pragma: no cover
     """a[dst[r]] = a[src[r]] for each r: rows from the end of the batch fill the places of finished ones."""
     for r in range(dst.size):
         a[dst[r], :] = a[src[r], :]
 
 
-@nb.njit(cache=True)
+@nb.njit(cache=True, nogil=True)
 def gather_columns(src, cols, dst):  # pragma: no cover
     """dst[:, r] = src[:, cols[r]]."""
     for i in range(src.shape[0]):

@@ -10,8 +10,10 @@ record the path statistics. Only centred moments of the rows are ever built
 from __future__ import annotations
 
 import logging
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
+from typing import TypeVar
 from pathlib import Path
 
 import numpy as np
@@ -25,6 +27,7 @@ from dmflow.seeds import PURPOSE_VALIDATION_ROWS, alpha_key
 from dmflow.store import open_store
 
 log = logging.getLogger(__name__)
+R = TypeVar("R")
 
 FLAG_OK = 0
 FLAG_CONSTANT = 1  # margins do not vary over the usable rows: zero weights
@@ -113,9 +116,43 @@ def _target_major(x: torch.Tensor) -> torch.Tensor:
     return x.T.contiguous().T
 
 
-def _columns(x: torch.Tensor, idx: torch.Tensor) -> torch.Tensor:
-    """Columns ``idx`` of a target-major [n, T] matrix, target-major too (a gather of whole rows)."""
+def _columns(x: torch.Tensor, idx: torch.Tensor | slice) -> torch.Tensor:
+    """Columns ``idx`` of a target-major [n, T] matrix, target-major too (a gather of whole rows; a view for a slice)."""
     return x.T[idx].T
+
+
+# Below this many targets x features^2 per group, two groups side by side were no faster
+# than one (benchmarks/lasso_solvers.py, n = 1000: 100 targets per group 0.84-0.95x,
+# 200 per group 1.11-1.19x, 400 per group 1.17-1.19x): the groups' Python bookkeeping
+# takes turns on the interpreter lock.
+MIN_GROUP_WORK = 2e8
+
+
+def group_count(num_targets: int, num_features: int, threads: int) -> int:
+    """How many target groups ``fit_targets`` runs side by side: one per thread, each of at least ``MIN_GROUP_WORK``."""
+    return max(1, min(threads, int(num_targets * num_features**2 // MIN_GROUP_WORK)))
+
+
+def over_target_groups(fn: Callable[[slice], R], num_targets: int, workers: int) -> list[R]:
+    """``fn`` on ``workers`` contiguous groups of the targets at once, one Python thread each, torch on one thread.
+
+    Targets are independent, so each group can run its whole lambda path alone. Within
+    one solve the matrix product keeps both threads busy, but the fused kernel and the
+    bookkeeping between products run on one; whole groups side by side keep every core
+    busy all the time (benchmarks/lasso_solvers.py times both). Splitting each solve
+    instead waits for the slower group at every lambda (measured: no gain).
+    """
+    edges = np.linspace(0, num_targets, max(1, min(workers, num_targets)) + 1).round().astype(int)
+    groups = [slice(int(a), int(b)) for a, b in zip(edges[:-1], edges[1:])]
+    if len(groups) == 1:
+        return [fn(groups[0])]
+    before = torch.get_num_threads()
+    torch.set_num_threads(1)
+    try:
+        with ThreadPoolExecutor(len(groups)) as pool:
+            return list(pool.map(fn, groups))
+    finally:
+        torch.set_num_threads(before)
 
 
 def fit_targets(
@@ -124,6 +161,7 @@ def fit_targets(
     fit_rows: np.ndarray,
     val_rows: np.ndarray,
     settings: FitSettings,
+    workers: int = 0,
 ) -> dict[str, np.ndarray]:
     """Datamodels for the columns of ``margins`` [m, T] (masks [m, n], rows index both).
 
@@ -132,18 +170,66 @@ def fit_targets(
     ``settings.patience`` > 0 a target's path stops after that many lambdas without a
     new best validation MSE (its later path entries are NaN, nnz -1): the dense end of
     the path is the expensive part and rarely wins.
+
+    ``workers`` groups of targets run their paths side by side (``over_target_groups``);
+    0 means ``group_count`` over torch's threads for the batched solver on the CPU, else 1. A target's
+    result does not depend on its group beyond rounding (the sparse start of a path
+    multiplies only the columns its group uses).
     """
     device, dtype = settings.torch_device, settings.torch_dtype
     fit_m = row_moments(masks, margins, fit_rows, device=device)
     val_m = row_moments(masks, margins, val_rows, device=device)
     all_m = fit_m.combine(val_m)
     constant = _constant_targets(fit_m) | _constant_targets(all_m)
-    gram, c, yy = fit_m.gram(dtype)
-    c[:, constant.to(c.device)] = 0  # lam_max 0: solved by w = 0 at once
-    c = _target_major(c)
-    bounds = curvature(gram, settings.l2)  # (L, mu) of the smooth part
-    lam_max = lambda_max(c, settings.nonneg)
-    path = lambda_path(lam_max, settings.num_lambdas, settings.lambda_min_ratio)
+    (gram, c, yy), (gram_all, c_all, _) = fit_m.gram(dtype), all_m.gram(dtype)
+    for cc in (c, c_all):
+        cc[:, constant.to(c.device)] = 0  # lam_max 0: solved by w = 0 at once
+    c, c_all = _target_major(c), _target_major(c_all)
+    bounds, bounds_all = curvature(gram, settings.l2), curvature(gram_all, settings.l2)  # (L, mu) of the smooth part
+    path = lambda_path(lambda_max(c, settings.nonneg), settings.num_lambdas, settings.lambda_min_ratio)
+    if workers == 0:
+        cpu_batched = settings.solver == "batched" and device == "cpu"
+        workers = group_count(c.shape[1], c.shape[0], torch.get_num_threads()) if cpu_batched else 1
+
+    def fit_group(g: slice) -> dict[str, torch.Tensor]:
+        path_g = _fit_path(gram, _columns(c, g), yy[g], path[:, g], fit_m.select(g), val_m.select(g), bounds, settings)
+        best_w = path_g.pop("best_w")  # the refit on all rows starts there
+        weight, conv, _ = _solve(gram_all, _columns(c_all, g), path_g["lam"], best_w, bounds_all, settings)
+        return {**path_g, "weight": weight, "converged": path_g["converged"] & conv}
+
+    parts = over_target_groups(fit_group, c.shape[1], workers)
+    res = {key: torch.cat([p[key] for p in parts], dim=-1) for key in parts[0]}
+    weight = res["weight"]
+    bias = all_m.mean_y - all_m.mean_x @ weight.double()
+    flags = torch.where(res["converged"], FLAG_OK, FLAG_NOT_CONVERGED).to(torch.uint8)
+    flags[constant.cpu()] = FLAG_CONSTANT
+    return {
+        "weight": np.ascontiguousarray(weight.float().cpu().numpy()),
+        "bias": bias.float().cpu().numpy(),
+        "lam": res["lam"].double().cpu().numpy(),
+        "val_mse": res["best_mse"].cpu().numpy(),
+        "nnz": (weight != 0).sum(0).cpu().numpy().astype(np.int64),
+        "flags": flags.numpy(),
+        "lams": path.double().cpu().numpy(),
+        "train_mse": res["train_mse"].numpy(),
+        "val_mse_path": res["val_mse"].numpy(),
+        "nnz_path": res["nnz"].numpy(),
+        "num_fit_rows": np.int64(len(fit_rows)),
+        "num_val_rows": np.int64(len(val_rows)),
+    }
+
+
+def _fit_path(
+    gram: torch.Tensor, c: torch.Tensor, yy: torch.Tensor, path: torch.Tensor, fit_m: Moments, val_m: Moments,
+    bounds: tuple[float, float], settings: FitSettings,
+) -> dict[str, torch.Tensor]:
+    """The lambda path of some targets on the fit rows, each scored on the validation rows.
+
+    Returns per target the lambda with the lowest validation MSE (``lam``), that MSE
+    (``best_mse``) and its weights (``best_w``, the refit's warm start), whether every
+    solve converged, and the path statistics train_mse / val_mse / nnz [L, T].
+    """
+    device = c.device
     n, t = c.shape
     nan = float("nan")
     train_mse = torch.full((settings.num_lambdas, t), nan, dtype=torch.float64)
@@ -180,28 +266,8 @@ def fit_targets(
         if settings.patience:
             active = active[since_best[active] < settings.patience]
     lam = path.gather(0, best_idx.unsqueeze(0)).squeeze(0)
-    gram_all, c_all, _ = all_m.gram(dtype)
-    c_all[:, constant.to(c.device)] = 0
-    c_all = _target_major(c_all)
-    weight, conv, _ = _solve(gram_all, c_all, lam, best_w, curvature(gram_all, settings.l2), settings)
-    converged &= conv
-    bias = all_m.mean_y - all_m.mean_x @ weight.double()
-    flags = torch.where(converged, FLAG_OK, FLAG_NOT_CONVERGED).to(torch.uint8)
-    flags[constant.cpu()] = FLAG_CONSTANT
-    return {
-        "weight": np.ascontiguousarray(weight.float().cpu().numpy()),
-        "bias": bias.float().cpu().numpy(),
-        "lam": lam.double().cpu().numpy(),
-        "val_mse": best_mse.cpu().numpy(),
-        "nnz": (weight != 0).sum(0).cpu().numpy().astype(np.int64),
-        "flags": flags.numpy(),
-        "lams": path.double().cpu().numpy(),
-        "train_mse": train_mse.numpy(),
-        "val_mse_path": val_mse.numpy(),
-        "nnz_path": nnz.numpy(),
-        "num_fit_rows": np.int64(len(fit_rows)),
-        "num_val_rows": np.int64(len(val_rows)),
-    }
+    return {"lam": lam, "best_mse": best_mse, "best_w": best_w, "converged": converged,
+            "train_mse": train_mse, "val_mse": val_mse, "nnz": nnz}
 
 
 def block_targets(block: int, targets_per_job: int, num_targets: int) -> np.ndarray:
