@@ -173,8 +173,8 @@ def fit_targets(
 
     ``workers`` groups of targets run their paths side by side (``over_target_groups``);
     0 means ``group_count`` over torch's threads for the batched solver on the CPU, else 1. A target's
-    result does not depend on its group beyond rounding (the sparse start of a path
-    multiplies only the columns its group uses).
+    result depends on its group only through rounding (the sparse start of a path
+    multiplies only the columns its group uses), i.e. within the solver's tolerance.
     """
     device, dtype = settings.torch_device, settings.torch_dtype
     fit_m = row_moments(masks, margins, fit_rows, device=device)
