@@ -13,8 +13,8 @@ import logging
 from collections.abc import Callable, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
-from typing import TypeVar
 from pathlib import Path
+from typing import TypeVar
 
 import numpy as np
 import torch
@@ -172,9 +172,10 @@ def fit_targets(
     the path is the expensive part and rarely wins.
 
     ``workers`` groups of targets run their paths side by side (``over_target_groups``);
-    0 means ``group_count`` over torch's threads for the batched solver on the CPU, else 1. A target's
-    result depends on its group only through rounding (the sparse start of a path
-    multiplies only the columns its group uses), i.e. within the solver's tolerance.
+    0 means ``group_count`` over torch's threads for the batched solver on the CPU,
+    else 1. A target's result depends on its group only through rounding (the sparse
+    start of a path multiplies only the columns its group uses), i.e. within the
+    solver's tolerance.
     """
     device, dtype = settings.torch_device, settings.torch_dtype
     fit_m = row_moments(masks, margins, fit_rows, device=device)
