@@ -98,9 +98,10 @@ def test_chunk_records_every_model_and_replicate(tiny_data):
     assert len(np.unique(seeds)) == 6
 
 
-def test_diverging_models_are_marked_not_fatal(tiny_data):
+@pytest.mark.parametrize("precision", ["32", "bf16"])
+def test_diverging_models_are_marked_not_fatal(tiny_data, precision):
     settings = TrainSettings(arch="mlp", hidden=(8,), epochs=3, batch_size=20, optimizer="sgd", lr=1e12,
-                             momentum=0.0, stack_size=2, device="cpu")
+                             momentum=0.0, stack_size=2, device="cpu", precision=precision)
     masks = chunk_masks(len(tiny_data["y_train"]), 0.5, "fit", 0, 2, seed=0)
     out = train_chunk(tiny_data, masks, chunk_seeds(0, 0.5, "fit", 0, 2, 1), settings)
     assert (out["status"] == STATUS_DIVERGED).all()
@@ -171,3 +172,13 @@ def test_mlp_relu_backward_in_place_gives_torch_relu_gradients(dtype):
 
     for mine, ref in zip(grads(net), grads(torch_relu)):
         assert torch.equal(mine, ref)
+
+
+def test_mlp_relu_on_bf16_bit_patterns_gives_torch_relu_values():
+    from dmflow.models import _ReLUInPlace
+
+    x = torch.randn(2, 50, 16).bfloat16()
+    x[0, 0, :4] = torch.tensor([-0.0, 0.0, float("inf"), float("-inf")])
+    mine = _ReLUInPlace.apply(x.clone())
+    assert mine.dtype == torch.bfloat16 and torch.equal(mine, torch.relu(x))
+    assert not torch.signbit(mine).any()  # -0.0 comes out as +0.0

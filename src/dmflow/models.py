@@ -56,18 +56,32 @@ class _ReLUInPlace(torch.autograd.Function):
     alternated runs; the bare step 1.2x).
     Safe here because in ``StackedMLP`` a ReLU's output feeds only the next
     ``StackedLinear``, whose input gradient is a fresh bmm product nothing else holds.
+
+    On bf16 tensors both passes work on the bit patterns viewed as int16: a bf16 number
+    is negative exactly when its int16 is, and torch's int16 kernels ran 2-3x as fast
+    as its bf16 ones (which convert every element to float32 and back). The values are
+    the same; -0.0 becomes +0.0, and so does a NaN with its sign bit set (x86's
+    default NaN). A model whose loss turns NaN is still marked diverged: its loss is
+    checked every step, and its margins come from a float32 pass that keeps NaN.
     """
 
     @staticmethod
     def forward(ctx, x: torch.Tensor) -> torch.Tensor:
-        out = x.clamp_min_(0)
+        if x.dtype == torch.bfloat16:
+            x.view(torch.int16).clamp_min_(0)
+        else:
+            x.clamp_min_(0)
         ctx.mark_dirty(x)
-        ctx.save_for_backward(out)
-        return out
+        ctx.save_for_backward(x)
+        return x
 
     @staticmethod
     def backward(ctx, grad: torch.Tensor) -> torch.Tensor:
         (out,) = ctx.saved_tensors
+        if grad.dtype == out.dtype == torch.bfloat16:
+            bits = grad.view(torch.int16)
+            torch.ops.aten.threshold_backward.grad_input(bits, out.view(torch.int16), 0, grad_input=bits)
+            return grad
         return torch.ops.aten.threshold_backward.grad_input(grad, out, 0, grad_input=grad)
 
 
