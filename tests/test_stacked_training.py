@@ -182,3 +182,24 @@ def test_mlp_relu_on_bf16_bit_patterns_gives_torch_relu_values():
     mine = _ReLUInPlace.apply(x.clone())
     assert mine.dtype == torch.bfloat16 and torch.equal(mine, torch.relu(x))
     assert not torch.signbit(mine).any()  # -0.0 comes out as +0.0
+
+
+def test_each_model_draws_its_init_and_its_orders_from_its_own_seed_alone():
+    """Model i's initial weights and batch orders are those of numpy/torch generators seeded
+    by seeds[i]: nn.Linear's init layer by layer, and the e-th permutation of its subset."""
+    import math
+
+    from dmflow.models import build_stacked_model
+
+    seeds, subsets = [5, 7], np.array([[0, 2, 4, 6, 8], [1, 3, 5, 7, 9]])
+    net = build_stacked_model("mlp", seeds, (6,), 3, (4,))
+    orders = epoch_orders(subsets, seeds, 3)
+    for i, seed in enumerate(seeds):
+        gen = torch.Generator().manual_seed(seed)
+        for layer in net.layers:
+            bound = 1 / math.sqrt(layer.weight.shape[1])
+            assert torch.equal(layer.weight[i], torch.empty(layer.weight.shape[1:]).uniform_(-bound, bound, generator=gen))
+            assert torch.equal(layer.bias[i], torch.empty(layer.bias.shape[1:]).uniform_(-bound, bound, generator=gen))
+        rng = np.random.default_rng(seed)
+        for e in range(3):
+            np.testing.assert_array_equal(orders[e, i], subsets[i][rng.permutation(5)])
