@@ -76,8 +76,9 @@ class _ReLUInPlace(torch.autograd.Function):
     as fast as its bf16 ones (which convert every element to float32 and back); a whole
     ``train_stack`` of the default ran 1.13x as fast (median of 8 alternated runs; best
     1.08x). The values are the same; -0.0 becomes +0.0, and so does a NaN with its sign
-    bit set (x86's default NaN). A model whose loss turns NaN is still marked diverged: its loss is
-    checked every step, and its margins come from a float32 pass that keeps NaN.
+    bit set (x86's default NaN). A model whose loss turns NaN is still marked diverged:
+    its loss is checked every step, and its margins come from a float32 pass that keeps
+    NaN.
     """
 
     @staticmethod
