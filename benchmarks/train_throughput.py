@@ -18,9 +18,9 @@ and the median over rounds of each round's own ratio. A round times half of (a0)
 (a), then (b), then the other halves, so its ratio compares them on the same machine
 state, a drift hitting both sides alike; the best times may come from different
 minutes, and this machine's speed moves by up to 2x from minute to minute. The goal
-(>= 20x) is judged on the median of the rounds. Then
-the largest margin difference between (a) and (b) on the
-models both trained (stacking must not change what a model learns), the
+(>= 20x) is judged on the median of the rounds. Then the largest margin difference
+between (a) and (b) on the models both trained (stacking must not change what a
+model learns), the
 machine's measured matmul FLOP/s in the training's dtype (``torch.bmm`` on the shapes of the
 stacked training and one large square ``torch.matmul``, same thread count), the
 fraction of those that (b) achieves, and an estimate of the default run's
