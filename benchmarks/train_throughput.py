@@ -18,7 +18,9 @@ and the median over rounds of each round's own ratio. A round times half of (a0)
 (a), then (b), then the other halves, so its ratio compares them on the same machine
 state, a drift hitting both sides alike; the best times may come from different
 minutes, and this machine's speed moves by up to 2x from minute to minute. The goal
-(>= 20x) is judged on the median of the rounds. Then the largest margin difference
+(>= 20x) is judged on the median of the rounds. Each round also prints (a)'s and (b)'s
+rates and the GB/s of a 256 MB copy timed just before (b): the stack is bound by memory
+traffic, which this machine shares with other tenants. Then the largest margin difference
 between (a) and (b) on the models both trained (stacking must not change what a
 model learns), the
 machine's measured matmul FLOP/s in the training's dtype (``torch.bmm`` on the shapes of the
@@ -168,6 +170,19 @@ def makespan(job_seconds: list[float], cores: int) -> float:
     return max(loads)
 
 
+def copy_bandwidth(megabytes: int = 256, repeats: int = 3) -> float:
+    """GB/s of one thread copying a float32 array of ``megabytes`` (read + write counted), best of ``repeats``.
+
+    The stack is bound by memory traffic and this machine's bandwidth is shared with
+    other tenants, so each round prints it next to the rates it paired.
+    """
+    src = torch.ones(megabytes * 2**18)
+    dst = torch.empty_like(src)
+    dst.copy_(src)
+    best = min(timed(lambda: dst.copy_(src))[0] for _ in range(repeats))
+    return 2 * src.numel() * src.element_size() / best / 1e9
+
+
 def timed(fn: Callable[[], object]) -> tuple[float, object]:
     start = time.perf_counter()
     out = fn()
@@ -301,6 +316,7 @@ def main(argv: list[str] | None = None) -> None:
     textbook_fit(data, subsets[0], 0, widths, args.epochs)  # warm-up
     t_textbook = t_single = t_stack = math.inf
     paired_a0, paired_a = [], []  # per round: (b)/(a0) and (b)/(a)
+    round_rates, round_bandwidth = [], []  # per round: ((a) models/s, (b) models/s), copy GB/s before (b)
     halves = (range(args.single // 2), range(args.single // 2, args.single))
 
     def textbook(models: range) -> tuple[float, object]:
@@ -313,6 +329,7 @@ def main(argv: list[str] | None = None) -> None:
         # half of (a0) and (a) before (b), half after: a drift in machine speed hits both sides alike
         t0_first, _ = textbook(halves[0])
         t1_first, first = one_by_one(halves[0])
+        round_bandwidth.append(copy_bandwidth(16 if args.quick else 256))
         t2, stacked = timed(lambda: run(slice(0, K)))
         t1_second, second = one_by_one(halves[1])
         t0_second, _ = textbook(halves[1])
@@ -320,6 +337,7 @@ def main(argv: list[str] | None = None) -> None:
         t_textbook, t_single, t_stack = min(t_textbook, t0), min(t_single, t1), min(t_stack, t2)
         paired_a0.append((K / t2) / (args.single / t0))
         paired_a.append((K / t2) / (args.single / t1))
+        round_rates.append((args.single / t1, K / t2))
     threads_after = torch.get_num_threads()
     load_end = os.getloadavg()[0]
 
@@ -365,6 +383,8 @@ def main(argv: list[str] | None = None) -> None:
         median = float(np.median(paired))
         print(f"ratio {name}: {rate_b / rate:.1f}x of the best times; per round {', '.join(f'{r:.1f}' for r in paired)}"
               f" -> median {median:.1f}x   (goal >= 20x: {'met' if median >= 20 else 'NOT met'})")
+    print("per round, (a) and (b) models/s and the memory copy GB/s before (b): "
+          + "; ".join(f"{a:.1f}, {b:.0f}, {bw:.1f}" for (a, b), bw in zip(round_rates, round_bandwidth)))
     print(f"max |margin(a) - margin(b)| on the {args.single} shared models: {margin_diff:.2e}"
           f"   (stacked mean target accuracy {acc_b:.3f})")
     print(line)
