@@ -7,7 +7,11 @@ min_version("9.0")
 report: "report/workflow.rst"
 
 
-configfile: "config.yaml"
+# config.yaml is the default, not a base: with --configfile it is not read at all, so a
+# user's file means exactly what `dmflow check-config` says (omitted keys: schema defaults).
+if not workflow.config_settings.configfiles:
+
+    configfile: "config.yaml"
 
 
 include: "rules/common.smk"

@@ -1,5 +1,5 @@
 #!/usr/bin/env bash
-# Create .venv (Python >= 3.10) with the CPU build of torch and dmflow; sourced by
+# Create .venv (Python >= 3.11) with the CPU build of torch and dmflow; sourced by
 # run-default.sh and test.sh. Extra pip targets: SETUP_EXTRAS (e.g. "[test,slurm]").
 set -euo pipefail
 cd "$(dirname "${BASH_SOURCE[0]}")/.."

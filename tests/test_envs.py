@@ -38,3 +38,14 @@ def test_every_rule_declares_the_conda_env():
         text = path.read_text()
         assert text.count("\nrule ") + text.startswith("rule ") == text.count("    conda:\n        CONDA_ENV"), path.name
     assert (REPO / "rules" / "../envs/dmflow.yaml").resolve() == (REPO / "envs" / "dmflow.yaml").resolve()
+
+
+def test_python_floor_is_snakemakes_and_the_license_file_exists():
+    """snakemake 9 needs Python 3.11: pyproject, the conda env and the README say so; LICENSE is shipped."""
+    pyproject = tomllib.loads((REPO / "pyproject.toml").read_text())
+    assert pyproject["project"]["requires-python"] == ">=3.11"
+    env = yaml.safe_load((REPO / "envs" / "dmflow.yaml").read_text())
+    assert "python >=3.11" in env["dependencies"]
+    assert "Python >= 3.11" in (REPO / "README.md").read_text()
+    license_text = (REPO / "LICENSE").read_text()
+    assert pyproject["project"]["license"] == "MIT" and license_text.startswith("MIT License")

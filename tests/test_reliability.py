@@ -132,3 +132,25 @@ def test_fuzzed_configs_give_a_one_line_config_error_or_a_valid_config(raw):
 def test_results_path_cannot_climb_out_with_dot_dot():
     with pytest.raises(ConfigError, match="must not contain '..'"):
         validate_config({"results": "results/../../etc"})
+
+
+@pytest.mark.parametrize("umask", [0o022, 0o002])
+def test_written_files_get_the_mode_a_plain_open_would_give(tmp_path, umask):
+    """Collaborators on a shared folder can read every output: 0666 minus the umask, as open() gives."""
+    import pandas as pd
+
+    from dmflow.evaluate import write_table
+    from dmflow.io import atomic_save_json, atomic_save_npy, atomic_save_npz
+
+    old = os.umask(umask)
+    try:
+        atomic_save_npz(tmp_path / "a.npz", {"x": np.arange(3)})
+        atomic_save_npy(tmp_path / "b.npy", np.arange(3))
+        atomic_save_json(tmp_path / "c.json", {"x": 1})
+        write_table(pd.DataFrame({"x": [1]}), tmp_path / "d.parquet")
+        with open(tmp_path / "plain", "w"):
+            pass
+    finally:
+        os.umask(old)
+    modes = {p.name: p.stat().st_mode & 0o777 for p in tmp_path.iterdir()}
+    assert modes == dict.fromkeys(["a.npz", "b.npy", "c.json", "d.parquet", "plain"], 0o666 & ~umask)

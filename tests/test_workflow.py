@@ -6,7 +6,7 @@ import numpy as np
 import pandas as pd
 import pytest
 
-from conftest import tiny_config
+from conftest import REPO, tiny_config
 
 pytestmark = pytest.mark.workflow
 
@@ -134,3 +134,33 @@ def test_bad_config_stops_snakemake_before_any_job(workflow, override, expected)
     lines = [line for line in (proc.stdout + proc.stderr).splitlines() if "config error" in line]
     assert lines == [lines[0]] and expected in lines[0]
     assert not workflow.results.exists()
+
+
+def _shell_json_params(dry_run_output: str) -> dict[str, dict]:
+    """The JSON params (--dataset/--model/--train/--fit '{...}') of every shell command a dry run prints."""
+    import re
+
+    found = {}
+    for flag, text in re.findall(r"--(dataset|model|train|fit) '(\{.*?\})'", dry_run_output):
+        found.setdefault(flag, json.loads(text))
+    return found
+
+
+def test_a_user_config_file_does_not_inherit_the_shipped_config_yaml(workflow):
+    """--configfile replaces config.yaml: what the workflow runs equals `dmflow check-config` of the user's file."""
+    import subprocess
+    import sys
+
+    import yaml
+
+    (workflow.root / "config.yaml").write_text((REPO / "config.yaml").read_text())  # the shipped default sits beside it
+    user = workflow.root / "my.yaml"
+    user.write_text(yaml.safe_dump({"results": str(workflow.results)}))  # every other key omitted
+    proc = workflow.run("--configfile", str(user), "--dry-run", "--printshellcmds")
+    used = _shell_json_params(proc.stdout)
+    checked = json.loads(subprocess.run([sys.executable, "-m", "dmflow", "check-config", str(user)],
+                                        capture_output=True, text=True, check=True).stdout)
+    assert set(used) == {"dataset", "model", "train", "fit"}
+    for section, params in used.items():
+        assert params == {k: v for k, v in checked[section].items() if k in params}, section
+    assert used["dataset"]["num_train"] is None  # config.yaml's 1000 did not leak in

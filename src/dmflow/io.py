@@ -19,12 +19,31 @@ from typing import Any
 import numpy as np
 
 
+def _umask() -> int:
+    """The process's umask, read without changing it where Linux tells it (``/proc/self/status``)."""
+    try:
+        with open("/proc/self/status") as fh:
+            for line in fh:
+                if line.startswith("Umask:"):
+                    return int(line.split()[1], 8)
+    except OSError:
+        pass
+    mask = os.umask(0o022)  # elsewhere: set and restore (not thread-safe, hence the fallback only)
+    os.umask(mask)
+    return mask
+
+
 @contextmanager
 def atomic_path(final: Path, suffix: str = "") -> Iterator[Path]:
-    """Yield a temporary path beside ``final``; rename it onto ``final`` only on success."""
+    """Yield a temporary path beside ``final``; rename it onto ``final`` only on success.
+
+    The file gets the mode a plain ``open()`` would give it (0666 minus the umask), not
+    mkstemp's private 0600: results on a shared folder stay readable by collaborators.
+    """
     final = Path(final)
     final.parent.mkdir(parents=True, exist_ok=True)
     fd, tmp = tempfile.mkstemp(prefix=f".{final.name}.", suffix=f".tmp{suffix}", dir=final.parent)
+    os.fchmod(fd, 0o666 & ~_umask())
     os.close(fd)
     tmp_path = Path(tmp)
     try:
