@@ -1,6 +1,8 @@
 # dmflow: datamodels as a Snakemake workflow. See README.md and docs/.
 from snakemake.utils import min_version
 
+from dmflow.core.seeds import SPLITS
+
 min_version("9.0")
 
 
@@ -15,6 +17,15 @@ if not workflow.config_settings.configfiles:
 
 
 include: "rules/common.smk"
+
+
+wildcard_constraints:
+    alpha=r"[0-9.]+",
+    split="|".join(SPLITS),
+    chunk=r"\d+",
+    block=r"\d+",
+
+
 include: "rules/data.smk"
 include: "rules/masks.smk"
 include: "rules/train.smk"

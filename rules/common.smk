@@ -1,11 +1,16 @@
-# Helpers shared by all rules: validated config, path builders, JSON params.
+# Shared by all rules: the validated config, the results layout (every path, from
+# dmflow.core.layout), the config sections as JSON params, the `dmflow` command.
 import json
+import os
 import sys
 
 from snakemake.settings.types import DeploymentMethod
 
 from dmflow.config import ConfigError, validate_config
-from dmflow.data import dataset_sizes
+from dmflow.core.layout import Layout, alpha_dir, block_ids, chunk_ids
+from dmflow.core.schema import result_keys
+from dmflow.data.sources import dataset_sizes
+from dmflow.store.schema import STORE_NAMES
 
 try:
     _validated = validate_config(config)
@@ -14,47 +19,33 @@ except ConfigError as exc:
 config.clear()
 config.update(_validated)
 
-RESULTS = config["results"].rstrip("/")
+L = Layout(config["results"])
 SEED = config["seed"]
-ALPHAS = [str(a) for a in config["masks"]["alphas"]]
+ALPHAS = [alpha_dir(a) for a in config["masks"]["alphas"]]
 NUM_TRAIN, NUM_TARGETS = dataset_sizes(config["dataset"], config["seed"])
-# With --sdm conda the jobs run in envs/dmflow.yaml, which holds dmflow's dependencies
-# but not dmflow itself: they run it from this checkout's src/. Otherwise the `dmflow`
-# command of the active environment (the venv of the README) runs every stage.
 CONDA_ENV = "../envs/dmflow.yaml"
+
+# The rules run `dmflow <stage>`, the command of the active environment (the README's
+# venv). With --sdm conda the jobs run in envs/dmflow.yaml, which holds dmflow's
+# dependencies but not dmflow itself: there `dmflow` is a shell function that runs this
+# checkout's src/.
 if DeploymentMethod.CONDA in workflow.deployment_settings.deployment_method:
-    DMFLOW = f"PYTHONPATH={workflow.basedir}/src${{PYTHONPATH:+:$PYTHONPATH}} python -m dmflow"
-else:
-    DMFLOW = "dmflow"
-
-wildcard_constraints:
-    alpha=r"[0-9.]+",
-    split=r"fit|eval|counterfactual",
-    chunk=r"\d+",
-    block=r"\d+",
-
-
-# Keys that never change a stage's result: left out of the params, so changing them
-# (or adding such keys in a new dmflow version) re-runs nothing.
-NOT_RESULTS = {"dataset": ("image_shape",), "train": ("threads", "mem_mb", "max_diverged_fraction"), "fit": ("threads",)}
+    shell.prefix(
+        "set -euo pipefail; dmflow() { "
+        f'PYTHONPATH="{workflow.basedir}/src${{PYTHONPATH:+:$PYTHONPATH}}" python -m dmflow "$@"; }}; '
+    )
 
 
 def section_json(name):
-    """A config section as compact, key-sorted JSON (a rule param and CLI argument)."""
-    section = {k: v for k, v in config[name].items() if k not in NOT_RESULTS.get(name, ())}
+    """A config section as compact, key-sorted JSON (a rule param and CLI argument), without
+    the keys that never change a result (schema: x-result: false), so changing those re-runs nothing."""
+    keys = result_keys(name)
+    section = {k: v for k, v in config[name].items() if k in keys}
     return json.dumps(section, sort_keys=True, separators=(",", ":"))
 
 
 def chunk_size(split):
     return config["masks"]["eval_chunk_size" if split == "eval" else "chunk_size"]
-
-
-def num_chunks(split):
-    return config["masks"][f"{split}_models"] // chunk_size(split)
-
-
-def chunk_ids(split):
-    return [f"{i:05d}" for i in range(num_chunks(split))]
 
 
 def replicates(split):
@@ -65,25 +56,13 @@ def replicates(split):
 
 def chunk_files(kind, wildcards):
     """All mask ('masks') or trained ('train') chunk files of one alpha and split."""
-    ext = "npy" if kind == "masks" else "npz"
-    return [
-        f"{RESULTS}/{kind}/{wildcards.alpha}/{wildcards.split}/{c}.{ext}"
-        for c in chunk_ids(wildcards.split)
-    ]
-
-
-def num_blocks():
-    per_job = config["fit"]["targets_per_job"]
-    return -(-NUM_TARGETS // per_job)
-
-
-def block_ids():
-    return [f"{b:04d}" for b in range(num_blocks())]
+    path = L.masks if kind == "masks" else L.trained
+    ids = chunk_ids(config["masks"][f"{wildcards.split}_models"], chunk_size(wildcards.split))
+    return [path(wildcards.alpha, wildcards.split, c) for c in ids]
 
 
 def store_files(alpha, split):
-    names = ["masks", "margins", "status", "seeds", "acc_target", "acc_subset"]
-    return [f"{RESULTS}/store/{alpha}/{split}/{name}.npy" for name in names]
+    return [L.store_array(alpha, split, name) for name in STORE_NAMES]
 
 
 def fit_mem_mb(all_targets=False):
@@ -104,20 +83,17 @@ def summary_inputs():
     """The files summary.md reads: per alpha, evaluation, curve, counterfactual, analyses."""
     out = []
     for alpha in ALPHAS:
-        out.append(f"{RESULTS}/analysis/{alpha}/influencers.parquet")
-        out.append(f"{RESULTS}/analysis/{alpha}/leakage.csv")
-        out.append(f"{RESULTS}/analysis/{alpha}/embeddings.csv")
+        out += [L.influencers_table(alpha), L.leakage_table(alpha), L.embeddings_table(alpha)]
     return final_outputs(summary=False) + out
 
 
 def final_outputs(summary=True):
     """Everything `rule all` asks for, per alpha."""
-    out = [f"{RESULTS}/summary.md"] if summary else []
+    out = [L.summary()] if summary else []
     for alpha in ALPHAS:
-        out.append(f"{RESULTS}/datamodels/{alpha}.npz")
-        out.append(f"{RESULTS}/evaluation/{alpha}/summary.json")
+        out += [L.datamodels(alpha), L.eval_summary(alpha)]
         if config["evaluate"]["learning_curve"]:
-            out.append(f"{RESULTS}/evaluation/{alpha}/learning_curve.csv")
+            out.append(L.curve_table(alpha))
         if config["counterfactual"]["enabled"]:
-            out.append(f"{RESULTS}/counterfactual/{alpha}/summary.json")
+            out.append(L.cf_summary(alpha))
     return out

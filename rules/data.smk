@@ -1,12 +1,12 @@
 rule prepare_data:
     output:
-        f"{RESULTS}/data.npz",
+        L.data(),
+    log:
+        L.log("prepare_data"),
     conda:
         CONDA_ENV
-    log:
-        f"{RESULTS}/logs/prepare_data.log",
     params:
         dataset=section_json("dataset"),
         seed=SEED,
     shell:
-        "{DMFLOW} prepare-data --dataset {params.dataset:q} --seed {params.seed} --out {output:q} 2> {log:q}"
+        "dmflow prepare-data --dataset {params.dataset:q} --seed {params.seed} --out {output:q} 2> {log:q}"

@@ -1,13 +1,13 @@
 rule train_chunk:
     input:
-        data=f"{RESULTS}/data.npz",
-        masks=f"{RESULTS}/masks/{{alpha}}/{{split}}/{{chunk}}.npy",
+        data=L.data(),
+        masks=L.masks("{alpha}", "{split}", "{chunk}"),
     output:
-        f"{RESULTS}/train/{{alpha}}/{{split}}/{{chunk}}.npz",
+        L.trained("{alpha}", "{split}", "{chunk}"),
+    log:
+        L.log("train_chunk", "{alpha}", "{split}", "{chunk}"),
     conda:
         CONDA_ENV
-    log:
-        f"{RESULTS}/logs/train_chunk/{{alpha}}/{{split}}/{{chunk}}.log",
     threads: config["train"]["threads"]
     resources:
         mem_mb=lambda wc, attempt: config["train"]["mem_mb"] * attempt,
@@ -18,7 +18,7 @@ rule train_chunk:
         replicates=lambda wc: replicates(wc.split),
         seed=SEED,
     shell:
-        "{DMFLOW} train-chunk --data {input.data:q} --masks {input.masks:q} --alpha {wildcards.alpha}"
+        "dmflow train-chunk --data {input.data:q} --masks {input.masks:q} --alpha {wildcards.alpha}"
         " --split {wildcards.split} --chunk {wildcards.chunk} --seed {params.seed}"
         " --replicates {params.replicates} --model {params.model:q} --train {params.train:q}"
         " --threads {threads} --out {output:q} 2> {log:q}"

@@ -4,17 +4,27 @@ import numpy as np
 import pytest
 from sklearn.datasets import make_classification
 
-from dmflow.embeddings import component_ends, embed, normalised_embeddings
-from dmflow.figures import as_image
-from dmflow.fit import FitSettings, fit_targets, split_validation_rows
-from dmflow.influence import gallery_targets, influencer_table, top_influencers
-from dmflow.leakage import leakage_scores, leakage_table
+from dmflow.analysis.embeddings import component_ends, embed, normalised_embeddings
+from dmflow.analysis.influence import gallery_targets, influencer_table, top_influencers
+from dmflow.analysis.leakage import leakage_scores, leakage_table
+from dmflow.core.seeds import chunk_seeds
+from dmflow.data.prepare import prepare_data
+from dmflow.lasso.path import FitSettings, fit_targets, split_validation_rows
+from dmflow.plots.galleries import as_image
+from dmflow.store.masks import chunk_masks
+from dmflow.training.settings import TrainSettings
+from dmflow.training.train import train_chunk
 
 
 def _data(n=6, t=3):
     rng = np.random.default_rng(0)
-    return {"X_train": rng.normal(size=(n, 4)), "X_target": rng.normal(size=(t, 4)), "y_train": np.arange(n) % 2,
-            "y_target": np.arange(t) % 2, "train_ids": np.arange(100, 100 + n)}
+    return {
+        "X_train": rng.normal(size=(n, 4)),
+        "X_target": rng.normal(size=(t, 4)),
+        "y_train": np.arange(n) % 2,
+        "y_target": np.arange(t) % 2,
+        "train_ids": np.arange(100, 100 + n),
+    }
 
 
 def test_top_influencers_are_ordered_and_signed():
@@ -26,7 +36,9 @@ def test_top_influencers_are_ordered_and_signed():
 
 
 def test_influencer_table_rows_have_labels_ids_and_signs():
-    w = np.array([[0.5, -0.1, 0], [-0.2, 0.3, 0], [0.9, 0.2, 0], [0, 0, 0], [-0.7, 0, 0], [0.1, 0, 0]], dtype=np.float32)
+    w = np.array(
+        [[0.5, -0.1, 0], [-0.2, 0.3, 0], [0.9, 0.2, 0], [0, 0, 0], [-0.7, 0, 0], [0.1, 0, 0]], dtype=np.float32
+    )
     table = influencer_table(w, _data(), np.array([7, 8, 9]), k=2)
     first = table[table.target == 0]
     assert list(first.train_index) == [2, 0, 4, 1] and list(first.direction) == ["helps", "helps", "harms", "harms"]
@@ -48,30 +60,43 @@ def test_leakage_score_ranks_a_dominated_datamodel_first():
 
 def test_planted_duplicates_come_out_on_top(tmp_path):
     """Exact copies of five (atypical) targets in the training set: the five top leakage pairs."""
-    from dmflow.data import prepare_data
-    from dmflow.masks import chunk_masks
-    from dmflow.seeds import chunk_seeds
-    from dmflow.train import TrainSettings, train_chunk
-
-    x, y = make_classification(n_samples=190, n_features=20, n_informative=10, n_classes=3, n_clusters_per_class=2,
-                               random_state=0)
+    x, y = make_classification(
+        n_samples=190, n_features=20, n_informative=10, n_classes=3, n_clusters_per_class=2, random_state=0
+    )
     rng = np.random.default_rng(0)
     order = rng.permutation(len(x))
     train, test = order[:150], order[150:]
     planted = np.array([3, 11, 17, 25, 33])
     x = x.copy()
     x[test[planted]] += 4 * rng.normal(size=(5, x.shape[1]))
-    np.savez(tmp_path / "leak.npz", X_train=np.concatenate([x[train], x[test[planted]]]),
-             y_train=np.concatenate([y[train], y[test[planted]]]), X_test=x[test], y_test=y[test])
-    data = prepare_data({"name": "npz", "path": str(tmp_path / "leak.npz"), "num_targets": None, "standardize": True}, 0)
+    np.savez(
+        tmp_path / "leak.npz",
+        X_train=np.concatenate([x[train], x[test[planted]]]),
+        y_train=np.concatenate([y[train], y[test[planted]]]),
+        X_test=x[test],
+        y_test=y[test],
+    )
+    data = prepare_data(
+        {"name": "npz", "path": str(tmp_path / "leak.npz"), "num_targets": None, "standardize": True}, 0
+    )
     n = len(data["y_train"])
-    settings = TrainSettings(arch="mlp", hidden=(32,), epochs=10, batch_size=32, lr=0.01, weight_decay=1e-3,
-                             stack_size=500, device="cpu")
-    masks = np.concatenate([chunk_masks(n, 0.5, "fit", c, 500, 0) for c in range(3)])
-    margins = np.concatenate([
-        train_chunk(data, masks[c * 500:(c + 1) * 500], chunk_seeds(0, 0.5, "fit", c, 500, 1), settings)["margins"][:, 0]
-        for c in range(3)])
-    fitted = fit_targets(masks, margins, *split_validation_rows(np.arange(1500), 0.1, 0, 0.5), FitSettings(device="cpu"))
+    settings = TrainSettings(
+        arch="mlp", hidden=(32,), epochs=10, batch_size=32, lr=0.01, weight_decay=1e-3, stack_size=500, device="cpu"
+    )
+    masks = np.concatenate([chunk_masks(n, 0.5, "fit", chunk=c, chunk_size=500, seed=0) for c in range(3)])
+    margins = np.concatenate(
+        [
+            train_chunk(
+                data,
+                masks[c * 500 : (c + 1) * 500],
+                chunk_seeds(0, 0.5, "fit", chunk=c, rows=500, replicates=1),
+                settings=settings,
+            )["margins"][:, 0]
+            for c in range(3)
+        ]
+    )
+    fit_rows, val_rows = split_validation_rows(np.arange(1500), 0.1, seed=0, alpha=0.5)
+    fitted = fit_targets(masks, margins, fit_rows=fit_rows, val_rows=val_rows, settings=FitSettings(device="cpu"))
     table = leakage_table(fitted["weight"], data, data["target_ids"])
     top5 = table.head(5)
     assert set(top5.target) == set(planted)
@@ -93,8 +118,10 @@ def test_embeddings_shapes_and_component_ends():
     assert list(first.train_index) == list(np.argsort(-loadings[0])[:2])
 
 
-@pytest.mark.parametrize("shape,expected", [((8, 8), (8, 8)), ((3, 4, 4), (4, 4, 3)), ((4, 4, 3), (4, 4, 3)),
-                                            ((1, 5, 5), (5, 5)), ((64,), None)])
+@pytest.mark.parametrize(
+    "shape,expected",
+    [((8, 8), (8, 8)), ((3, 4, 4), (4, 4, 3)), ((4, 4, 3), (4, 4, 3)), ((1, 5, 5), (5, 5)), ((64,), None)],
+)
 def test_samples_are_shown_as_images_when_they_have_an_image_shape(shape, expected):
     image = as_image(np.arange(np.prod(shape), dtype=float).reshape(shape))
     assert (image is None) if expected is None else (image.shape == expected and image.min() == 0 and image.max() == 1)

@@ -2,8 +2,10 @@
 
 import numpy as np
 import pytest
+from helpers import REPO
 
-from dmflow.config import ConfigError, load_config, validate_config
+from dmflow.config import ConfigError, config_markdown, load_config, validate_config
+from dmflow.core.schema import defaults, load_schema
 
 
 def test_empty_config_gets_the_documented_defaults():
@@ -13,8 +15,6 @@ def test_empty_config_gets_the_documented_defaults():
 
 
 def test_shipped_config_is_valid():
-    from conftest import REPO
-
     cfg = load_config(REPO / "config.yaml")
     assert cfg["masks"]["fit_models"] % cfg["masks"]["chunk_size"] == 0
 
@@ -33,18 +33,39 @@ def _npz(tmp_path, **arrays):
         ({"masks": {"alphas": [1.5]}}, "masks.alphas.0=1.5"),
         ({"masks": {"alphas": [0.0]}}, "masks.alphas.0=0.0"),
         ({"masks": {"alphas": [-0.2]}}, "masks.alphas.0=-0.2"),
-        ({"masks": {"fit_models": 1500, "chunk_size": 1000}}, "masks.fit_models=1500 must be a positive multiple of masks.chunk_size=1000"),
+        (
+            {"masks": {"fit_models": 1500, "chunk_size": 1000}},
+            "masks.fit_models=1500 must be a positive multiple of masks.chunk_size=1000",
+        ),
         ({"masks": {"fit_models": 0}}, "masks.fit_models=0"),
-        ({"masks": {"eval_models": 30, "eval_chunk_size": 20}}, "masks.eval_models=30 must be a positive multiple of masks.eval_chunk_size=20"),
-        ({"dataset": {"name": "mnist"}}, "dataset.name='mnist' is not allowed; choose one of 'digits', 'npz', 'cifar10', 'images'"),
-        ({"model": {"arch": "transformer"}}, "model.arch='transformer' is not allowed; choose one of 'mlp', 'logreg', 'cnn', 'resnet9' or a custom model as 'package.module:factory'"),
-        ({"model": {"arch": "no_such_pkg.models:net"}}, "model.arch='no_such_pkg.models:net': cannot import no_such_pkg.models"),
-        ({"model": {"arch": "json:no_such_factory"}}, "model.arch='json:no_such_factory': json has no callable no_such_factory"),
+        (
+            {"masks": {"eval_models": 30, "eval_chunk_size": 20}},
+            "masks.eval_models=30 must be a positive multiple of masks.eval_chunk_size=20",
+        ),
+        (
+            {"dataset": {"name": "mnist"}},
+            "dataset.name='mnist' is not allowed; choose one of 'digits', 'npz', 'cifar10', 'images'",
+        ),
+        (
+            {"model": {"arch": "transformer"}},
+            "model.arch='transformer' is not allowed; choose one of 'mlp', 'logreg', 'cnn', 'resnet9' or a custom model as 'package.module:factory'",
+        ),
+        (
+            {"model": {"arch": "no_such_pkg.models:net"}},
+            "model.arch='no_such_pkg.models:net': cannot import no_such_pkg.models",
+        ),
+        (
+            {"model": {"arch": "json:no_such_factory"}},
+            "model.arch='json:no_such_factory': json has no callable no_such_factory",
+        ),
         ({"model": {"stacking": "vmap"}}, "model.stacking='vmap' is not allowed"),
         ({"train": {"augment": {"translate": -1}}}, "train.augment.translate=-1"),
         ({"train": {"precision": "fp8"}}, "train.precision='fp8' is not allowed"),
         ({"dataset": {"name": "cifar10"}}, "dataset.path is required when dataset.name='cifar10'"),
-        ({"dataset": {"name": "cifar10", "path": "/nonexistent"}}, "dataset.path=/nonexistent: no CIFAR-10 python batches"),
+        (
+            {"dataset": {"name": "cifar10", "path": "/nonexistent"}},
+            "dataset.path=/nonexistent: no CIFAR-10 python batches",
+        ),
         ({"dataset": {"name": "images", "path": "/nonexistent"}}, "dataset.path=/nonexistent: no such folder"),
         ({"dataset": {"name": "npz"}}, "dataset.path is required when dataset.name='npz'"),
         ({"dataset": {"name": "npz", "path": "/nonexistent/x.npz"}}, "dataset.path=/nonexistent/x.npz: no such file"),
@@ -81,7 +102,13 @@ def test_bad_npz_dataset_is_refused_before_any_work(tmp_path, arrays, expected):
 
 def test_object_arrays_in_npz_are_refused_not_unpickled(tmp_path):
     path = tmp_path / "evil.npz"
-    np.savez(path, X_train=np.array([object()] * 3, dtype=object), y_train=np.arange(3), X_test=np.zeros((1, 1)), y_test=np.arange(1))
+    np.savez(
+        path,
+        X_train=np.array([object()] * 3, dtype=object),
+        y_train=np.arange(3),
+        X_test=np.zeros((1, 1)),
+        y_test=np.arange(1),
+    )
     with pytest.raises(ConfigError, match="not a readable npz without pickles"):
         validate_config({"dataset": {"name": "npz", "path": str(path)}})
 
@@ -90,3 +117,41 @@ def test_alpha_that_leaves_an_empty_subset_is_refused(tmp_path):
     path = _npz(tmp_path)
     with pytest.raises(ConfigError, match="alpha=0.01 gives round"):
         validate_config({"dataset": {"name": "npz", "path": path}, "masks": {"alphas": [0.01]}})
+
+
+def test_docs_configuration_md_is_the_schema_rendered():
+    """docs/configuration.md is generated from the schema (`dmflow config-docs`): the two cannot drift."""
+    assert (REPO / "docs" / "configuration.md").read_text() == config_markdown(), (
+        "regenerate it: dmflow config-docs > docs/configuration.md"
+    )
+    schema = load_schema()
+    for name, section in schema["properties"].items():
+        for key, spec in section.get("properties", {}).items():
+            assert spec.get("description") or spec.get("properties"), f"{name}.{key} has no description"
+
+
+def test_the_choices_listed_in_config_yaml_comments_are_the_schemas():
+    """A comment such as `# adam | sgd` beside a key lists exactly the values the schema allows."""
+    import re
+
+    schema, section, checked = load_schema(), None, 0
+    for line in (REPO / "config.yaml").read_text().splitlines():
+        if re.match(r"^\w+:", line):
+            section = line.split(":")[0]
+        match = re.match(r"^\s+(\w+):[^#]*#\s*([\w\-]+(?:\s*\|\s*[\w\-]+)+)", line)
+        if not match:
+            continue
+        key, listed = match.group(1), [c.strip() for c in match.group(2).split("|")]
+        spec = schema["properties"][section]["properties"][key]
+        allowed = spec.get("enum") or spec["anyOf"][0]["enum"]
+        assert listed == [str(a) for a in allowed], (
+            f"config.yaml lists {listed} for {section}.{key}; the schema allows {allowed}"
+        )
+        checked += 1
+    assert checked >= 5
+
+
+def test_every_value_in_config_yaml_is_valid_and_the_empty_config_is_the_schemas_defaults():
+    assert validate_config({}) == defaults()
+    shipped = load_config(REPO / "config.yaml")
+    assert shipped["dataset"]["num_train"] == 1000 and set(shipped) == set(defaults())

@@ -3,8 +3,8 @@
 import numpy as np
 import pandas as pd
 
-from dmflow.counterfactual import analyse, design, spread_targets
-from dmflow.masks import subset_size
+from dmflow.evaluation.counterfactual import analyse, design, spread_targets
+from dmflow.store.masks import subset_size
 
 
 def _weights(n=60, t=12, seed=0):
@@ -14,7 +14,7 @@ def _weights(n=60, t=12, seed=0):
 
 def test_top_k_masks_exclude_exactly_the_largest_positive_weights_of_the_base():
     weight, bias = _weights()
-    masks, cases = design(weight, bias, 60, 0.5, num_targets=4, ks=[1, 3, 5], seed=0)
+    masks, cases = design(weight, bias, alpha=0.5, num_targets=4, ks=[1, 3, 5], seed=0)
     base = masks[0]
     assert base.sum() == subset_size(0.5, 60)
     assert len(cases) == 1 + 4 * 3 * 2 and cases.target.nunique() == 5  # base row has target -1
@@ -24,7 +24,8 @@ def test_top_k_masks_exclude_exactly_the_largest_positive_weights_of_the_base():
         assert not (mask & ~base).any()  # nothing added
         assert mask.sum() == base.sum() - row.removed == base.sum() - len(removed)
         assert row.predicted_change == np.float32(-weight[removed, row.target].sum()) or np.isclose(
-            row.predicted_change, -weight[removed, row.target].sum(), atol=1e-5)
+            row.predicted_change, -weight[removed, row.target].sum(), atol=1e-5
+        )
         if row.kind == "top":
             in_base = np.flatnonzero(base)
             positive = in_base[weight[in_base, row.target] > 0]
@@ -34,8 +35,8 @@ def test_top_k_masks_exclude_exactly_the_largest_positive_weights_of_the_base():
 
 def test_design_is_deterministic_and_targets_spread_over_margins():
     weight, bias = _weights()
-    a, ca = design(weight, bias, 60, 0.5, 4, [2], seed=1)
-    b, cb = design(weight, bias, 60, 0.5, 4, [2], seed=1)
+    a, ca = design(weight, bias, alpha=0.5, num_targets=4, ks=[2], seed=1)
+    b, cb = design(weight, bias, alpha=0.5, num_targets=4, ks=[2], seed=1)
     assert np.array_equal(a, b) and ca.equals(cb)
     preds = np.array([5.0, -1.0, 3.0, 0.0, 10.0])
     assert list(spread_targets(preds, 3)) == [1, 2, 4]
@@ -43,19 +44,30 @@ def test_design_is_deterministic_and_targets_spread_over_margins():
 
 def test_analyse_measures_changes_flips_and_brittleness():
     # 2 targets, ks [1, 2]: target 0 flips at k=2 (top only), target 1 never flips
-    cases = pd.DataFrame.from_records([
-        dict(case=0, kind="base", target=-1, k=0, removed=0, predicted_change=0.0),
-        dict(case=1, kind="top", target=0, k=1, removed=1, predicted_change=-1.0),
-        dict(case=2, kind="random", target=0, k=1, removed=1, predicted_change=0.0),
-        dict(case=3, kind="top", target=0, k=2, removed=2, predicted_change=-3.0),
-        dict(case=4, kind="random", target=0, k=2, removed=2, predicted_change=-0.1),
-        dict(case=5, kind="top", target=1, k=1, removed=1, predicted_change=-0.5),
-        dict(case=6, kind="random", target=1, k=1, removed=1, predicted_change=0.0),
-        dict(case=7, kind="top", target=1, k=2, removed=2, predicted_change=-1.0),
-        dict(case=8, kind="random", target=1, k=2, removed=2, predicted_change=0.0),
-    ])
+    cases = pd.DataFrame.from_records(
+        [
+            dict(case=0, kind="base", target=-1, k=0, removed=0, predicted_change=0.0),
+            dict(case=1, kind="top", target=0, k=1, removed=1, predicted_change=-1.0),
+            dict(case=2, kind="random", target=0, k=1, removed=1, predicted_change=0.0),
+            dict(case=3, kind="top", target=0, k=2, removed=2, predicted_change=-3.0),
+            dict(case=4, kind="random", target=0, k=2, removed=2, predicted_change=-0.1),
+            dict(case=5, kind="top", target=1, k=1, removed=1, predicted_change=-0.5),
+            dict(case=6, kind="random", target=1, k=1, removed=1, predicted_change=0.0),
+            dict(case=7, kind="top", target=1, k=2, removed=2, predicted_change=-1.0),
+            dict(case=8, kind="random", target=1, k=2, removed=2, predicted_change=0.0),
+        ]
+    )
     base = np.array([2.0, 5.0])
-    change = {1: (-1.2, 0), 2: (0.1, 0), 3: (-3.1, 0), 4: (-0.2, 0), 5: (0, -0.4), 6: (0, 0.1), 7: (0, -1.1), 8: (0, 0.0)}
+    change = {
+        1: (-1.2, 0),
+        2: (0.1, 0),
+        3: (-3.1, 0),
+        4: (-0.2, 0),
+        5: (0, -0.4),
+        6: (0, 0.1),
+        7: (0, -1.1),
+        8: (0, 0.0),
+    }
     margins = np.zeros((9, 3, 2), np.float32)
     margins[0] = base
     for case, (d0, d1) in change.items():

@@ -2,13 +2,15 @@
 
 import numpy as np
 
-from dmflow.data import num_targets, prepare_data, write_data
-from dmflow.io import load_npz
+from dmflow.core.io import load_npz
+from dmflow.data.prepare import prepare_data
+from dmflow.data.sources import dataset_sizes
+from dmflow.stages.data import prepare_data as prepare_data_stage
 
 
 def test_digits_split_is_deterministic_and_standardised(tmp_path):
     cfg = {"name": "digits", "num_train": 1000, "num_targets": None, "standardize": True}
-    a = write_data(tmp_path / "a.npz", cfg, seed=0)
+    a = prepare_data_stage(cfg, 0, tmp_path / "a.npz")
     b = load_npz(tmp_path / "a.npz")
     assert a["X_train"].shape == (1000, 8, 8) and a["X_target"].shape == (797, 8, 8)
     assert np.array_equal(prepare_data(cfg, 0)["train_ids"], b["train_ids"])
@@ -16,14 +18,19 @@ def test_digits_split_is_deterministic_and_standardised(tmp_path):
     assert not set(b["train_ids"]) & set(b["target_ids"])
     np.testing.assert_allclose(b["X_train"].reshape(1000, -1).mean(0), 0, atol=1e-5)
     assert int(b["num_classes"]) == 10 and b["y_train"].dtype == np.int64
-    assert num_targets(cfg) == 797
+    assert dataset_sizes(cfg) == (1000, 797)
 
 
 def test_npz_with_image_shaped_features_and_a_target_sample(tmp_path):
     rng = np.random.default_rng(0)
     path = tmp_path / "img.npz"
-    np.savez(path, X_train=rng.random((50, 3, 4, 4)), y_train=rng.integers(0, 3, 50).astype(np.int32),
-             X_test=rng.random((30, 3, 4, 4)), y_test=rng.integers(0, 3, 30))
+    np.savez(
+        path,
+        X_train=rng.random((50, 3, 4, 4)),
+        y_train=rng.integers(0, 3, 50).astype(np.int32),
+        X_test=rng.random((30, 3, 4, 4)),
+        y_test=rng.integers(0, 3, 30),
+    )
     cfg = {"name": "npz", "path": str(path), "num_targets": 12, "standardize": False}
     out = prepare_data(cfg, seed=5)
     assert out["X_train"].shape == (50, 3, 4, 4) and out["X_target"].shape == (12, 3, 4, 4)
@@ -32,4 +39,4 @@ def test_npz_with_image_shaped_features_and_a_target_sample(tmp_path):
         np.testing.assert_allclose(out["X_target"], f["X_test"][out["target_ids"]].astype(np.float32))
         np.testing.assert_array_equal(out["y_target"], f["y_test"][out["target_ids"]])
     assert np.array_equal(prepare_data(cfg, seed=5)["target_ids"], out["target_ids"])
-    assert num_targets(cfg) == 12
+    assert dataset_sizes(cfg) == (50, 12)

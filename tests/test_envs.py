@@ -4,8 +4,7 @@ import re
 import tomllib
 
 import yaml
-
-from conftest import REPO
+from helpers import REPO
 
 CONDA_NAMES = {"torch": "pytorch"}  # PyPI name -> conda-forge name
 
@@ -36,7 +35,9 @@ def test_every_rule_declares_the_conda_env():
     rules = [p for p in (REPO / "rules").glob("*.smk") if p.name != "common.smk"]
     for path in rules:
         text = path.read_text()
-        assert text.count("\nrule ") + text.startswith("rule ") == text.count("    conda:\n        CONDA_ENV"), path.name
+        assert text.count("\nrule ") + text.startswith("rule ") == text.count("    conda:\n        CONDA_ENV"), (
+            path.name
+        )
     assert (REPO / "rules" / "../envs/dmflow.yaml").resolve() == (REPO / "envs" / "dmflow.yaml").resolve()
 
 

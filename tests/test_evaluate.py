@@ -2,10 +2,19 @@
 
 import numpy as np
 import pytest
+from helpers import planted_eval_store as planted_store
 
-from dmflow.evaluate import ceilings, pearson, replicate_agreement, score, spearman
-from dmflow.masks import draw_masks
-from dmflow.store import Store
+from dmflow.evaluation.metrics import (
+    MIN_CEILING,
+    ceilings,
+    fraction_of_ceiling,
+    pearson,
+    predict,
+    replicate_agreement,
+    score,
+    seed_mean,
+    spearman,
+)
 
 
 def test_pearson_and_spearman_against_hand_computed_values():
@@ -15,7 +24,7 @@ def test_pearson_and_spearman_against_hand_computed_values():
     assert pearson(a, b)[0] == pytest.approx(3.5 / np.sqrt(5 * 4.75))
     # ties in b get average ranks (1, 2.5, 4, 2.5)
     assert spearman(a, b)[0] == pytest.approx(pearson(a, np.array([[1], [2.5], [4], [2.5]]))[0])
-    assert spearman(a, a ** 3)[0] == pytest.approx(1.0)
+    assert spearman(a, a**3)[0] == pytest.approx(1.0)
     assert np.isnan(pearson(a, np.ones((4, 1)))[0])  # constant column: undefined, not a crash
 
 
@@ -29,17 +38,6 @@ def test_ceilings_follow_spearman_brown():
     single, mean = ceilings(np.array([0.64, 0.0, 1.0]), replicates=4)
     np.testing.assert_allclose(single, [0.8, 0.0, 1.0])
     np.testing.assert_allclose(mean, np.sqrt([4 * 0.64 / (1 + 3 * 0.64), 0.0, 1.0]))
-
-
-def planted_store(noise: float, m=600, n=50, t=6, reps=4, seed=0):
-    rng = np.random.default_rng(seed)
-    masks = draw_masks(n, 0.5, m, rng)
-    w = rng.normal(size=(n, t))
-    signal = masks @ w + 3.0
-    margins = (signal[:, None, :] + noise * rng.normal(size=(m, reps, t))).astype(np.float32)
-    status = np.zeros((m, reps), np.uint8)
-    store = Store(None, {}, masks, margins, status, np.zeros((m, reps)), np.zeros((m, reps)))
-    return store, w, signal
 
 
 def test_planted_truth_scores_near_one_without_noise():
@@ -68,7 +66,21 @@ def test_diverged_replicates_are_left_out():
 
 
 def test_fraction_of_the_ceiling_is_withheld_where_the_ceiling_is_noise():
-    from dmflow.evaluate import _fraction
+    assert fraction_of_ceiling(0.45, 0.9) == 0.5
+    assert fraction_of_ceiling(0.05, MIN_CEILING / 10) is None  # a ratio of two noise figures says nothing
 
-    assert _fraction(0.45, 0.9) == 0.5
-    assert _fraction(0.05, 0.01) is None  # a ratio of two noise figures says nothing
+
+def test_the_seed_mean_leaves_out_diverged_replicates_and_a_prediction_is_mask_at_weight_plus_bias():
+    margins = np.array([[[1.0, 2.0], [3.0, np.nan], [5.0, 6.0]], [[np.nan, np.nan], [7.0, 8.0], [9.0, 10.0]]])
+    ok = np.array([[True, False, True], [False, True, False]])
+    np.testing.assert_allclose(seed_mean(margins, ok), [[3.0, 4.0], [7.0, 8.0]])
+    assert np.isnan(seed_mean(margins, np.zeros_like(ok))).all()  # no replicate left: undefined, not zero
+    rng = np.random.default_rng(0)
+    masks, weight, bias = (
+        rng.random((5000, 7)) < 0.5,
+        rng.normal(size=(7, 3)).astype(np.float32),
+        np.ones(3, np.float32),
+    )
+    expected = masks.astype(np.float32) @ weight + bias
+    np.testing.assert_allclose(predict(masks, weight, bias, block_rows=1000), expected, rtol=1e-6)
+    np.testing.assert_array_equal(predict(masks[0], weight, bias), expected[0])

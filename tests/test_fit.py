@@ -3,32 +3,32 @@
 import numpy as np
 import pytest
 import torch
+from helpers import planted_fit as planted_problem
+from helpers import write_store_folder as _fake_store
 
-from dmflow.fit import (
-    FLAG_CONSTANT, FLAG_NO_DATA, FLAG_OK, MIN_GROUP_WORK, FitSettings, block_targets, fit_block, fit_targets,
-    group_count, merge_blocks, over_target_groups, split_validation_rows, validation_mse,
+from dmflow.core.codes import FLAG_CONSTANT, FLAG_NO_DATA, FLAG_OK
+from dmflow.core.io import atomic_save_npz
+from dmflow.core.layout import block_targets
+from dmflow.lasso.moments import row_moments
+from dmflow.lasso.path import (
+    MIN_GROUP_WORK,
+    FitSettings,
+    fit_targets,
+    group_count,
+    over_target_groups,
+    split_validation_rows,
+    validation_mse,
 )
-from dmflow.io import atomic_save_npz
-from dmflow.lasso import row_moments, solve_batched
-from dmflow.masks import draw_masks
+from dmflow.lasso.solvers import solve_batched
+from dmflow.stages.fit import fit_store_block, merge_fit
 
 F64 = FitSettings(dtype="float64", tol=1e-10, max_iter=100_000, num_lambdas=12, lambda_min_ratio=1e-3, device="cpu")
 
 
-def planted_problem(n=40, m=1200, t=5, seed=0):
-    rng = np.random.default_rng(seed)
-    x = draw_masks(n, 0.5, m, rng)
-    w = np.zeros((n, t))
-    w[:3] = rng.choice([-1.0, 1.0], (3, t))
-    y = x @ w + 1.0 + 0.5 * rng.normal(size=(m, t))
-    y[:, -1] = 4.2  # a constant target
-    return x, y, w
-
-
 def test_chosen_lambda_is_the_argmin_of_recorded_validation_mse():
     x, y, _ = planted_problem()
-    fit_rows, val_rows = split_validation_rows(np.arange(len(x)), 0.2, 0, 0.5)
-    out = fit_targets(x, y, fit_rows, val_rows, F64)
+    fit_rows, val_rows = split_validation_rows(np.arange(len(x)), 0.2, seed=0, alpha=0.5)
+    out = fit_targets(x, y, fit_rows=fit_rows, val_rows=val_rows, settings=F64)
     for j in range(y.shape[1] - 1):
         best = np.nanargmin(out["val_mse_path"][:, j])
         assert out["lam"][j] == out["lams"][best, j]
@@ -39,9 +39,11 @@ def test_chosen_lambda_is_the_argmin_of_recorded_validation_mse():
 
 def test_patience_stops_a_path_only_after_that_many_lambdas_without_improvement():
     x, y, _ = planted_problem()
-    rows = split_validation_rows(np.arange(len(x)), 0.2, 0, 0.5)
-    full = fit_targets(x, y, *rows, FitSettings(**{**F64.__dict__, "patience": 0}))
-    early = fit_targets(x, y, *rows, FitSettings(**{**F64.__dict__, "patience": 2}))
+    rows = dict(
+        zip(("fit_rows", "val_rows"), split_validation_rows(np.arange(len(x)), 0.2, seed=0, alpha=0.5), strict=True)
+    )
+    full = fit_targets(x, y, **rows, settings=FitSettings(**{**F64.__dict__, "patience": 0}))
+    early = fit_targets(x, y, **rows, settings=FitSettings(**{**F64.__dict__, "patience": 2}))
     np.testing.assert_array_equal(full["lam"], early["lam"])  # the same winner when the curve is U-shaped
     for j in range(y.shape[1] - 1):
         best = np.nanargmin(full["val_mse_path"][:, j])
@@ -80,44 +82,48 @@ def test_group_count_needs_enough_work_per_group():
 
 
 def test_targets_fitted_in_groups_equal_each_group_fitted_alone(monkeypatch):
-    import dmflow.fit
+    import dmflow.lasso.path
 
     x, y, _ = planted_problem(t=6)
-    rows = split_validation_rows(np.arange(len(x)), 0.2, 0, 0.5)
+    rows = dict(
+        zip(("fit_rows", "val_rows"), split_validation_rows(np.arange(len(x)), 0.2, seed=0, alpha=0.5), strict=True)
+    )
     groups = []
-    real = dmflow.fit.over_target_groups
-    monkeypatch.setattr(dmflow.fit, "over_target_groups", lambda fn, t, w: groups.append(w) or real(fn, t, w))
-    grouped = fit_targets(x, y, *rows, F64, workers=2)
-    fit_targets(x, y, *rows, F64)  # default: group_count says this is too small to split
+    real = dmflow.lasso.path.over_target_groups
+    monkeypatch.setattr(dmflow.lasso.path, "over_target_groups", lambda fn, t, w: groups.append(w) or real(fn, t, w))
+    grouped = fit_targets(x, y, **rows, settings=F64, workers=2)
+    fit_targets(x, y, **rows, settings=F64)  # default: group_count says this is too small to split
     assert groups == [2, 1]
     before = torch.get_num_threads()
     torch.set_num_threads(1)  # as inside a group
     try:
-        halves = [fit_targets(x, y[:, cols], *rows, F64, workers=1) for cols in (slice(0, 3), slice(3, 6))]
+        halves = [fit_targets(x, y[:, cols], **rows, settings=F64, workers=1) for cols in (slice(0, 3), slice(3, 6))]
     finally:
         torch.set_num_threads(before)
     for key in ("weight", "bias", "lam", "val_mse", "nnz", "flags", "train_mse", "val_mse_path", "nnz_path"):
         alone = np.concatenate([h[key] for h in halves], axis=-1)  # moments of 3 targets round apart from 6's
         np.testing.assert_allclose(grouped[key], alone, rtol=1e-9, atol=1e-12, err_msg=key)
-    whole = fit_targets(x, y, *rows, F64, workers=1)
+    whole = fit_targets(x, y, **rows, settings=F64, workers=1)
     np.testing.assert_allclose(grouped["weight"], whole["weight"], atol=1e-8)
     np.testing.assert_array_equal(grouped["lam"], whole["lam"])
 
 
 def test_validation_mse_equals_direct_computation():
     x, y, _ = planted_problem()
-    fit_rows, val_rows = split_validation_rows(np.arange(len(x)), 0.2, 0, 0.5)
+    fit_rows, val_rows = split_validation_rows(np.arange(len(x)), 0.2, seed=0, alpha=0.5)
     fit_m, val_m = row_moments(x, y, fit_rows), row_moments(x, y, val_rows)
     w = torch.as_tensor(np.random.default_rng(1).normal(size=(x.shape[1], y.shape[1])))
     b = fit_m.mean_y - fit_m.mean_x @ w
     direct = ((x[val_rows] @ w.numpy() + b.numpy() - y[val_rows]) ** 2).mean(0)
-    np.testing.assert_allclose(validation_mse(val_m, fit_m.mean_x, fit_m.mean_y, w).numpy(), direct, rtol=1e-10)
+    np.testing.assert_allclose(
+        validation_mse(val_m, w, fit_mean_x=fit_m.mean_x, fit_mean_y=fit_m.mean_y).numpy(), direct, rtol=1e-10
+    )
 
 
 def test_refit_uses_fit_and_validation_rows():
     x, y, _ = planted_problem()
-    fit_rows, val_rows = split_validation_rows(np.arange(len(x)), 0.2, 0, 0.5)
-    out = fit_targets(x, y, fit_rows, val_rows, F64)
+    fit_rows, val_rows = split_validation_rows(np.arange(len(x)), 0.2, seed=0, alpha=0.5)
+    out = fit_targets(x, y, fit_rows=fit_rows, val_rows=val_rows, settings=F64)
     varying = y[:, :-1]
     everything = row_moments(x, varying, np.arange(len(x)))
     gram, c, _ = everything.gram(torch.float64)
@@ -126,14 +132,16 @@ def test_refit_uses_fit_and_validation_rows():
     bias = everything.mean_y - everything.mean_x @ direct
     np.testing.assert_allclose(out["bias"][:-1], bias.numpy(), atol=1e-4)
     only_fit_rows = row_moments(x, varying, fit_rows).gram(torch.float64)
-    on_fit_rows = solve_batched(*only_fit_rows[:2], torch.as_tensor(out["lam"][:-1]), tol=1e-10, max_iter=100_000).weight
+    on_fit_rows = solve_batched(
+        *only_fit_rows[:2], torch.as_tensor(out["lam"][:-1]), tol=1e-10, max_iter=100_000
+    ).weight
     assert np.abs(on_fit_rows.numpy() - out["weight"][:, :-1]).max() > 1e-3  # the refit really saw more rows
 
 
 def test_planted_truth_support_is_recovered_end_to_end():
     x, y, w_true = planted_problem(m=3000)
-    fit_rows, val_rows = split_validation_rows(np.arange(len(x)), 0.1, 0, 0.5)
-    out = fit_targets(x, y, fit_rows, val_rows, FitSettings(device="cpu"))
+    fit_rows, val_rows = split_validation_rows(np.arange(len(x)), 0.1, seed=0, alpha=0.5)
+    out = fit_targets(x, y, fit_rows=fit_rows, val_rows=val_rows, settings=FitSettings(device="cpu"))
     for j in range(y.shape[1] - 1):
         top = set(np.argsort(-np.abs(out["weight"][:, j]))[:3])
         assert top == {0, 1, 2}
@@ -143,33 +151,10 @@ def test_planted_truth_support_is_recovered_end_to_end():
 
 def test_validation_rows_are_deterministic_and_disjoint():
     rows = np.arange(0, 500, 2)
-    a_fit, a_val = split_validation_rows(rows, 0.1, 0, 0.5)
-    b_fit, b_val = split_validation_rows(rows, 0.1, 0, 0.5)
+    a_fit, a_val = split_validation_rows(rows, 0.1, seed=0, alpha=0.5)
+    b_fit, b_val = split_validation_rows(rows, 0.1, seed=0, alpha=0.5)
     assert np.array_equal(a_val, b_val) and len(a_val) == 25
     assert not set(a_fit) & set(a_val) and set(a_fit) | set(a_val) == set(rows)
-
-
-def _fake_store(tmp_path, x, y, status=None):
-    """A store written by the real collect code path's reader format (arrays + manifest)."""
-    import json
-
-    from dmflow.io import sha256_file
-
-    m, n = x.shape
-    t = y.shape[1]
-    arrays = {
-        "masks": x.astype(bool), "margins": y.astype(np.float32)[:, None, :],
-        "status": np.zeros((m, 1), np.uint8) if status is None else status,
-        "seeds": np.zeros((m, 1), np.int64), "acc_target": np.zeros((m, 1), np.float32),
-        "acc_subset": np.zeros((m, 1), np.float32),
-    }
-    meta = {}
-    for name, arr in arrays.items():
-        np.save(tmp_path / f"{name}.npy", arr)
-        meta[name] = {"shape": list(arr.shape), "dtype": arr.dtype.name, "sha256": sha256_file(tmp_path / f"{name}.npy")}
-    manifest = {"alpha": 0.5, "num_targets": t, "num_models": m, "num_train": n, "replicates": 1, "arrays": meta}
-    (tmp_path / "manifest.json").write_text(json.dumps(manifest))
-    return tmp_path
 
 
 def test_blocks_merge_in_target_order_with_ids(tmp_path):
@@ -177,33 +162,34 @@ def test_blocks_merge_in_target_order_with_ids(tmp_path):
     store = _fake_store(tmp_path, x, y)
     paths = []
     for b in (1, 0, 2):  # written out of order on purpose
-        out = fit_block(store, b, 3, F64, seed=0)
+        out = fit_store_block(store, b, targets_per_job=3, settings=F64, seed=0)
         assert np.array_equal(out["targets"], block_targets(b, 3, 7))
         atomic_save_npz(tmp_path / f"block{b}.npz", out)
         paths.append(tmp_path / f"block{b}.npz")
     data = {"target_ids": np.array([10, 11, 12, 13, 14, 15, 16]), "train_ids": np.arange(40)}
     np.savez(tmp_path / "data.npz", **data)
-    merged = merge_blocks(paths, tmp_path / "data.npz", tmp_path / "dm.npz")
+    merged = merge_fit(paths, tmp_path / "data.npz", tmp_path / "dm.npz")
     assert merged["weight"].shape == (40, 7) and merged["weight"].dtype == np.float32
     assert merged["lams"].shape == (12, 7)
     assert np.array_equal(merged["target_ids"], data["target_ids"])
-    whole = fit_targets(x, y, *split_validation_rows(np.arange(len(x)), F64.val_fraction, 0, 0.5), F64)
+    fit_rows, val_rows = split_validation_rows(np.arange(len(x)), F64.val_fraction, seed=0, alpha=0.5)
+    whole = fit_targets(x, y, fit_rows=fit_rows, val_rows=val_rows, settings=F64)
     np.testing.assert_allclose(merged["weight"], whole["weight"], atol=1e-6)
 
 
 def test_merge_refuses_missing_blocks(tmp_path):
     x, y, _ = planted_problem(t=4)
     store = _fake_store(tmp_path, x, y)
-    atomic_save_npz(tmp_path / "block0.npz", fit_block(store, 0, 2, F64, seed=0))
+    atomic_save_npz(tmp_path / "block0.npz", fit_store_block(store, 0, targets_per_job=2, settings=F64, seed=0))
     np.savez(tmp_path / "data.npz", target_ids=np.arange(4), train_ids=np.arange(40))
     with pytest.raises(ValueError, match="expected 0..3"):
-        merge_blocks([tmp_path / "block0.npz"], tmp_path / "data.npz", tmp_path / "dm.npz")
+        merge_fit([tmp_path / "block0.npz"], tmp_path / "data.npz", tmp_path / "dm.npz")
 
 
 def test_all_models_diverged_gives_zero_weights_and_a_flag(tmp_path):
     x, y, _ = planted_problem(t=3)
     store = _fake_store(tmp_path, x, y, status=np.ones((len(x), 1), np.uint8))
-    out = fit_block(store, 0, 3, F64, seed=0)
+    out = fit_store_block(store, 0, targets_per_job=3, settings=F64, seed=0)
     assert (out["weight"] == 0).all() and (out["flags"] == FLAG_NO_DATA).all()
 
 
@@ -213,7 +199,7 @@ def test_diverged_rows_are_left_out(tmp_path):
     status[::10] = 1
     y_bad = y.copy()
     y_bad[::10] = 1e6  # garbage that must not reach the fit
-    out = fit_block(_fake_store(tmp_path, x, y_bad, status), 0, 2, F64, seed=0)
+    out = fit_store_block(_fake_store(tmp_path, x, y_bad, status), 0, targets_per_job=2, settings=F64, seed=0)
     assert out["num_fit_rows"] + out["num_val_rows"] == len(x) - len(x[::10])
     assert np.abs(out["bias"][0] - 1.0) < 1.0
 
@@ -222,7 +208,7 @@ def test_cvxpy_solver_agrees_with_batched_on_a_block(tmp_path):
     x, y, _ = planted_problem(n=20, m=300, t=2)
     store = _fake_store(tmp_path, x, y)
     settings = dict(dtype="float64", tol=1e-10, max_iter=100_000, num_lambdas=4, lambda_min_ratio=0.05, device="cpu")
-    a = fit_block(store, 0, 2, FitSettings(solver="batched", **settings), seed=0)
-    b = fit_block(store, 0, 2, FitSettings(solver="cvxpy", **settings), seed=0)
+    a = fit_store_block(store, 0, targets_per_job=2, settings=FitSettings(solver="batched", **settings), seed=0)
+    b = fit_store_block(store, 0, targets_per_job=2, settings=FitSettings(solver="cvxpy", **settings), seed=0)
     np.testing.assert_allclose(a["weight"], b["weight"], atol=1e-5)
     np.testing.assert_array_equal(a["lam"], b["lam"])

@@ -8,19 +8,27 @@ import pickle
 import numpy as np
 import pytest
 import torch
+from helpers import tiny_config
 from torch import nn
 
-from dmflow.augment import AugmentSettings, apply, draw_params
-from dmflow.convnets import build_single
-from dmflow.data import DataError, dataset_sizes, prepare_data, synthetic_images, write_cifar10_folder
-from dmflow.stacking import GroupedStack, LoopStack, stack_models
-from dmflow.train import TrainSettings, train_stack
+from dmflow.data.augment import AugmentSettings, apply, draw_params
+from dmflow.data.prepare import prepare_data
+from dmflow.data.sources import DataError, dataset_sizes, synthetic_images
+from dmflow.stages.data import write_cifar10_folder
+from dmflow.training.convnets import build_single
+from dmflow.training.settings import TrainSettings
+from dmflow.training.stacking import GroupedStack, LoopStack, stack_models
+from dmflow.training.train import train_stack
 
 
 def tiny_factory(input_shape, num_classes):
     """A user's model as a test file defines it: conv, tanh, pool, linear."""
     return nn.Sequential(
-        nn.Conv2d(input_shape[0], 4, 3, padding=1), nn.Tanh(), nn.AdaptiveAvgPool2d(2), nn.Flatten(), nn.Linear(16, num_classes)
+        nn.Conv2d(input_shape[0], 4, 3, padding=1),
+        nn.Tanh(),
+        nn.AdaptiveAvgPool2d(2),
+        nn.Flatten(),
+        nn.Linear(16, num_classes),
     )
 
 
@@ -42,7 +50,13 @@ def unfusable_factory(input_shape, num_classes):
 @pytest.fixture(scope="module")
 def cifar_folder(tmp_path_factory):
     x, y = synthetic_images(300, 10, seed=1)
-    return write_cifar10_folder(tmp_path_factory.mktemp("c") / "cifar-10-batches-py", x[:200], y[:200], x[200:], y[200:])
+    return write_cifar10_folder(
+        tmp_path_factory.mktemp("c") / "cifar-10-batches-py",
+        x_train=x[:200],
+        y_train=y[:200],
+        x_test=x[200:],
+        y_test=y[200:],
+    )
 
 
 def test_cifar10_loader_reads_the_python_format(cifar_folder):
@@ -96,7 +110,12 @@ def _write_images(root, sizes):
 
 
 def test_image_folder_with_train_and_test(tmp_path):
-    spec = [(part, cls, (6, 5)) for part, n in (("train", 4), ("test", 2)) for cls in ("cat", "dog", "emu") for _ in range(n)]
+    spec = [
+        (part, cls, (6, 5))
+        for part, n in (("train", 4), ("test", 2))
+        for cls in ("cat", "dog", "emu")
+        for _ in range(n)
+    ]
     _write_images(tmp_path, spec)
     out = prepare_data({"name": "images", "path": str(tmp_path)}, seed=0)
     assert out["X_train"].shape == (12, 3, 6, 5) and out["X_target"].shape == (6, 3, 6, 5)
@@ -110,13 +129,16 @@ def test_image_folder_split_resize_and_size_mismatch(tmp_path):
     cfg = {"name": "images", "path": str(tmp_path), "image_size": [8, 8], "test_fraction": 0.3}
     out = prepare_data(cfg, seed=4)
     assert out["X_train"].shape[1:] == (3, 8, 8)
-    assert len(out["y_train"]) + len(out["y_target"]) == 20 and dataset_sizes(cfg, 4) == (len(out["y_train"]), len(out["y_target"]))
+    assert len(out["y_train"]) + len(out["y_target"]) == 20 and dataset_sizes(cfg, 4) == (
+        len(out["y_train"]),
+        len(out["y_target"]),
+    )
     assert np.array_equal(prepare_data(cfg, seed=4)["train_ids"], out["train_ids"])
 
 
 @pytest.mark.parametrize("arch,width", [("cnn", 1.0), ("resnet9", 0.125), ("resnet9", 1.0)])
 def test_conv_nets_forward_and_backward_on_cpu(arch, width):
-    net = build_single(arch, (3, 32, 32), 10, width)
+    net = build_single(arch, (3, 32, 32), 10, width=width)
     x = torch.randn(2, 3, 32, 32)
     out = net(x)
     assert out.shape == (2, 10)
@@ -126,7 +148,7 @@ def test_conv_nets_forward_and_backward_on_cpu(arch, width):
 
 def test_grouped_stack_computes_each_models_own_function():
     torch.manual_seed(0)
-    models = [build_single("resnet9", (3, 16, 16), 4, 0.125) for _ in range(3)]
+    models = [build_single("resnet9", (3, 16, 16), 4, width=0.125) for _ in range(3)]
     for m in models:  # non-trivial batch-norm statistics
         m.train()
         m(torch.randn(8, 3, 16, 16))
@@ -163,9 +185,9 @@ def test_augmentations_do_what_they_say():
     # a 2x2 cutout centred at (2, 2) zeroes rows/cols 1..2
     out = apply(x, torch.tensor([[0, 0, 0, 2, 2]] * 2), AugmentSettings(cutout=2))
     assert (out[:, 0, 1:3, 1:3] == 0).all() and (out != 0).sum() == 2 * 12
-    a = draw_params(7, 3, 50, 32, 32, AugmentSettings(True, 2, 8))
-    assert np.array_equal(a, draw_params(7, 3, 50, 32, 32, AugmentSettings(True, 2, 8)))
-    assert not np.array_equal(a, draw_params(7, 4, 50, 32, 32, AugmentSettings(True, 2, 8)))
+    a = draw_params(7, 3, 50, height=32, width=32, aug=AugmentSettings(True, 2, 8))
+    assert np.array_equal(a, draw_params(7, 3, 50, height=32, width=32, aug=AugmentSettings(True, 2, 8)))
+    assert not np.array_equal(a, draw_params(7, 4, 50, height=32, width=32, aug=AugmentSettings(True, 2, 8)))
     assert a[:, 1:3].min() >= 0 and a[:, 1:3].max() <= 4
 
 
@@ -177,15 +199,30 @@ def test_conv_stack_equals_independent_trainings(arch, stacking):
         x, y = synthetic_images(60, 3, seed=2, size=8)
         xt, yt = synthetic_images(10, 3, seed=3, size=8)
         x, xt = (x / 255.0 - 0.5).astype(np.float32), (xt / 255.0 - 0.5).astype(np.float32)
-        settings = TrainSettings(arch=arch, width=0.25, stacking=stacking, epochs=3, batch_size=10, optimizer="sgd",
-                                 lr=0.1, weight_decay=5e-4, label_smoothing=0.1, lr_schedule="triangular", lr_peak_epoch=1,
-                                 augment=AugmentSettings(True, 1, 2), test_time_flip=True, stack_size=3, device="cpu")
+        settings = TrainSettings(
+            arch=arch,
+            width=0.25,
+            stacking=stacking,
+            epochs=3,
+            batch_size=10,
+            optimizer="sgd",
+            lr=0.1,
+            weight_decay=5e-4,
+            label_smoothing=0.1,
+            lr_schedule="triangular",
+            lr_peak_epoch=1,
+            augment=AugmentSettings(True, 1, 2),
+            test_time_flip=True,
+            stack_size=3,
+            device="cpu",
+        )
         rng = np.random.default_rng(0)
         subsets = np.stack([np.sort(rng.choice(60, 30, replace=False)) for _ in range(3)])
         seeds = np.array([5, 6, 7])
-        stacked = train_stack(x, y, xt, yt, subsets, seeds, 3, settings)
+        data = {"X_train": x, "y_train": y, "X_target": xt, "y_target": yt, "num_classes": 3}
+        stacked = train_stack(data, subsets, seeds, settings=settings)
         for i in range(3):
-            alone = train_stack(x, y, xt, yt, subsets[i : i + 1], seeds[i : i + 1], 3, settings)
+            alone = train_stack(data, subsets[i : i + 1], seeds[i : i + 1], settings=settings)
             np.testing.assert_allclose(stacked.margins[i], alone.margins[0], atol=1e-9)
             assert stacked.acc_subset[i] == alone.acc_subset[0]
         assert np.isfinite(stacked.margins).all() and stacked.finite_loss.all()
@@ -197,7 +234,6 @@ def test_conv_stack_equals_independent_trainings(arch, stacking):
 @pytest.mark.workflow
 def test_tiny_workflow_with_a_user_model_on_a_generated_image_folder(workflow):
     """snakemake end to end on an image folder, with a conv model defined in the user's own module."""
-    from conftest import tiny_config
     from PIL import Image
 
     x, y = synthetic_images(120, 3, seed=4, size=12, noise=15)

@@ -3,24 +3,13 @@
 import numpy as np
 import pytest
 import torch
+from helpers import planted_lasso as planted
 
-from dmflow.lasso import (
-    CLARABEL_TIGHT, PLAIN_STEPS, curvature, kkt_violation, lambda_max, lambda_path, objective, path_warm_start,
-    plain_step, row_moments, solve_batched, solve_cvxpy,
-)
-from dmflow.masks import draw_masks
-
-def planted(n=30, m=400, t=4, fixed_size=True, noise=0.3, seed=0):
-    rng = np.random.default_rng(seed)
-    if fixed_size:
-        x = draw_masks(n, 0.5, m, rng)
-    else:
-        x = rng.random((m, n)) < 0.5
-    w = np.zeros((n, t))
-    support = rng.choice(n, 4, replace=False)
-    w[support] = rng.choice([-1.0, 1.0], (4, t)) * rng.uniform(0.5, 1.5, (4, t))
-    y = x @ w + 2.0 + noise * rng.normal(size=(m, t))
-    return x, y, w, support
+from dmflow.lasso.cvxpy_solver import CLARABEL_TIGHT, solve_cvxpy
+from dmflow.lasso.moments import row_moments
+from dmflow.lasso.path import lambda_path, path_warm_start
+from dmflow.lasso.problem import PLAIN_STEPS, curvature, kkt_violation, lambda_max, objective, plain_step
+from dmflow.lasso.solvers import BACKENDS, solve_batched
 
 
 def literal_objective(x, y, w, b, lam):
@@ -58,8 +47,8 @@ def test_batched_matches_cvxpy_in_float64(ratio, fixed_size):
     assert res.converged.all()
     ref = cvxpy_reference(x, y, lam.numpy())
     np.testing.assert_allclose(res.weight.numpy(), ref, atol=1e-5)
-    ours = objective(gram, c, yy, res.weight, lam).numpy()
-    theirs = objective(gram, c, yy, torch.as_tensor(ref), lam).numpy()
+    ours = objective(gram, c, yy, w=res.weight, lam=lam).numpy()
+    theirs = objective(gram, c, yy, w=torch.as_tensor(ref), lam=lam).numpy()
     np.testing.assert_allclose(ours, theirs, rtol=1e-5, atol=1e-9)
     assert (ours <= theirs + 1e-9).all()
     if ratio >= 1:
@@ -90,7 +79,12 @@ def test_nonneg_and_elastic_net_options_match_cvxpy(options):
     np.testing.assert_allclose(res.weight.numpy(), ref, atol=1e-5)
     if options.get("nonneg"):
         assert (res.weight >= 0).all()
-    assert kkt_violation(gram, c, res.weight, lam, options.get("l2", 0.0), options.get("nonneg", False)).max() < 1e-8
+    assert (
+        kkt_violation(
+            gram, c, res.weight, lam=lam, l2=options.get("l2", 0.0), nonneg=options.get("nonneg", False)
+        ).max()
+        < 1e-8
+    )
 
 
 def test_planted_support_is_recovered():
@@ -123,6 +117,11 @@ def test_lambda_path_is_geometric_from_lambda_max():
     np.testing.assert_allclose(ratios, ratios[0, 0])
 
 
+def along(path, j):
+    """The lambdas ``path_warm_start`` extrapolates through at step j of a path."""
+    return {"lam_prev": path[j - 2], "lam": path[j - 1], "lam_next": path[j]}
+
+
 def reference_kkt(gram, c, w, lam, l2, nonneg):
     """The KKT violation written out with masks, as in the definition."""
     g = gram @ w - c + l2 * w
@@ -139,7 +138,9 @@ def test_kkt_violation_equals_the_masked_definition(nonneg):
     w = torch.as_tensor(rng.normal(size=(12, 6)) * (rng.random((12, 6)) < 0.5))
     w = w.abs() if nonneg else w
     lam = torch.as_tensor(rng.uniform(0.1, 1.0, 6))
-    torch.testing.assert_close(kkt_violation(gram, c, w, lam, 0.1, nonneg), reference_kkt(gram, c, w, lam, 0.1, nonneg))
+    torch.testing.assert_close(
+        kkt_violation(gram, c, w, lam=lam, l2=0.1, nonneg=nonneg), reference_kkt(gram, c, w, lam, 0.1, nonneg)
+    )
 
 
 def test_path_warm_start_is_exact_on_a_fixed_support_and_does_not_change_the_path():
@@ -151,7 +152,7 @@ def test_path_warm_start_is_exact_on_a_fixed_support_and_does_not_change_the_pat
     solve = lambda lam, w0: solve_batched(gram, c, lam, w0=w0, tol=1e-12, max_iter=100_000).weight  # noqa: E731
     close = lambda_max(c) * torch.tensor([0.05, 0.0499, 0.0498], dtype=torch.float64).unsqueeze(1)
     w_prev, w, exact = (solve(lam, None) for lam in close)
-    start = path_warm_start(w_prev, w, *close)
+    start = path_warm_start(w_prev, w, lam_prev=close[0], lam=close[1], lam_next=close[2])
     same_signs = (torch.sign(w_prev) == torch.sign(w)).all(0) & (torch.sign(w) == torch.sign(exact)).all(0)
     assert same_signs.any()  # on close lambdas the signs rarely change
     torch.testing.assert_close(start[:, same_signs], exact[:, same_signs], atol=1e-9, rtol=0)
@@ -161,7 +162,7 @@ def test_path_warm_start_is_exact_on_a_fixed_support_and_does_not_change_the_pat
     for j in range(len(path)):
         res = solve_batched(gram, c, path[j], w0=plain, tol=1e-10, max_iter=100_000)
         plain, its_plain = res.weight, its_plain + int(res.iterations.sum())
-        w0 = path_warm_start(extrap[0], extrap[1], path[j - 2], path[j - 1], path[j]) if j >= 2 else extrap[1]
+        w0 = path_warm_start(extrap[0], extrap[1], **along(path, j)) if j >= 2 else extrap[1]
         res = solve_batched(gram, c, path[j], w0=w0, tol=1e-10, max_iter=100_000)
         extrap, its_extrap = [extrap[1], res.weight], its_extrap + int(res.iterations.sum())
         np.testing.assert_allclose(extrap[1].numpy(), plain.numpy(), atol=1e-7)
@@ -182,6 +183,7 @@ def test_the_product_at_the_solution_comes_back_and_spares_the_next_lambda_its_f
         def call(*args, **kwargs):
             products["n"] += 1
             return fn(*args, **kwargs)
+
         return call
 
     monkeypatch.setattr(torch, "mm", counted(mm))
@@ -192,9 +194,8 @@ def test_the_product_at_the_solution_comes_back_and_spares_the_next_lambda_its_f
     kw = dict(tol=1e-10, max_iter=100_000, backend=backend, **options)
     w, gw = [torch.zeros_like(c)] * 2, [torch.zeros_like(c)] * 2
     for j in range(len(path)):
-        lams = (path[j - 2], path[j - 1], path[j])
-        w0 = path_warm_start(*w, *lams) if j >= 2 else w[1]
-        gw0 = path_warm_start(*gw, *lams) if j >= 2 else gw[1]
+        w0 = path_warm_start(*w, **along(path, j)) if j >= 2 else w[1]
+        gw0 = path_warm_start(*gw, **along(path, j)) if j >= 2 else gw[1]
         products["n"] = 0
         computed = solve_batched(gram, c, path[j], w0=w0, **kw)
         with_product = products["n"]
@@ -226,9 +227,11 @@ def test_targets_leaving_the_batch_early_keep_the_weights_they_converged_with():
         torch.testing.assert_close(alone.weight[:, 0], together.weight[:, j], atol=1e-12, rtol=0)
 
 
+@pytest.mark.parametrize("backend", [b for b in BACKENDS if b != "torch"])
 @pytest.mark.parametrize("options", [{}, {"nonneg": True}, {"l2": 0.05}, {"nonneg": True, "l2": 0.05}])
 @pytest.mark.parametrize("max_iter", [3, 100_000])
-def test_fused_kernels_take_the_same_iterates_as_the_torch_loop(options, max_iter):
+def test_every_backend_takes_the_torch_references_iterates(backend, options, max_iter):
+    """The contract of ``solve_batched``'s backends: the same iterates as the torch loop, up to rounding."""
     # from lambda_max (zero at once; few non-zero columns: the sparse product) to
     # small lambdas (dense), easy to hard, so targets finish and leave the batch
     x, y, _, _ = planted(t=10)
@@ -238,7 +241,7 @@ def test_fused_kernels_take_the_same_iterates_as_the_torch_loop(options, max_ite
     for start, scale in ((None, None), (w0, 2 * lambda_max(c))):
         kw = dict(w0=start, scale=scale, tol=1e-10, max_iter=max_iter, **options)
         ref = solve_batched(gram, c, lam, backend="torch", **kw)
-        res = solve_batched(gram, c, lam, backend="fused", **kw)
+        res = solve_batched(gram, c, lam, backend=backend, **kw)
         torch.testing.assert_close(res.weight, ref.weight, atol=1e-6, rtol=0)
         assert res.iterations.tolist() == ref.iterations.tolist()
         assert res.converged.tolist() == ref.converged.tolist()
@@ -257,7 +260,7 @@ def test_fused_kernels_in_float32_and_the_backend_choice():
     assert res.weight.dtype == torch.float32 and res.converged.all()
     torch.testing.assert_close(res.weight, ref.weight, atol=1e-4, rtol=0)
     torch.testing.assert_close(auto.weight, res.weight, atol=0, rtol=0)  # "auto" is fused on CPU
-    kkt = kkt_violation(gram.double(), c.double(), res.weight.double(), lam.double(), 0.0, False)
+    kkt = kkt_violation(gram.double(), c.double(), res.weight.double(), lam=lam.double())
     assert (kkt <= 2e-6 * lambda_max(c.double())).all()  # tol 1e-6 up to float32 rounding
     empty = solve_batched(gram, c[:, :0], lam[:0], backend="fused")
     assert empty.weight.shape == (c.shape[0], 0) and empty.iterations.numel() == 0
@@ -268,13 +271,14 @@ def test_fused_kernels_in_float32_and_the_backend_choice():
 
 
 def test_fused_sparse_product_only_uses_the_non_zero_columns(monkeypatch):
-    import dmflow._lasso_kernels as kernels
+    import dmflow.lasso.kernels as kernels
 
     x, y, _, _ = planted(n=40, t=6)
     gram, c, _ = row_moments(x, y, np.arange(len(x))).gram(torch.float64)
     lam = lambda_max(c) * torch.linspace(0.95, 0.5, 6, dtype=torch.float64)  # few non-zero weights
     gathers = []
     gather = kernels.gather_columns
+
     def counted(src, cols, dst):
         gathers.append(cols.size)
         gather(src, cols, dst)
@@ -313,7 +317,7 @@ def test_long_plain_steps_reach_the_same_path_in_fewer_iterations():
         w = w_prev = torch.zeros_like(c)
         total = 0
         for j in range(20):
-            w0 = path_warm_start(w_prev, w, path[j - 2], path[j - 1], path[j]) if j >= 2 else w
+            w0 = path_warm_start(w_prev, w, **along(path, j)) if j >= 2 else w
             res = solve_batched(gram, c, path[j], w0=w0, tol=1e-8, max_iter=100_000, lip=lip, mu=mu_used)
             assert res.converged.all()
             w_prev, w, total = w, res.weight, total + int(res.iterations.sum())

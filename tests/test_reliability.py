@@ -10,11 +10,12 @@ import time
 
 import numpy as np
 import pytest
+from helpers import Workflow, planted_fit, tiny_config, write_store_folder
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from conftest import Workflow, tiny_config
-from dmflow.config import ConfigError, load_schema, validate_config
+from dmflow.config import ConfigError, validate_config
+from dmflow.core.schema import load_schema
 
 
 def _arrays(path):
@@ -36,8 +37,14 @@ def test_kill_9_then_rerun_incomplete_retrains_nothing_finished_and_matches_an_u
     run = Workflow(tmp_path / "killed")
     run.write_config(tiny_config(run.results, **cfg_overrides))
     env = dict(os.environ, PATH=f"{os.path.dirname(sys.executable)}{os.pathsep}{os.environ['PATH']}")
-    proc = subprocess.Popen([sys.executable, "-m", "snakemake", "--cores", "1"], cwd=run.root, env=env,
-                            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, start_new_session=True)
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "snakemake", "--cores", "1"],
+        cwd=run.root,
+        env=env,
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.DEVNULL,
+        start_new_session=True,
+    )
     deadline = time.time() + 300
     while time.time() < deadline and len(list((run.results / "train").glob("*/fit/*.npz"))) < 2:
         time.sleep(0.2)
@@ -58,7 +65,9 @@ def test_kill_9_then_rerun_incomplete_retrains_nothing_finished_and_matches_an_u
     assert {k: after[k] for k in finished} == finished  # finished chunks were not retrained
     for rel in after:
         assert (run.root / rel).read_bytes() == (ref.root / rel).read_bytes(), rel  # byte-identical chunks
-    assert _same_arrays(_arrays(run.results / "datamodels" / "0.5.npz"), _arrays(ref.results / "datamodels" / "0.5.npz"))
+    assert _same_arrays(
+        _arrays(run.results / "datamodels" / "0.5.npz"), _arrays(ref.results / "datamodels" / "0.5.npz")
+    )
     ref_summary = json.loads((ref.results / "evaluation" / "0.5" / "summary.json").read_text())
     assert json.loads((run.results / "evaluation" / "0.5" / "summary.json").read_text()) == ref_summary
 
@@ -72,28 +81,47 @@ def test_kill_9_then_rerun_incomplete_retrains_nothing_finished_and_matches_an_u
 
 
 def test_fit_refuses_a_store_whose_checksum_does_not_match(tmp_path):
-    from test_fit import _fake_store, planted_problem
-
-    x, y, _ = planted_problem(t=3)
-    store = _fake_store(tmp_path, x, y)
+    x, y, _ = planted_fit(t=3)
+    store = write_store_folder(tmp_path, x, y)
     margins = np.load(store / "margins.npy")
     margins[5, 0, 1] += 1.0
     np.save(store / "margins.npy", margins)
     out = tmp_path / "block0.npz"
-    proc = subprocess.run([sys.executable, "-m", "dmflow", "fit-block", "--store", str(store), "--block", "0",
-                           "--targets-per-job", "3", "--fit", "{}", "--out", str(out)], capture_output=True, text=True)
+    proc = subprocess.run(
+        [
+            sys.executable,
+            "-m",
+            "dmflow",
+            "fit-block",
+            "--store",
+            str(store),
+            "--block",
+            "0",
+            "--targets-per-job",
+            "3",
+            "--fit",
+            "{}",
+            "--out",
+            str(out),
+        ],
+        capture_output=True,
+        text=True,
+    )
     assert proc.returncode != 0
     last = proc.stderr.strip().splitlines()[-1]
-    assert last == f"dmflow fit-block: {store / 'margins.npy'}: sha256 differs from manifest.json (the store was modified or corrupted)"
+    assert (
+        last
+        == f"dmflow fit-block: {store / 'margins.npy'}: sha256 differs from manifest.json (the store was modified or corrupted)"
+    )
     assert not out.exists()
 
 
 def test_a_chunk_that_cannot_be_written_leaves_no_file(tmp_path, tiny_data):
     """The disk fills up (a file-size limit) while a chunk is written: the job fails, no file remains."""
-    from dmflow.masks import write_chunk_masks
+    from dmflow.stages.masks import make_masks
 
     np.savez(tmp_path / "data.npz", **tiny_data)
-    write_chunk_masks(tmp_path / "m.npy", len(tiny_data["y_train"]), 0.5, "fit", 0, 200, seed=0)
+    make_masks(tmp_path / "data.npz", tmp_path / "m.npy", alpha=0.5, split="fit", chunk=0, chunk_size=200, seed=0)
 
     def limit_file_size():
         signal.signal(signal.SIGXFSZ, signal.SIG_IGN)
@@ -101,18 +129,45 @@ def test_a_chunk_that_cannot_be_written_leaves_no_file(tmp_path, tiny_data):
 
     out = tmp_path / "out" / "00000.npz"
     proc = subprocess.run(
-        [sys.executable, "-m", "dmflow", "train-chunk", "--data", str(tmp_path / "data.npz"), "--masks", str(tmp_path / "m.npy"),
-         "--alpha", "0.5", "--split", "fit", "--chunk", "0", "--model", '{"arch": "logreg"}',
-         "--train", '{"epochs": 1, "batch_size": 60, "optimizer": "adam", "lr": 0.01, "weight_decay": 0, "momentum": 0.9, "stack_size": 200, "device": "cpu"}',
-         "--out", str(out)],
-        capture_output=True, text=True, preexec_fn=limit_file_size)
+        [
+            sys.executable,
+            "-m",
+            "dmflow",
+            "train-chunk",
+            "--data",
+            str(tmp_path / "data.npz"),
+            "--masks",
+            str(tmp_path / "m.npy"),
+            "--alpha",
+            "0.5",
+            "--split",
+            "fit",
+            "--chunk",
+            "0",
+            "--model",
+            '{"arch": "logreg"}',
+            "--train",
+            '{"epochs": 1, "batch_size": 60, "optimizer": "adam", "lr": 0.01, "weight_decay": 0, "momentum": 0.9, "stack_size": 200, "device": "cpu"}',
+            "--out",
+            str(out),
+        ],
+        capture_output=True,
+        text=True,
+        preexec_fn=limit_file_size,
+    )
     assert proc.returncode != 0 and "File too large" in proc.stderr
     assert list(out.parent.iterdir()) == []  # neither the chunk nor a temporary file
 
 
 _KEYS = {section: list(spec.get("properties", {})) for section, spec in load_schema()["properties"].items()}
-_values = st.one_of(st.none(), st.booleans(), st.integers(-10**6, 10**6), st.floats(allow_nan=True), st.text(max_size=8),
-                    st.lists(st.one_of(st.integers(-5, 5), st.floats(-2, 2), st.text(max_size=3)), max_size=3))
+_values = st.one_of(
+    st.none(),
+    st.booleans(),
+    st.integers(-(10**6), 10**6),
+    st.floats(allow_nan=True),
+    st.text(max_size=8),
+    st.lists(st.one_of(st.integers(-5, 5), st.floats(-2, 2), st.text(max_size=3)), max_size=3),
+)
 _section = st.dictionaries(st.sampled_from(sum(_KEYS.values(), []) + ["bogus"]), _values, max_size=4)
 _config = st.dictionaries(st.sampled_from(list(_KEYS) + ["unknown"]), st.one_of(_section, _values), max_size=4)
 
@@ -139,8 +194,7 @@ def test_written_files_get_the_mode_a_plain_open_would_give(tmp_path, umask):
     """Collaborators on a shared folder can read every output: 0666 minus the umask, as open() gives."""
     import pandas as pd
 
-    from dmflow.evaluate import write_table
-    from dmflow.io import atomic_save_json, atomic_save_npy, atomic_save_npz
+    from dmflow.core.io import atomic_save_json, atomic_save_npy, atomic_save_npz, write_table
 
     old = os.umask(umask)
     try:

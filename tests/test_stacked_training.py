@@ -5,10 +5,18 @@ import pytest
 import torch
 from torch import nn
 
-from dmflow.ensemble_data import epoch_orders
-from dmflow.masks import chunk_masks
-from dmflow.models import margins_from_logits
-from dmflow.train import STATUS_DIVERGED, STATUS_OK, TrainSettings, chunk_seeds, train_chunk, train_stack
+from dmflow.core.codes import STATUS_DIVERGED, STATUS_OK
+from dmflow.core.schema import defaults
+from dmflow.core.seeds import chunk_seeds
+from dmflow.data.augment import AugmentSettings
+from dmflow.data.batches import epoch_orders
+from dmflow.store.masks import chunk_masks
+from dmflow.training import train
+from dmflow.training.mlp import StackedMLP
+from dmflow.training.models import build_stacked_model
+from dmflow.training.module import margins_from_logits
+from dmflow.training.settings import TrainSettings
+from dmflow.training.train import train_chunk, train_stack
 
 
 def _train_alone(x, y, subset, seed, init_layers, settings):
@@ -27,7 +35,9 @@ def _train_alone(x, y, subset, seed, init_layers, settings):
     if settings.optimizer == "adam":
         opt = torch.optim.Adam(net.parameters(), lr=settings.lr, weight_decay=settings.weight_decay)
     else:
-        opt = torch.optim.SGD(net.parameters(), lr=settings.lr, momentum=settings.momentum, weight_decay=settings.weight_decay)
+        opt = torch.optim.SGD(
+            net.parameters(), lr=settings.lr, momentum=settings.momentum, weight_decay=settings.weight_decay
+        )
     orders = epoch_orders(subset[None], [seed], settings.epochs)[:, 0]
     xt, yt = torch.as_tensor(x, dtype=torch.float64), torch.as_tensor(y)
     for order in orders:
@@ -43,24 +53,36 @@ def _train_alone(x, y, subset, seed, init_layers, settings):
 def test_stack_equals_independent_trainings(tiny_data, optimizer):
     torch.set_default_dtype(torch.float64)
     try:
-        settings = TrainSettings(arch="mlp", hidden=(12,), epochs=3, batch_size=16, optimizer=optimizer,
-                                 lr=0.05, weight_decay=1e-3, momentum=0.9, stack_size=4, device="cpu")
-        masks = chunk_masks(len(tiny_data["y_train"]), 0.5, "fit", 0, 4, seed=0)
+        settings = TrainSettings(
+            arch="mlp",
+            hidden=(12,),
+            epochs=3,
+            batch_size=16,
+            optimizer=optimizer,
+            lr=0.05,
+            weight_decay=1e-3,
+            momentum=0.9,
+            stack_size=4,
+            device="cpu",
+        )
+        masks = chunk_masks(len(tiny_data["y_train"]), 0.5, "fit", chunk=0, chunk_size=4, seed=0)
         subsets = np.stack([np.flatnonzero(m) for m in masks])
         seeds = np.array([11, 22, 33, 44])
         x = tiny_data["X_train"].astype(np.float64)
-        stacked = train_stack(x, tiny_data["y_train"], tiny_data["X_target"].astype(np.float64), tiny_data["y_target"],
-                              subsets, seeds, 10, settings, keep_state=True)
+        data = {**tiny_data, "X_train": x, "X_target": tiny_data["X_target"].astype(np.float64)}
+        stacked = train_stack(data, subsets, seeds, settings=settings, keep_state=True)
         # initial weights of model i come from seed i alone: rebuild them for the reference
-        from dmflow.models import build_stacked_model
-
         for i, seed in enumerate(seeds):
-            init = build_stacked_model("mlp", [seed], (8, 8), 10, (12,))
+            init = build_stacked_model("mlp", [seed], (8, 8), num_classes=10, hidden=(12,))
             init_layers = [(layer.weight[0].detach(), layer.bias[0].detach()) for layer in init.layers]
             ref = _train_alone(x, tiny_data["y_train"], subsets[i], seed, init_layers, settings)
             linears = [m for m in ref if isinstance(m, nn.Linear)]
             for j, lin in enumerate(linears):
-                assert torch.allclose(stacked.state[f"layers.{j}.weight"][i], lin.weight.T, atol=1e-10), (i, j, (stacked.state[f"layers.{j}.weight"][i] - lin.weight.T).abs().max())
+                assert torch.allclose(stacked.state[f"layers.{j}.weight"][i], lin.weight.T, atol=1e-10), (
+                    i,
+                    j,
+                    (stacked.state[f"layers.{j}.weight"][i] - lin.weight.T).abs().max(),
+                )
                 assert torch.allclose(stacked.state[f"layers.{j}.bias"][i], lin.bias, atol=1e-10), (i, j)
             with torch.no_grad():
                 logits = ref(torch.as_tensor(tiny_data["X_target"], dtype=torch.float64))
@@ -72,11 +94,10 @@ def test_stack_equals_independent_trainings(tiny_data, optimizer):
 
 def test_a_model_does_not_depend_on_its_stack_mates(tiny_data):
     settings = TrainSettings(arch="mlp", hidden=(8,), epochs=2, batch_size=20, stack_size=3, device="cpu")
-    masks = chunk_masks(len(tiny_data["y_train"]), 0.5, "fit", 0, 3, seed=0)
+    masks = chunk_masks(len(tiny_data["y_train"]), 0.5, "fit", chunk=0, chunk_size=3, seed=0)
     subsets = np.stack([np.flatnonzero(m) for m in masks])
-    args = (tiny_data["X_train"], tiny_data["y_train"], tiny_data["X_target"], tiny_data["y_target"])
-    three = train_stack(*args, subsets, np.array([5, 6, 7]), 10, settings)
-    alone = train_stack(*args, subsets[1:2], np.array([6]), 10, settings)
+    three = train_stack(tiny_data, subsets, np.array([5, 6, 7]), settings=settings)
+    alone = train_stack(tiny_data, subsets[1:2], np.array([6]), settings=settings)
     np.testing.assert_allclose(three.margins[1], alone.margins[0], rtol=1e-5, atol=1e-5)
 
 
@@ -88,9 +109,9 @@ def test_margin_is_correct_logit_minus_best_other():
 
 def test_chunk_records_every_model_and_replicate(tiny_data):
     settings = TrainSettings(arch="logreg", epochs=2, batch_size=30, stack_size=4, device="cpu")
-    masks = chunk_masks(len(tiny_data["y_train"]), 0.5, "eval", 0, 3, seed=0)
-    seeds = chunk_seeds(0, 0.5, "eval", 0, 3, 2)
-    out = train_chunk(tiny_data, masks, seeds, settings)
+    masks = chunk_masks(len(tiny_data["y_train"]), 0.5, "eval", chunk=0, chunk_size=3, seed=0)
+    seeds = chunk_seeds(0, 0.5, "eval", chunk=0, rows=3, replicates=2)
+    out = train_chunk(tiny_data, masks, seeds, settings=settings)
     assert out["margins"].shape == (3, 2, 40) and out["margins"].dtype == np.float32
     assert (out["status"] == STATUS_OK).all()
     assert out["acc_subset"].mean() > out["acc_target"].mean() - 0.2
@@ -100,16 +121,24 @@ def test_chunk_records_every_model_and_replicate(tiny_data):
 
 @pytest.mark.parametrize("precision", ["32", "bf16"])
 def test_diverging_models_are_marked_not_fatal(tiny_data, precision):
-    settings = TrainSettings(arch="mlp", hidden=(8,), epochs=3, batch_size=20, optimizer="sgd", lr=1e12,
-                             momentum=0.0, stack_size=2, device="cpu", precision=precision)
-    masks = chunk_masks(len(tiny_data["y_train"]), 0.5, "fit", 0, 2, seed=0)
-    out = train_chunk(tiny_data, masks, chunk_seeds(0, 0.5, "fit", 0, 2, 1), settings)
+    settings = TrainSettings(
+        arch="mlp",
+        hidden=(8,),
+        epochs=3,
+        batch_size=20,
+        optimizer="sgd",
+        lr=1e12,
+        momentum=0.0,
+        stack_size=2,
+        device="cpu",
+        precision=precision,
+    )
+    masks = chunk_masks(len(tiny_data["y_train"]), 0.5, "fit", chunk=0, chunk_size=2, seed=0)
+    out = train_chunk(tiny_data, masks, chunk_seeds(0, 0.5, "fit", chunk=0, rows=2, replicates=1), settings=settings)
     assert (out["status"] == STATUS_DIVERGED).all()
 
 
 def test_precision_auto_is_bf16_only_where_the_hardware_multiplies_bf16(monkeypatch):
-    import dmflow.train as train
-
     assert train.lightning_precision("auto", "cuda") == "bf16-mixed"
     monkeypatch.setattr(train, "cpu_has_bf16_matrix_units", lambda: True)
     assert train.lightning_precision("auto", "cpu") == "bf16-mixed"
@@ -125,18 +154,16 @@ def test_precision_auto_is_bf16_only_where_the_hardware_multiplies_bf16(monkeypa
 
 
 def test_bf16_training_stacks_like_alone_and_records_float32_margins(tiny_data):
-    settings = TrainSettings(arch="mlp", hidden=(16,), epochs=3, batch_size=20, precision="bf16", stack_size=3,
-                             device="cpu")
-    masks = chunk_masks(len(tiny_data["y_train"]), 0.5, "fit", 0, 3, seed=0)
+    settings = TrainSettings(
+        arch="mlp", hidden=(16,), epochs=3, batch_size=20, precision="bf16", stack_size=3, device="cpu"
+    )
+    masks = chunk_masks(len(tiny_data["y_train"]), 0.5, "fit", chunk=0, chunk_size=3, seed=0)
     subsets = np.stack([np.flatnonzero(m) for m in masks])
-    args = (tiny_data["X_train"], tiny_data["y_train"], tiny_data["X_target"], tiny_data["y_target"])
-    three = train_stack(*args, subsets, np.array([5, 6, 7]), 10, settings, keep_state=True)
-    alone = train_stack(*args, subsets[1:2], np.array([6]), 10, settings)
+    three = train_stack(tiny_data, subsets, np.array([5, 6, 7]), settings=settings, keep_state=True)
+    alone = train_stack(tiny_data, subsets[1:2], np.array([6]), settings=settings)
     np.testing.assert_allclose(three.margins[1], alone.margins[0], atol=1e-4)
     # the recorded margins are the float32 forward of the float32 weights, not bf16 logits
-    from dmflow.models import build_stacked_model
-
-    net = build_stacked_model("mlp", [5, 6, 7], (8, 8), 10, (16,))
+    net = build_stacked_model("mlp", [5, 6, 7], (8, 8), num_classes=10, hidden=(16,))
     net.load_state_dict(three.state)
     assert all(p.dtype == torch.float32 for p in net.parameters())
     with torch.no_grad():
@@ -149,10 +176,8 @@ def test_bf16_training_stacks_like_alone_and_records_float32_margins(tiny_data):
 
 
 @pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16])
-def test_mlp_relu_backward_in_place_gives_torch_relu_gradients(dtype):
-    from dmflow.models import StackedMLP
-
-    net = StackedMLP(3, 8, 4, (16, 16))
+def test_mlp_relu_in_place_gives_torch_relu_gradients(dtype):
+    net = StackedMLP(3, 8, 4, hidden=(16, 16))
     net.reset_parameters([1, 2, 3])
     gen = torch.Generator().manual_seed(0)
     x, y = torch.randn(3, 5, 8, generator=gen), torch.randint(0, 4, (3, 5), generator=gen)
@@ -170,18 +195,17 @@ def test_mlp_relu_backward_in_place_gives_torch_relu_gradients(dtype):
             h = nn.functional.relu(h) if i < len(net.layers) - 1 else h
         return h
 
-    for mine, ref in zip(grads(net), grads(torch_relu)):
+    for mine, ref in zip(grads(net), grads(torch_relu), strict=True):
         assert torch.equal(mine, ref)
 
 
-def test_mlp_relu_on_bf16_bit_patterns_gives_torch_relu_values():
-    from dmflow.models import _ReLUInPlace
-
-    x = torch.randn(2, 50, 16).bfloat16()
-    x[0, 0, :4] = torch.tensor([-0.0, 0.0, float("inf"), float("-inf")])
-    mine = _ReLUInPlace.apply(x.clone())
-    assert mine.dtype == torch.bfloat16 and torch.equal(mine, torch.relu(x))
-    assert not torch.signbit(mine).any()  # -0.0 comes out as +0.0
+def test_train_settings_default_to_the_schema():
+    """One source of defaults: TrainSettings() is the config's model and train sections with nothing given."""
+    settings, model, training = TrainSettings(), defaults("model"), defaults("train")
+    assert settings == TrainSettings.from_config(model, training) == TrainSettings.from_config({}, {})
+    assert settings.hidden == tuple(model["hidden"]) and settings.epochs == training["epochs"]
+    assert settings.lr == training["lr"] and settings.weight_decay == training["weight_decay"]
+    assert settings.augment == AugmentSettings(**training["augment"])
 
 
 def test_each_model_draws_its_init_and_its_orders_from_its_own_seed_alone():
@@ -189,16 +213,16 @@ def test_each_model_draws_its_init_and_its_orders_from_its_own_seed_alone():
     by seeds[i]: nn.Linear's init layer by layer, and the e-th permutation of its subset."""
     import math
 
-    from dmflow.models import build_stacked_model
-
     seeds, subsets = [5, 7], np.array([[0, 2, 4, 6, 8], [1, 3, 5, 7, 9]])
-    net = build_stacked_model("mlp", seeds, (6,), 3, (4,))
+    net = build_stacked_model("mlp", seeds, (6,), num_classes=3, hidden=(4,))
     orders = epoch_orders(subsets, seeds, 3)
     for i, seed in enumerate(seeds):
         gen = torch.Generator().manual_seed(seed)
         for layer in net.layers:
             bound = 1 / math.sqrt(layer.weight.shape[1])
-            assert torch.equal(layer.weight[i], torch.empty(layer.weight.shape[1:]).uniform_(-bound, bound, generator=gen))
+            assert torch.equal(
+                layer.weight[i], torch.empty(layer.weight.shape[1:]).uniform_(-bound, bound, generator=gen)
+            )
             assert torch.equal(layer.bias[i], torch.empty(layer.bias.shape[1:]).uniform_(-bound, bound, generator=gen))
         rng = np.random.default_rng(seed)
         for e in range(3):

@@ -6,9 +6,11 @@ import shutil
 import numpy as np
 import pytest
 
-from dmflow.masks import write_chunk_masks
-from dmflow.store import ChunkSpec, StoreError, collect, open_store
-from dmflow.train import TrainSettings, run_train_chunk
+from dmflow.stages.collect import ChunkSpec, open_store, write_store
+from dmflow.stages.masks import make_masks
+from dmflow.stages.train import train_chunk
+from dmflow.store.schema import StoreError
+from dmflow.training.settings import TrainSettings
 
 N, T, CHUNK, REPS = 120, 40, 6, 2
 
@@ -21,14 +23,37 @@ def chunks(tmp_path_factory, tiny_data):
     settings = TrainSettings(arch="logreg", epochs=2, batch_size=20, stack_size=12, device="cpu")
     specs = []
     for c in range(2):
-        write_chunk_masks(root / f"masks{c}.npy", N, 0.5, "eval", c, CHUNK, seed=0)
-        run_train_chunk(root / "data.npz", root / f"masks{c}.npy", root / f"train{c}.npz", 0, 0.5, "eval", c, REPS, settings)
+        make_masks(
+            root / "data.npz", root / f"masks{c}.npy", alpha=0.5, split="eval", chunk=c, chunk_size=CHUNK, seed=0
+        )
+        train_chunk(
+            root / "data.npz",
+            root / f"masks{c}.npy",
+            root / f"train{c}.npz",
+            seed=0,
+            alpha=0.5,
+            split="eval",
+            chunk=c,
+            replicates=REPS,
+            settings=settings,
+        )
         specs.append(ChunkSpec(c, root / f"masks{c}.npy", root / f"train{c}.npz"))
     return specs
 
 
-def _collect(specs, out):
-    return collect(specs, out, N, 0.5, "eval", 0, REPS, T, CHUNK)
+def _collect(specs, out, max_diverged_fraction=0.05):
+    return write_store(
+        specs,
+        out,
+        n=N,
+        num_targets=T,
+        alpha=0.5,
+        split="eval",
+        seed=0,
+        replicates=REPS,
+        chunk_size=CHUNK,
+        max_diverged_fraction=max_diverged_fraction,
+    )
 
 
 def _copy(specs, tmp_path):
@@ -138,7 +163,7 @@ def test_diverged_models_are_kept_counted_and_warned_about(chunks, tmp_path, cap
     margins[:3] = np.nan  # diverged models may hold NaN margins
     _rewrite(specs[1].train_path, status=status, margins=margins)
     with caplog.at_level("INFO"):
-        manifest = collect(specs, tmp_path / "store", N, 0.5, "eval", 0, REPS, T, CHUNK, max_diverged_fraction=0.2)
+        manifest = _collect(specs, tmp_path / "store", max_diverged_fraction=0.2)
     assert manifest["diverged"] == 6 and manifest["diverged_fraction"] == 0.25 and manifest["diverged_warning"]
     assert "more than train.max_diverged_fraction=0.2" in caplog.text
     store = open_store(tmp_path / "store")

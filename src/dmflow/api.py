@@ -1,47 +1,55 @@
 """Load a finished run in a notebook: ``run = dmflow.load_run("results/default")``.
 
-    run.top_influencers(target_id=1165, k=10)   # helpers and harmers with labels and weights
-    run.predict(mask)                           # datamodel predictions for one or many masks
-    run.leakage()                               # ranked train-test leakage candidates
-    run.evaluation, run.summary                 # per-target scores and headline numbers
+run.top_influencers(target_id=1165, k=10)   # helpers and harmers with labels and weights
+run.predict(mask)                           # datamodel predictions for one or many masks
+run.leakage()                               # ranked train-test leakage candidates
+run.evaluation, run.summary                 # per-target scores and headline numbers
 """
 
 from __future__ import annotations
 
 import json
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
 import pandas as pd
 
-from dmflow.influence import top_influencers
-from dmflow.io import load_npz
-from dmflow.leakage import leakage_table
-from dmflow.store import Store, open_store
+from dmflow.analysis.influence import top_influencers
+from dmflow.analysis.leakage import leakage_table
+from dmflow.core.io import load_npz
+from dmflow.core.layout import Layout, alpha_dir
+from dmflow.evaluation.metrics import predict
+from dmflow.stages.collect import open_store
+from dmflow.store.schema import Store
 
 
 @dataclass
 class DatamodelRun:
     """The datamodels of one alpha of a finished run, with its data and tables."""
 
-    results: Path
+    layout: Layout
     alpha: str
     datamodels: dict[str, np.ndarray]
     data: dict[str, np.ndarray]
-    _cache: dict = field(default_factory=dict, repr=False)
+
+    @property
+    def results(self) -> Path:
+        return Path(self.layout.results)
 
     @property
     def weight(self) -> np.ndarray:
-        """[n, T] float32: weight[i, t] is training example i's effect on target t's margin."""
+        """float32 [n, T]: weight[i, t] is training example i's effect on target t's margin."""
         return self.datamodels["weight"]
 
     @property
     def bias(self) -> np.ndarray:
+        """float32 [T]."""
         return self.datamodels["bias"]
 
     @property
     def target_ids(self) -> np.ndarray:
+        """int64 [T]: each target's id in the dataset's test set."""
         return self.datamodels["target_ids"]
 
     def target_index(self, target_id: int) -> int:
@@ -55,20 +63,25 @@ class DatamodelRun:
         """The k most helpful and k most harmful training examples of one target."""
         t = self.target_index(target_id)
         helpers, harmers = top_influencers(self.weight, t, k)
-        rows = [(d, r + 1, int(i), int(self.data["train_ids"][i]), int(self.data["y_train"][i]), float(self.weight[i, t]))
-                for d, idx in (("helps", helpers), ("harms", harmers)) for r, i in enumerate(idx)]
+        rows = [
+            (d, r + 1, int(i), int(self.data["train_ids"][i]), int(self.data["y_train"][i]), float(self.weight[i, t]))
+            for d, idx in (("helps", helpers), ("harms", harmers))
+            for r, i in enumerate(idx)
+        ]
         return pd.DataFrame(rows, columns=["direction", "rank", "train_index", "train_id", "train_label", "weight"])
 
     def predict(self, mask: np.ndarray) -> np.ndarray:
-        """Predicted margins: [n] mask -> [T]; [m, n] masks -> [m, T]."""
+        """Predicted margins: [n] mask -> float32 [T]; [m, n] masks -> [m, T]."""
         mask = np.asarray(mask)
         if mask.shape[-1] != self.weight.shape[0]:
-            raise ValueError(f"a mask needs {self.weight.shape[0]} entries (one per training example), got {mask.shape[-1]}")
-        return mask.astype(np.float32) @ self.weight + self.bias
+            raise ValueError(
+                f"a mask needs {self.weight.shape[0]} entries (one per training example), got {mask.shape[-1]}"
+            )
+        return predict(mask, self.weight, self.bias)
 
     def leakage(self) -> pd.DataFrame:
         """Train-test leakage candidates for every target, ranked (read from the run when present)."""
-        path = self.results / "analysis" / self.alpha / "leakage.csv"
+        path = Path(self.layout.leakage_table(self.alpha))
         if path.exists():
             return pd.read_csv(path)
         return leakage_table(self.weight, self.data, self.target_ids)
@@ -76,21 +89,22 @@ class DatamodelRun:
     @property
     def evaluation(self) -> pd.DataFrame:
         """Per-target held-out scores (LDS, Pearson, ceilings, ...)."""
-        return pd.read_parquet(self.results / "evaluation" / self.alpha / "targets.parquet")
+        return pd.read_parquet(self.layout.eval_table(self.alpha))
 
     @property
     def summary(self) -> dict:
-        return json.loads((self.results / "evaluation" / self.alpha / "summary.json").read_text())
+        """The evaluation's headline numbers (``evaluation/{alpha}/summary.json``)."""
+        return json.loads(Path(self.layout.eval_summary(self.alpha)).read_text())
 
     def store(self, split: str = "eval") -> Store:
         """The memory-mapped store of a split (``fit`` or ``eval``)."""
-        return open_store(self.results / "store" / self.alpha / split)
+        return open_store(Path(self.layout.store(self.alpha, split)))
 
 
 def load_run(results: str | Path, alpha: float | str | None = None) -> DatamodelRun:
     """Open a finished run; ``alpha`` may be omitted when the run has a single one."""
-    results = Path(results)
-    available = sorted(p.stem for p in (results / "datamodels").glob("*.npz"))
+    layout = Layout(results)
+    available = sorted(p.stem for p in Path(layout.datamodels("x")).parent.glob("*.npz"))
     if not available:
         raise FileNotFoundError(f"{results}: no datamodels/*.npz (has the workflow finished?)")
     if alpha is None:
@@ -98,7 +112,7 @@ def load_run(results: str | Path, alpha: float | str | None = None) -> Datamodel
             raise ValueError(f"{results} has alphas {available}; pass alpha=")
         key = available[0]
     else:
-        key = str(float(alpha))
+        key = alpha_dir(alpha)
         if key not in available:
             raise ValueError(f"{results}: alpha {alpha} not found; available: {available}")
-    return DatamodelRun(results, key, load_npz(results / "datamodels" / f"{key}.npz"), load_npz(results / "data.npz"))
+    return DatamodelRun(layout, key, load_npz(Path(layout.datamodels(key))), load_npz(Path(layout.data())))

@@ -1,8 +1,9 @@
-"""Command line: ``dmflow <stage> ...`` runs one stage without Snakemake.
+"""Command line: ``dmflow <stage> ...`` runs one stage (``dmflow.stages``) without Snakemake.
 
-The Snakemake rules call exactly these commands, so a stage behaves the same from
-a rule, a shell or another workflow engine. Settings that come from a config
-section are passed as one JSON object (``--train '{"epochs": 20, ...}'``).
+The Snakemake rules call exactly these commands, so a stage behaves the same from a
+rule, a shell or another workflow engine. Each command is a rule's name with dashes
+and calls the stage function of that name. Settings that come from a config section
+are passed as one JSON object (``--train '{"epochs": 20, ...}'``).
 """
 
 from __future__ import annotations
@@ -10,11 +11,13 @@ from __future__ import annotations
 import argparse
 import json
 import logging
-import re
 import sys
 from pathlib import Path
 
 from dmflow import __version__
+from dmflow.config import ConfigError, config_markdown, load_config
+from dmflow.core.seeds import SPLITS
+from dmflow.store.schema import StoreError
 
 
 def _json(text: str) -> dict:
@@ -29,143 +32,195 @@ def _setup_logging(verbose: bool) -> None:
     )
 
 
+# Each cmd_* imports its stage module when called: a command loads only the libraries
+# its stage needs (torch and Lightning take seconds to import).
 def cmd_check_config(args: argparse.Namespace) -> None:
-    from dmflow.config import load_config
+    print(json.dumps(load_config(args.config), indent=2, sort_keys=True))
 
-    cfg = load_config(args.config)
-    print(json.dumps(cfg, indent=2, sort_keys=True))
+
+def cmd_config_docs(args: argparse.Namespace) -> None:
+    sys.stdout.write(config_markdown())
 
 
 def cmd_prepare_data(args: argparse.Namespace) -> None:
-    from dmflow.data import write_data
+    from dmflow.stages.data import prepare_data
 
-    arrays = write_data(args.out, args.dataset, args.seed)
-    logging.info("wrote %s: %d training examples, %d targets", args.out, len(arrays["y_train"]), len(arrays["y_target"]))
+    prepare_data(args.dataset, args.seed, args.out)
 
 
 def cmd_synthetic_cifar10(args: argparse.Namespace) -> None:
-    from dmflow.data import synthetic_images, write_cifar10_folder
+    from dmflow.stages.data import synthetic_cifar10
 
-    x, y = synthetic_images(args.train + args.test, args.classes, args.seed)
-    folder = write_cifar10_folder(args.out, x[: args.train], y[: args.train], x[args.train :], y[args.train :])
-    logging.info("wrote a synthetic CIFAR-10-format folder %s: %d training and %d test images", folder, args.train, args.test)
+    synthetic_cifar10(args.out, train=args.train, test=args.test, classes=args.classes, seed=args.seed)
 
 
 def cmd_make_masks(args: argparse.Namespace) -> None:
-    import numpy as np
+    from dmflow.stages.masks import make_masks
 
-    from dmflow.masks import write_chunk_masks
-
-    with np.load(args.data, allow_pickle=False) as f:
-        n = f["y_train"].shape[0]
-    write_chunk_masks(args.out, n, args.alpha, args.split, args.chunk, args.chunk_size, args.seed)
-
-
-def cmd_train_chunk(args: argparse.Namespace) -> None:
-    from dmflow.train import TrainSettings, run_train_chunk
-
-    settings = TrainSettings.from_config(args.model, args.train)
-    run_train_chunk(
-        args.data, args.masks, args.out, args.seed, args.alpha, args.split, args.chunk,
-        args.replicates, settings, args.threads,
+    make_masks(
+        args.data,
+        args.out,
+        alpha=args.alpha,
+        split=args.split,
+        chunk=args.chunk,
+        chunk_size=args.chunk_size,
+        seed=args.seed,
     )
 
 
-def _chunk_index(path: str) -> int:
-    """A chunk's index: the number that ends its masks file name (``.../00012.npy`` -> 12)."""
-    match = re.search(r"(\d+)$", Path(path).stem)
-    if not match:
-        raise SystemExit(f"dmflow collect: {path}: the masks file name must end in the chunk index")
-    return int(match.group(1))
+def cmd_train_chunk(args: argparse.Namespace) -> None:
+    from dmflow.stages.train import train_chunk
+    from dmflow.training.settings import TrainSettings
+
+    train_chunk(
+        args.data,
+        args.masks,
+        args.out,
+        seed=args.seed,
+        alpha=args.alpha,
+        split=args.split,
+        chunk=args.chunk,
+        replicates=args.replicates,
+        settings=TrainSettings.from_config(args.model, args.train),
+        threads=args.threads,
+    )
 
 
 def cmd_collect(args: argparse.Namespace) -> None:
-    import numpy as np
+    from dmflow.stages.collect import collect
 
-    from dmflow.store import ChunkSpec, StoreError, collect
-
-    if len(args.masks) != len(args.trained):
-        raise SystemExit("dmflow collect: --masks and --trained need the same number of files")
-    with np.load(args.data, allow_pickle=False) as f:
-        n, num_targets = f["y_train"].shape[0], f["y_target"].shape[0]
-    specs = [ChunkSpec(_chunk_index(m), Path(m), Path(t)) for m, t in zip(args.masks, args.trained)]
-    try:
-        collect(specs, args.out_dir, n, args.alpha, args.split, args.seed, args.replicates, num_targets, args.chunk_size,
-                args.max_diverged_fraction)
-    except StoreError as exc:
-        raise SystemExit(f"dmflow collect: {exc}") from None
+    collect(
+        args.masks,
+        args.trained,
+        args.out_dir,
+        data=args.data,
+        alpha=args.alpha,
+        split=args.split,
+        seed=args.seed,
+        replicates=args.replicates,
+        chunk_size=args.chunk_size,
+        max_diverged_fraction=args.max_diverged_fraction,
+    )
 
 
 def cmd_fit_block(args: argparse.Namespace) -> None:
-    from dmflow.fit import FitSettings, run_fit_block
-    from dmflow.store import StoreError
+    from dmflow.lasso.path import FitSettings
+    from dmflow.stages.fit import fit_block
 
-    try:
-        run_fit_block(args.store, args.out, args.block, args.targets_per_job, FitSettings.from_config(args.fit), args.seed, args.threads)
-    except StoreError as exc:
-        raise SystemExit(f"dmflow fit-block: {exc}") from None
+    fit_block(
+        args.store,
+        args.out,
+        block=args.block,
+        targets_per_job=args.targets_per_job,
+        settings=FitSettings.from_config(args.fit),
+        seed=args.seed,
+        threads=args.threads,
+    )
 
 
 def cmd_merge_fit(args: argparse.Namespace) -> None:
-    from dmflow.fit import merge_blocks
+    from dmflow.stages.fit import merge_fit
 
-    merge_blocks(args.blocks, args.data, args.out)
+    merge_fit(args.blocks, args.data, args.out)
 
 
 def cmd_evaluate(args: argparse.Namespace) -> None:
-    from dmflow.evaluate import run_evaluate
+    from dmflow.stages.evaluate import evaluate
 
-    run_evaluate(args.datamodels, args.eval_store, args.table, args.summary, args.figure)
+    evaluate(args.datamodels, args.eval_store, table=args.table, summary=args.summary, figure=args.figure)
 
 
 def cmd_learning_curve(args: argparse.Namespace) -> None:
-    import torch
+    from dmflow.lasso.path import FitSettings
+    from dmflow.stages.evaluate import learning_curve
 
-    from dmflow.fit import FitSettings
-    from dmflow.learning_curve import run_learning_curve
-
-    torch.set_num_threads(max(1, args.threads))
-    run_learning_curve(args.fit_store, args.eval_store, args.fractions, FitSettings.from_config(args.fit), args.seed,
-                       args.table, args.figure, args.datamodels)
+    learning_curve(
+        args.fit_store,
+        args.eval_store,
+        fractions=args.fractions,
+        settings=FitSettings.from_config(args.fit),
+        seed=args.seed,
+        table=args.table,
+        figure=args.figure,
+        datamodels=args.datamodels,
+        threads=args.threads,
+    )
 
 
 def cmd_counterfactual_design(args: argparse.Namespace) -> None:
-    from dmflow.counterfactual import run_design
+    from dmflow.stages.counterfactual import counterfactual_design
 
-    run_design(args.datamodels, args.data, args.alpha, args.num_targets, args.ks, args.seed, args.masks_out, args.cases_out)
+    counterfactual_design(
+        args.datamodels,
+        alpha=args.alpha,
+        num_targets=args.num_targets,
+        ks=args.ks,
+        seed=args.seed,
+        masks_out=args.masks_out,
+        cases_out=args.cases_out,
+    )
 
 
 def cmd_counterfactual_analyse(args: argparse.Namespace) -> None:
-    from dmflow.counterfactual import run_analyse
+    from dmflow.stages.counterfactual import counterfactual_analyse
 
-    run_analyse(args.cases, args.trained, args.changes, args.flips, args.brittleness, args.summary, args.figure,
-                args.brittleness_figure)
+    counterfactual_analyse(
+        args.cases,
+        args.trained,
+        changes=args.changes,
+        flips=args.flips,
+        brittleness=args.brittleness,
+        summary=args.summary,
+        figure=args.figure,
+        brittleness_figure=args.brittleness_figure,
+    )
 
 
 def cmd_influencers(args: argparse.Namespace) -> None:
-    from dmflow.influence import run_influencers
+    from dmflow.stages.analysis import influencers
 
-    run_influencers(args.datamodels, args.data, args.top_k, args.gallery_k, args.gallery_targets, args.image_shape,
-                    args.table, args.figure)
+    influencers(
+        args.datamodels,
+        args.data,
+        top_k=args.top_k,
+        gallery_k=args.gallery_k,
+        gallery_targets=args.gallery_targets,
+        image_shape=args.image_shape,
+        table=args.table,
+        figure=args.figure,
+    )
 
 
 def cmd_leakage(args: argparse.Namespace) -> None:
-    from dmflow.leakage import run_leakage
+    from dmflow.stages.analysis import leakage
 
-    run_leakage(args.datamodels, args.data, args.pairs, args.image_shape, args.table, args.figure)
+    leakage(
+        args.datamodels, args.data, pairs=args.pairs, image_shape=args.image_shape, table=args.table, figure=args.figure
+    )
 
 
 def cmd_embeddings(args: argparse.Namespace) -> None:
-    from dmflow.embeddings import run_embeddings
+    from dmflow.stages.analysis import embeddings
 
-    run_embeddings(args.datamodels, args.data, args.components, args.clusters, args.ends, args.seed, args.image_shape,
-                   args.table, args.ends_table, args.figure, args.ends_figure)
+    embeddings(
+        args.datamodels,
+        args.data,
+        components=args.components,
+        clusters=args.clusters,
+        ends=args.ends,
+        seed=args.seed,
+        image_shape=args.image_shape,
+        table=args.table,
+        ends_table=args.ends_table,
+        figure=args.figure,
+        ends_figure=args.ends_figure,
+    )
 
 
 def cmd_summary(args: argparse.Namespace) -> None:
-    from dmflow.summary import write_summary
+    from dmflow.stages.analysis import summary
 
-    write_summary(args.results, args.alphas, args.out)
+    summary(args.results, args.alphas, args.out)
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -177,6 +232,9 @@ def build_parser() -> argparse.ArgumentParser:
     p = sub.add_parser("check-config", help="validate a config file and print it with defaults")
     p.add_argument("config", type=Path)
     p.set_defaults(func=cmd_check_config)
+
+    p = sub.add_parser("config-docs", help="print docs/configuration.md, generated from the config schema")
+    p.set_defaults(func=cmd_config_docs)
 
     p = sub.add_parser("prepare-data", help="write data.npz from the dataset section")
     p.add_argument("--dataset", type=_json, required=True, help="the config's dataset section as JSON")
@@ -194,7 +252,7 @@ def build_parser() -> argparse.ArgumentParser:
 
     def chunk_args(p: argparse.ArgumentParser) -> None:
         p.add_argument("--alpha", type=float, required=True)
-        p.add_argument("--split", choices=("fit", "eval", "counterfactual"), required=True)
+        p.add_argument("--split", choices=tuple(SPLITS), required=True)
         p.add_argument("--seed", type=int, default=0)
 
     p = sub.add_parser("make-masks", help="draw one chunk of subset masks")
@@ -266,7 +324,6 @@ def build_parser() -> argparse.ArgumentParser:
 
     p = sub.add_parser("counterfactual-design", help="masks that remove each target's top-k (and k random) examples")
     p.add_argument("--datamodels", type=Path, required=True)
-    p.add_argument("--data", type=Path, required=True)
     p.add_argument("--alpha", type=float, required=True)
     p.add_argument("--num-targets", type=int, required=True)
     p.add_argument("--ks", type=int, nargs="+", required=True)
@@ -320,14 +377,15 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def main(argv: list[str] | None = None) -> None:
+    """Run one command; a config or store problem ends it with one line (exit status 1)."""
     args = build_parser().parse_args(argv)
     _setup_logging(args.verbose)
-    from dmflow.config import ConfigError
-
     try:
         args.func(args)
     except ConfigError as exc:
         raise SystemExit(f"dmflow: config error: {exc}") from None
+    except StoreError as exc:
+        raise SystemExit(f"dmflow {args.command}: {exc}") from None
 
 
 if __name__ == "__main__":

@@ -6,7 +6,7 @@
 #
 # 1. starts the cluster (tests/cluster/slurm-up.sh),
 # 2. runs the real Snakefile (a copy, with rules/, profiles/, report/, ...) with a
-#    tiny config (the values of tiny_config() in tests/conftest.py) twice, side by
+#    tiny config (the values of tiny_config() in tests/helpers.py) twice, side by
 #    side in two scratch folders:
 #      slurm/: snakemake --workflow-profile profiles/slurm   (every job an sbatch job)
 #      local/: snakemake --cores 2                           (profiles/default)
@@ -81,12 +81,12 @@ say "cluster up"
 WORK=$(mktemp -d /tmp/dmflow-cluster-ci.XXXXXX)
 for run in slurm local; do
     mkdir "$WORK/$run"
-    # What tests/conftest.py's Workflow copies, and the other workflow folders there are.
+    # What tests/helpers.py's Workflow copies, and the other workflow folders there are.
     cp -r "$REPO/Snakefile" "$REPO/rules" "$REPO/profiles" "$WORK/$run/"
     for extra in report envs schemas scripts; do
         if [ -e "$REPO/$extra" ]; then cp -r "$REPO/$extra" "$WORK/$run/"; fi
     done
-    # The values of tiny_config() in tests/conftest.py (keep them in sync).
+    # The values of tiny_config() in tests/helpers.py (keep them in sync).
     cat > "$WORK/$run/config.yaml" <<'YAML'
 results: results
 seed: 3

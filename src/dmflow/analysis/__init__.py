@@ -1,0 +1,1 @@
+"""Answers from the datamodels: influencers, train-test leakage, embeddings."""

@@ -1,0 +1,168 @@
+"""Where every output of a run lives, and how its work is cut into jobs.
+
+A ``Layout`` is built from the config's ``results`` folder. The rules, the notebook
+API and ``summary.md`` all ask it for paths, so each path is written once here.
+Methods return strings, so that rules can pass wildcards:
+``layout.datamodels("{alpha}")`` is ``results/datamodels/{alpha}.npz``.
+
+Work units: a split's masks are trained in chunks (``chunk_ids``), and the targets
+are fitted in blocks (``block_targets``); the rules plan jobs with the same functions
+that the stages use to find their share.
+"""
+
+from __future__ import annotations
+
+import os
+from dataclasses import dataclass
+
+import numpy as np
+
+
+def alpha_dir(alpha: float | str) -> str:
+    """The folder name of an alpha (``0.5`` -> ``"0.5"``)."""
+    return str(float(alpha))
+
+
+def chunk_ids(num_models: int, chunk_size: int) -> list[str]:
+    """File stems of a split's chunks: ``00000``, ``00001``, ..."""
+    return [f"{i:05d}" for i in range(num_models // chunk_size)]
+
+
+def num_blocks(num_targets: int, targets_per_job: int) -> int:
+    """How many fit jobs cover ``num_targets`` targets."""
+    return -(-num_targets // targets_per_job)
+
+
+def block_ids(num_targets: int, targets_per_job: int) -> list[str]:
+    """File stems of the fit blocks: ``0000``, ``0001``, ..."""
+    return [f"{b:04d}" for b in range(num_blocks(num_targets, targets_per_job))]
+
+
+def block_targets(block: int, targets_per_job: int, num_targets: int) -> np.ndarray:
+    """int64 [<= targets_per_job]: the target indices of one fit block."""
+    start = block * targets_per_job
+    if start >= num_targets:
+        raise ValueError(f"block {block} is past the last target ({num_targets} targets, {targets_per_job} per job)")
+    return np.arange(start, min(start + targets_per_job, num_targets))
+
+
+@dataclass(frozen=True)
+class Layout:
+    """Every path of one results folder (see the README's *Outputs* table)."""
+
+    results: str
+
+    def __post_init__(self) -> None:
+        object.__setattr__(self, "results", os.fspath(self.results).rstrip("/") or "/")
+
+    def _path(self, *parts: str) -> str:
+        return "/".join((self.results, *parts))
+
+    def relative(self, path: str) -> str:
+        """A path of this layout relative to the results folder (links in summary.md)."""
+        return os.path.relpath(path, self.results)
+
+    # inputs of every alpha
+    def data(self) -> str:
+        return self._path("data.npz")
+
+    # training: chunk files, then the store of each (alpha, split)
+    def masks(self, alpha: str, split: str, chunk: str) -> str:
+        return self._path("masks", alpha, split, f"{chunk}.npy")
+
+    def trained(self, alpha: str, split: str, chunk: str) -> str:
+        return self._path("train", alpha, split, f"{chunk}.npz")
+
+    def store(self, alpha: str, split: str) -> str:
+        return self._path("store", alpha, split)
+
+    def store_array(self, alpha: str, split: str, name: str) -> str:
+        return self._path("store", alpha, split, f"{name}.npy")
+
+    def manifest(self, alpha: str, split: str) -> str:
+        return self._path("store", alpha, split, "manifest.json")
+
+    # fitting
+    def fit_block(self, alpha: str, block: str) -> str:
+        return self._path("fit", alpha, f"block{block}.npz")
+
+    def datamodels(self, alpha: str) -> str:
+        return self._path("datamodels", f"{alpha}.npz")
+
+    # evaluation
+    def eval_table(self, alpha: str) -> str:
+        return self._path("evaluation", alpha, "targets.parquet")
+
+    def eval_summary(self, alpha: str) -> str:
+        return self._path("evaluation", alpha, "summary.json")
+
+    def eval_figure(self, alpha: str) -> str:
+        return self._path("evaluation", alpha, "predicted_vs_actual.png")
+
+    def curve_table(self, alpha: str) -> str:
+        return self._path("evaluation", alpha, "learning_curve.csv")
+
+    def curve_figure(self, alpha: str) -> str:
+        return self._path("evaluation", alpha, "learning_curve.png")
+
+    # counterfactuals: one chunk of masks (split "counterfactual"), trained like any chunk
+    def cf_masks(self, alpha: str) -> str:
+        return self.masks(alpha, "counterfactual", "00000")
+
+    def cf_trained(self, alpha: str) -> str:
+        return self.trained(alpha, "counterfactual", "00000")
+
+    def cf_cases(self, alpha: str) -> str:
+        return self._path("counterfactual", alpha, "cases.csv")
+
+    def cf_changes(self, alpha: str) -> str:
+        return self._path("counterfactual", alpha, "changes.csv")
+
+    def cf_flips(self, alpha: str) -> str:
+        return self._path("counterfactual", alpha, "flips.csv")
+
+    def cf_brittleness(self, alpha: str) -> str:
+        return self._path("counterfactual", alpha, "brittleness.csv")
+
+    def cf_summary(self, alpha: str) -> str:
+        return self._path("counterfactual", alpha, "summary.json")
+
+    def cf_figure(self, alpha: str) -> str:
+        return self._path("counterfactual", alpha, "counterfactual.png")
+
+    def cf_brittleness_figure(self, alpha: str) -> str:
+        return self._path("counterfactual", alpha, "brittleness.png")
+
+    # analyses
+    def influencers_table(self, alpha: str) -> str:
+        return self._path("analysis", alpha, "influencers.parquet")
+
+    def influencers_figure(self, alpha: str) -> str:
+        return self._path("analysis", alpha, "influencers.png")
+
+    def leakage_table(self, alpha: str) -> str:
+        return self._path("analysis", alpha, "leakage.csv")
+
+    def leakage_figure(self, alpha: str) -> str:
+        return self._path("analysis", alpha, "leakage.png")
+
+    def embeddings_table(self, alpha: str) -> str:
+        return self._path("analysis", alpha, "embeddings.csv")
+
+    def embeddings_figure(self, alpha: str) -> str:
+        return self._path("analysis", alpha, "embeddings.png")
+
+    def ends_table(self, alpha: str) -> str:
+        return self._path("analysis", alpha, "component_ends.csv")
+
+    def ends_figure(self, alpha: str) -> str:
+        return self._path("analysis", alpha, "component_ends.png")
+
+    # the run
+    def summary(self) -> str:
+        return self._path("summary.md")
+
+    def log(self, rule: str, *wildcards: str) -> str:
+        """One job's log: ``logs/<rule>/<wildcards...>.log``."""
+        *folders, last = (rule, *wildcards) if wildcards else ("", rule)
+        return self._path("logs", *[f for f in folders if f], f"{last}.log")

@@ -1,0 +1,78 @@
+"""The learning curve: would more models pay off? Refit on the first m/8, m/4, m/2, m rows.
+
+Each fraction repeats the whole fit (validation split inside those rows, lambda path,
+choice, refit) on the first rows of the fit store, i.e. on the models an earlier,
+smaller run would have had, and is scored on the same eval masks.
+"""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Sequence
+
+import numpy as np
+import pandas as pd
+
+from dmflow.evaluation.metrics import predict, score
+from dmflow.lasso.path import FitSettings, fit_targets, split_validation_rows
+from dmflow.store.schema import Store, usable_rows
+
+log = logging.getLogger(__name__)
+
+
+def _refit_and_predict(
+    fit_store: Store,
+    eval_store: Store,
+    fit_rows: np.ndarray,
+    val_rows: np.ndarray,
+    settings: FitSettings,
+    targets_per_pass: int,
+) -> np.ndarray:
+    """Fit every target on the given rows (in passes of targets) and predict the eval masks."""
+    num_targets = fit_store.manifest["num_targets"]
+    pred = np.empty((eval_store.masks.shape[0], num_targets), dtype=np.float32)
+    for start in range(0, num_targets, targets_per_pass):
+        cols = slice(start, min(start + targets_per_pass, num_targets))
+        fitted = fit_targets(
+            fit_store.masks, fit_store.margins[:, 0, cols], fit_rows=fit_rows, val_rows=val_rows, settings=settings
+        )
+        pred[:, cols] = predict(eval_store.masks, fitted["weight"], fitted["bias"])
+    return pred
+
+
+def learning_curve(
+    fit_store: Store,
+    eval_store: Store,
+    fractions: Sequence[float],
+    *,
+    settings: FitSettings,
+    seed: int,
+    targets_per_pass: int = 1000,
+    datamodels: dict[str, np.ndarray] | None = None,
+) -> pd.DataFrame:
+    """One row per fraction: number of fit models and the mean/median scores on the eval masks.
+
+    ``datamodels`` (the workflow's own fit on all rows) stands in for fraction 1.0,
+    which would repeat exactly that fit.
+    """
+    m = fit_store.masks.shape[0]
+    rows_ok = usable_rows(fit_store.status)
+    records = []
+    for fraction in sorted(fractions):
+        first = int(round(fraction * m))
+        rows = rows_ok[rows_ok < first]
+        fit_rows, val_rows = split_validation_rows(
+            rows, settings.val_fraction, seed=seed, alpha=fit_store.manifest["alpha"]
+        )
+        if fraction == 1.0 and datamodels is not None:
+            pred = predict(eval_store.masks, datamodels["weight"], datamodels["bias"])
+        else:
+            pred = _refit_and_predict(fit_store, eval_store, fit_rows, val_rows, settings, targets_per_pass)
+        scores = score(pred, eval_store)
+        record = {"fraction": fraction, "num_models": first, "num_usable": len(rows)}
+        for key in ("lds_single", "lds_mean", "pearson_single", "pearson_mean", "ceiling_single", "ceiling_mean"):
+            record[f"{key}"] = float(np.nanmean(scores[key]))
+            record[f"{key}_median"] = float(np.nanmedian(scores[key]))
+        records.append(record)
+        log.info("%d models: LDS vs seed mean %.3f, vs one seed %.3f", first, record["lds_mean"], record["lds_single"])
+    return pd.DataFrame.from_records(records)

@@ -1,0 +1,1 @@
+"""Matplotlib figures, made from values already computed; the stages save them."""

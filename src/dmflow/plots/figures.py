@@ -1,0 +1,101 @@
+"""Figures of the evaluation, the learning curve and the counterfactuals (matplotlib, no pyplot state)."""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+
+import numpy as np
+import pandas as pd
+from matplotlib.figure import Figure
+
+
+def evaluation_figure(pred: np.ndarray, mean: np.ndarray, table: pd.DataFrame, *, num_targets: int = 4) -> Figure:
+    """Predicted vs actual (seed-mean) margin for a few targets, and the LDS histogram.
+
+    ``pred`` and ``mean`` [m, T]: predicted and seed-mean margins of the eval masks;
+    ``table`` the per-target evaluation table.
+    """
+    fig = Figure(figsize=(4 * (num_targets + 1), 3.6))
+    axes = fig.subplots(1, num_targets + 1)
+    scored = table[np.isfinite(table.lds_mean)].sort_values("lds_mean")
+    picks = (
+        scored.target.to_numpy()[np.linspace(0, len(scored) - 1, num_targets).round().astype(int)]
+        if len(scored)
+        else []
+    )
+    for ax, t in zip(axes[:-1], picks):
+        ax.scatter(pred[:, t], mean[:, t], s=6, alpha=0.5)
+        lo, hi = (
+            np.nanmin([pred[:, t].min(), np.nanmin(mean[:, t])]),
+            np.nanmax([pred[:, t].max(), np.nanmax(mean[:, t])]),
+        )
+        ax.plot([lo, hi], [lo, hi], color="grey", lw=1, ls="--")
+        row = table.iloc[int(t)]
+        ax.set_title(f"target {int(row.target_id)}: LDS {row.lds_mean:.2f}")
+        ax.set_xlabel("predicted margin (datamodel)")
+        ax.set_ylabel("actual margin (seed mean)")
+    ax = axes[-1]
+    ax.hist(table.lds_mean.dropna(), bins=30, alpha=0.7, label="vs seed mean")
+    ax.hist(table.lds_single.dropna(), bins=30, alpha=0.5, label="vs one seed")
+    ax.axvline(np.nanmean(table.ceiling_mean), color="k", ls="--", lw=1, label="mean ceiling (seed mean)")
+    ax.set_xlabel("LDS (Spearman over eval masks)")
+    ax.set_ylabel("targets")
+    ax.set_title("LDS per target")
+    ax.legend(fontsize=8)
+    return fig
+
+
+def learning_curve_figure(table: pd.DataFrame) -> Figure:
+    """LDS vs number of fit models, with the noise ceilings (the learning-curve table)."""
+    fig = Figure(figsize=(5.5, 4))
+    ax = fig.subplots()
+    ax.plot(table.num_models, table.lds_mean, "o-", label="LDS vs seed mean")
+    ax.plot(table.num_models, table.lds_single, "s-", label="LDS vs one seed")
+    ax.axhline(table.ceiling_mean.iloc[-1], color="C0", ls="--", lw=1, label="ceiling (seed mean)")
+    ax.axhline(table.ceiling_single.iloc[-1], color="C1", ls="--", lw=1, label="ceiling (one seed)")
+    ax.set_xscale("log")
+    ax.set_xlabel("models used for the fit")
+    ax.set_ylabel("mean LDS over targets")
+    ax.set_title("Learning curve")
+    ax.legend(fontsize=8)
+    return fig
+
+
+def counterfactual_figure(rows: pd.DataFrame, flips: pd.DataFrame, summary: dict) -> Figure:
+    """Predicted vs actual margin change, and flip rate vs k for top-k vs random removal."""
+    fig = Figure(figsize=(10, 4))
+    a, b = fig.subplots(1, 2)
+    for kind, marker in (("top", "o"), ("random", "x")):
+        part = rows[rows.kind == kind]
+        a.scatter(part.predicted_change, part.actual_change, s=14, marker=marker, label=f"{kind}-k removed")
+    lo = float(np.nanmin([rows.predicted_change.min(), rows.actual_change.min()]))
+    hi = float(np.nanmax([rows.predicted_change.max(), rows.actual_change.max()]))
+    a.plot([lo, hi], [lo, hi], color="grey", ls="--", lw=1)
+    a.set_xlabel("predicted margin change (datamodel)")
+    a.set_ylabel(f"actual margin change (mean of {summary['replicates']} seeds)")
+    a.set_title(
+        f"Counterfactuals: r = {summary['correlation_predicted_actual']:.2f} (N={summary['num_targets']} targets)"
+    )
+    a.legend(fontsize=8)
+    for kind in ("top", "random"):
+        if kind in flips:
+            b.plot(flips.k, flips[kind], "o-", label=f"{kind}-k removed")
+    b.set_xlabel("k (training examples removed)")
+    b.set_ylabel("flipped (of targets correct on the base subset)")
+    b.set_ylim(-0.02, 1.02)
+    b.set_title("Flips: top-k vs random removal")
+    b.legend(fontsize=8)
+    return fig
+
+
+def brittleness_figure(brittleness: pd.DataFrame, ks: Sequence[int]) -> Figure:
+    """Histogram of the smallest k whose removal flips a correct prediction (or none)."""
+    fig = Figure(figsize=(5.5, 4))
+    ax = fig.subplots()
+    labels = [str(k) for k in ks] + ["none"]
+    counts = [int((brittleness.smallest_k == k).sum()) for k in ks] + [int(brittleness.smallest_k.isna().sum())]
+    ax.bar(labels, counts)
+    ax.set_xlabel("smallest k whose top-k removal flips the prediction")
+    ax.set_ylabel("targets (correct on the base subset)")
+    ax.set_title("Data support (brittleness)")
+    return fig

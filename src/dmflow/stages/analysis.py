@@ -1,0 +1,173 @@
+"""Rules of ``rules/analysis.smk``: ``influencers``, ``leakage`` and ``embeddings`` answer
+questions from the datamodels; ``summary`` writes ``summary.md`` from a finished run."""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Sequence
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+
+from dmflow.analysis import embeddings as emb
+from dmflow.analysis import influence
+from dmflow.analysis import leakage as leak
+from dmflow.core.io import atomic_path, load_npz, save_figure, write_table
+from dmflow.core.layout import Layout
+from dmflow.evaluation.metrics import MIN_CEILING
+from dmflow.plots import galleries
+
+
+def influencers(
+    datamodels: Path,
+    data: Path,
+    *,
+    top_k: int,
+    gallery_k: int,
+    gallery_targets: int,
+    image_shape: Sequence[int] | None,
+    table: Path,
+    figure: Path,
+) -> pd.DataFrame:
+    """Write every target's top-k helpers and harmers, and a gallery of ``gallery_targets`` targets."""
+    dm, arrays = load_npz(datamodels), load_npz(data)
+    weight = dm["weight"]
+    rows = influence.influencer_table(weight, arrays, dm["target_ids"], k=top_k)
+    write_table(rows, table)
+    shown = [
+        (int(t), *influence.top_influencers(weight, int(t), gallery_k))
+        for t in influence.gallery_targets(weight, gallery_targets)
+    ]
+    save_figure(
+        galleries.influencer_gallery(
+            shown, weight, arrays, target_ids=dm["target_ids"], k=gallery_k, image_shape=image_shape
+        ),
+        figure,
+    )
+    return rows
+
+
+def leakage(
+    datamodels: Path, data: Path, *, pairs: int, image_shape: Sequence[int] | None, table: Path, figure: Path
+) -> pd.DataFrame:
+    """Write the ranked leakage table (every target) and a gallery of the top ``pairs``."""
+    dm, arrays = load_npz(datamodels), load_npz(data)
+    ranked = leak.leakage_table(dm["weight"], arrays, dm["target_ids"])
+    write_table(ranked, table)
+    save_figure(galleries.pair_gallery(ranked.head(pairs), arrays, image_shape), figure)
+    return ranked
+
+
+def embeddings(
+    datamodels: Path,
+    data: Path,
+    *,
+    components: int,
+    clusters: int,
+    ends: int,
+    seed: int,
+    image_shape: Sequence[int] | None,
+    table: Path,
+    ends_table: Path,
+    figure: Path,
+    ends_figure: Path,
+) -> pd.DataFrame:
+    """Write per-target coordinates and clusters, the component ends, and their figures."""
+    dm, arrays = load_npz(datamodels), load_npz(data)
+    coords, loadings, ratio, labels = emb.embed(dm["weight"], components=components, clusters=clusters, seed=seed)
+    points = pd.DataFrame(coords, columns=[f"pc{i + 1}" for i in range(coords.shape[1])])
+    points.insert(0, "target", np.arange(len(points)))
+    points.insert(1, "target_id", dm["target_ids"])
+    points.insert(2, "label", arrays["y_target"])
+    points["cluster"] = labels
+    write_table(points, table)
+    extremes = emb.component_ends(loadings, arrays["y_train"], arrays["train_ids"], k=ends)
+    write_table(extremes, ends_table)
+    save_figure(galleries.embedding_scatter(points, ratio), figure)
+    save_figure(galleries.component_ends_gallery(extremes, arrays, image_shape), ends_figure)
+    return points
+
+
+def _fmt(x: float | None) -> str:
+    return f"n/a (ceiling < {MIN_CEILING})" if x is None else f"{x:.3f}"
+
+
+def _alpha_section(layout: Layout, alpha: str) -> list[str]:
+    """The markdown lines of one alpha (the files it reads are optional but the evaluation's summary)."""
+    link = layout.relative
+    ev = json.loads(Path(layout.eval_summary(alpha)).read_text())
+    lines = [f"## alpha = {alpha}", ""]
+    c = ev["counts"]
+    lines += [
+        f"Held-out evaluation on {c['eval_masks']} eval masks x {c['replicates']} seeds, {c['targets']} targets "
+        f"({c['diverged_models_excluded']} diverged models excluded):",
+        "",
+        "| score (mean over targets) | vs one seed | vs seed mean |",
+        "|---|---|---|",
+        f"| LDS (Spearman) | {_fmt(ev['lds_single']['mean'])} | {_fmt(ev['lds_mean']['mean'])} |",
+        f"| Pearson | {_fmt(ev['pearson_single']['mean'])} | {_fmt(ev['pearson_mean']['mean'])} |",
+        f"| noise ceiling | {_fmt(ev['ceiling_single']['mean'])} | {_fmt(ev['ceiling_mean']['mean'])} |",
+        f"| fraction of ceiling (Pearson) | {_fmt(ev['fraction_of_ceiling']['pearson_single'])} | {_fmt(ev['fraction_of_ceiling']['pearson_mean'])} |",
+        "",
+        f"Two retrainings of the same mask agree at r = {_fmt(ev['replicate_corr']['mean'])}.",
+        "",
+        f"Figures: [predicted vs actual]({link(layout.eval_figure(alpha))}), "
+        f"table: [per target]({link(layout.eval_table(alpha))}).",
+        "",
+    ]
+    curve = Path(layout.curve_table(alpha))
+    if curve.exists():
+        lc = pd.read_csv(curve)
+        lines += [
+            "Learning curve (LDS vs seed mean): "
+            + ", ".join(f"{int(r.num_models)} models {_fmt(r.lds_mean)}" for r in lc.itertuples())
+            + f" ([figure]({link(layout.curve_figure(alpha))})).",
+            "",
+        ]
+    cf = Path(layout.cf_summary(alpha))
+    if cf.exists():
+        s = json.loads(cf.read_text())
+        lines += [
+            f"Counterfactual retraining ({s['num_targets']} targets, {s['replicates']} seeds each): predicted vs actual "
+            f"margin change r = {_fmt(s['correlation_predicted_actual'])}. Predictions flipped by removing the top-k "
+            "helpers vs k random examples: "
+            + ", ".join(
+                f"k={k}: {_fmt(s['flip_rate_top'][k])} vs {_fmt(s['flip_rate_random'][k])}" for k in s["flip_rate_top"]
+            )
+            + f" ([figure]({link(layout.cf_figure(alpha))}), [brittleness]({link(layout.cf_brittleness_figure(alpha))})).",
+            "",
+        ]
+    leak_table = Path(layout.leakage_table(alpha))
+    if leak_table.exists():
+        top = pd.read_csv(leak_table).head(5)
+        lines += ["Top leakage candidates (target id -> training id, score, share, input similarity rank):", ""]
+        lines += [
+            f"- {r.target_id} -> {r.train_id}: score {r.score:.3f}, share {r.share:.2f}, similarity rank {r.similarity_rank}"
+            for r in top.itertuples()
+        ]
+        lines += [
+            "",
+            f"Galleries: [influencers]({link(layout.influencers_figure(alpha))}), "
+            f"[leakage]({link(layout.leakage_figure(alpha))}), [embeddings]({link(layout.embeddings_figure(alpha))}), "
+            f"[component ends]({link(layout.ends_figure(alpha))}).",
+            "",
+        ]
+    return lines
+
+
+def summary(results: Path, alphas: Sequence[str], out: Path) -> str:
+    """Write ``summary.md``, the headline numbers and links of every alpha of a run; returns the text."""
+    layout = Layout(results)
+    lines = [
+        "# dmflow run summary",
+        "",
+        "Numbers from this run's files; `snakemake --report report.html` shows every figure with captions.",
+        "",
+    ]
+    for alpha in alphas:
+        lines += _alpha_section(layout, alpha)
+    text = "\n".join(lines)
+    with atomic_path(Path(out)) as tmp:
+        tmp.write_text(text)
+    return text

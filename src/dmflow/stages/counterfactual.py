@@ -1,0 +1,55 @@
+"""Rules of ``rules/counterfactual.smk``: ``counterfactual_design`` writes the masks to retrain
+and the case table; ``counterfactual_analyse`` compares the retrained margins with the predictions."""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from pathlib import Path
+
+import pandas as pd
+
+from dmflow.core.io import atomic_save_json, atomic_save_npy, load_npz, save_figure, write_table
+from dmflow.evaluation import counterfactual as cf
+from dmflow.plots import figures
+
+
+def counterfactual_design(
+    datamodels: Path,
+    *,
+    alpha: float,
+    num_targets: int,
+    ks: Sequence[int],
+    seed: int,
+    masks_out: Path,
+    cases_out: Path,
+) -> pd.DataFrame:
+    """Write the counterfactual masks (trained by ``train_chunk``, split counterfactual) and the case table."""
+    dm = load_npz(datamodels)
+    masks, cases = cf.design(dm["weight"], dm["bias"], alpha=alpha, num_targets=num_targets, ks=ks, seed=seed)
+    atomic_save_npy(masks_out, masks)
+    write_table(cases, cases_out)
+    return cases
+
+
+def counterfactual_analyse(
+    cases: Path,
+    trained: Path,
+    *,
+    changes: Path,
+    flips: Path,
+    brittleness: Path,
+    summary: Path,
+    figure: Path,
+    brittleness_figure: Path,
+) -> dict:
+    """Read the case table and the retrained chunk; write the tables, ``summary.json`` and the figures."""
+    case_table = pd.read_parquet(cases) if str(cases).endswith(".parquet") else pd.read_csv(cases)
+    chunk = load_npz(trained)
+    rows, flip_rates, brittle, headline = cf.analyse(case_table, chunk["margins"], chunk["status"])
+    write_table(rows, changes)
+    write_table(flip_rates, flips)
+    write_table(brittle, brittleness)
+    atomic_save_json(summary, headline)
+    save_figure(figures.counterfactual_figure(rows, flip_rates, headline), figure)
+    save_figure(figures.brittleness_figure(brittle, headline["ks"]), brittleness_figure)
+    return headline

@@ -1,0 +1,44 @@
+"""Rule of ``rules/train.smk``: ``train_chunk`` trains every model of one chunk."""
+
+from __future__ import annotations
+
+import logging
+from pathlib import Path
+
+import numpy as np
+import torch
+
+from dmflow.core.codes import STATUS_OK
+from dmflow.core.io import atomic_save_npz, load_npz
+from dmflow.core.seeds import chunk_seeds
+from dmflow.training.settings import TrainSettings
+from dmflow.training.train import train_chunk as train_models
+
+log = logging.getLogger(__name__)
+
+
+def train_chunk(
+    data: Path,
+    masks: Path,
+    out: Path,
+    *,
+    seed: int,
+    alpha: float,
+    split: str,
+    chunk: int,
+    replicates: int,
+    settings: TrainSettings,
+    threads: int = 1,
+) -> dict[str, np.ndarray]:
+    """Train the chunk's masks ``replicates`` times each (seeds from (seed, alpha, split, chunk, row,
+    replicate)) on ``threads`` torch threads; write the trained chunk file atomically."""
+    torch.set_num_threads(max(1, int(threads)))
+    arrays = load_npz(data)
+    mask_rows = np.load(masks, allow_pickle=False)
+    seeds = chunk_seeds(seed, alpha, split, chunk=chunk, rows=mask_rows.shape[0], replicates=replicates)
+    result = train_models(arrays, mask_rows, seeds, settings=settings)
+    diverged = int((result["status"] != STATUS_OK).sum())
+    if diverged:
+        log.warning("%d of %d models diverged in %s", diverged, result["status"].size, out)
+    atomic_save_npz(Path(out), result)
+    return result

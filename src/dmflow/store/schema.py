@@ -1,0 +1,125 @@
+"""The store: one schema of its arrays, the checks a trained chunk must pass, a read-only view.
+
+The store of one (alpha, split) is a folder of memory-mappable ``.npy`` arrays, one
+per entry of ``STORE_ARRAYS`` (shapes in terms of m models, n training examples,
+R replicates, T targets), plus ``manifest.json`` (shapes, dtypes and sha256 of the
+arrays, the chunk list with the sha256 of its input files, the diverged count). A
+trained chunk file (``train/{alpha}/{split}/{chunk}.npz``) holds the same arrays but
+``masks`` (those come from the chunk's masks file), with m = the chunk size.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+
+from dmflow.core.codes import MODEL_STATUS, STATUS_OK, describe
+from dmflow.store.masks import subset_size
+
+
+@dataclass(frozen=True)
+class ArraySpec:
+    """One array of the store: its name (file ``{name}.npy``), dtype, axes and meaning."""
+
+    name: str
+    dtype: np.dtype
+    axes: tuple[str, ...]
+    meaning: str
+
+    def shape(self, *, m: int, n: int, replicates: int, targets: int) -> tuple[int, ...]:
+        sizes = {"m": m, "n": n, "R": replicates, "T": targets}
+        return tuple(sizes[a] for a in self.axes)
+
+
+STORE_ARRAYS = (
+    ArraySpec("masks", np.dtype(np.bool_), ("m", "n"), "training subset of each model row"),
+    ArraySpec("margins", np.dtype(np.float32), ("m", "R", "T"), "margin of each replicate on each target"),
+    ArraySpec("status", np.dtype(np.uint8), ("m", "R"), describe(MODEL_STATUS)),
+    ArraySpec("seeds", np.dtype(np.int64), ("m", "R"), "each model's seed"),
+    ArraySpec("acc_target", np.dtype(np.float32), ("m", "R"), "accuracy on the targets"),
+    ArraySpec("acc_subset", np.dtype(np.float32), ("m", "R"), "accuracy on the model's own subset"),
+)
+STORE_NAMES = tuple(spec.name for spec in STORE_ARRAYS)
+CHUNK_ARRAYS = tuple(spec for spec in STORE_ARRAYS if spec.name != "masks")
+"""The arrays of a trained chunk file."""
+
+
+class StoreError(ValueError):
+    """A chunk or store that fails validation; the message names the file and the problem."""
+
+
+def check_chunk(
+    masks: np.ndarray,
+    arrays: dict[str, np.ndarray],
+    *,
+    expected_seeds: np.ndarray,
+    n: int,
+    alpha: float,
+    num_targets: int,
+    masks_path: Path,
+    train_path: Path,
+) -> None:
+    """Check one chunk's masks and trained arrays against every promise; raise StoreError naming the file.
+
+    Parameters
+    ----------
+    masks : bool [C, n]
+        The chunk's masks (n training examples); every row must hold round(alpha * n) ones.
+    arrays : dict of str to ndarray
+        The trained chunk: every entry of ``CHUNK_ARRAYS`` with its dtype and shape
+        (C = chunk size, R = replicates from ``expected_seeds``).
+    expected_seeds : int64 [C, R]
+        The seeds the config derives for this chunk.
+    masks_path, train_path : Path
+        Named in the messages.
+    """
+    chunk_size, replicates = expected_seeds.shape
+    if masks.dtype != np.bool_ or masks.shape != (chunk_size, n):
+        raise StoreError(f"{masks_path}: masks must be bool [{chunk_size}, {n}], got {masks.dtype} {list(masks.shape)}")
+    k = subset_size(alpha, n)
+    bad_rows = np.flatnonzero(masks.sum(axis=1) != k)
+    if bad_rows.size:
+        raise StoreError(f"{masks_path}: row {bad_rows[0]} has {masks[bad_rows[0]].sum()} ones, expected {k}")
+    missing = sorted({spec.name for spec in CHUNK_ARRAYS} - set(arrays))
+    if missing:
+        raise StoreError(f"{train_path}: missing array(s) {', '.join(missing)}")
+    for spec in CHUNK_ARRAYS:
+        want = spec.shape(m=chunk_size, n=n, replicates=replicates, targets=num_targets)
+        got = arrays[spec.name]
+        if got.dtype != spec.dtype or got.shape != want:
+            raise StoreError(
+                f"{train_path}: {spec.name} must be {spec.dtype.name} {list(want)}, got {got.dtype} {list(got.shape)}"
+            )
+    if not np.array_equal(arrays["seeds"], expected_seeds):
+        raise StoreError(f"{train_path}: seeds differ from those the config's (seed, alpha, split, chunk) derive")
+    if not np.isin(arrays["status"], list(MODEL_STATUS)).all():
+        raise StoreError(f"{train_path}: status holds values other than {describe(MODEL_STATUS)}")
+    ok = arrays["status"] == STATUS_OK
+    if not np.isfinite(arrays["margins"][ok]).all():
+        raise StoreError(f"{train_path}: non-finite margins in models marked ok")
+
+
+@dataclass
+class Store:
+    """A read-only, memory-mapped view of one split's store (``dmflow.stages.collect.open_store``)."""
+
+    path: Path | None
+    manifest: dict
+    masks: np.ndarray
+    margins: np.ndarray
+    status: np.ndarray
+    seeds: np.ndarray
+    acc_target: np.ndarray
+    acc_subset: np.ndarray
+
+    @property
+    def ok(self) -> np.ndarray:
+        """bool [m, R]: the replicate trained without diverging."""
+        return self.status == STATUS_OK
+
+
+def usable_rows(status: np.ndarray) -> np.ndarray:
+    """int64 [<= m]: the rows whose first replicate trained without diverging (the fit's rows)."""
+    return np.flatnonzero(status[:, 0] == STATUS_OK)

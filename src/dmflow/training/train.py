@@ -1,0 +1,289 @@
+"""Train the models of a chunk in stacks, and record their margins on the targets."""
+
+from __future__ import annotations
+
+import logging
+import warnings
+from dataclasses import dataclass, field
+
+import numpy as np
+import pytorch_lightning as pl
+import torch
+from pytorch_lightning.plugins.environments import LightningEnvironment
+
+from dmflow.core.codes import STATUS_DIVERGED, STATUS_OK
+from dmflow.core.device import resolve_device
+from dmflow.data.augment import AugmentSettings
+from dmflow.data.batches import StackedSubsetDataModule, gather_rows
+from dmflow.training.models import VECTOR_ARCHITECTURES, build_stacked_model
+from dmflow.training.module import StackedEnsembleModule, margins_from_logits
+from dmflow.training.settings import TrainSettings
+
+log = logging.getLogger(__name__)
+
+
+@dataclass
+class StackResult:
+    """What one trained stack of K models reports."""
+
+    margins: np.ndarray  # float32 [K, T]
+    acc_target: np.ndarray  # float32 [K]
+    acc_subset: np.ndarray  # float32 [K]
+    finite_loss: np.ndarray  # bool [K]
+    state: dict = field(default_factory=dict)
+
+
+def quiet_lightning() -> None:
+    """Silence Lightning's per-fit logging and the warnings that do not apply to stacked training."""
+    for name in ("pytorch_lightning", "lightning.pytorch", "lightning_fabric", "lightning"):
+        logging.getLogger(name).setLevel(logging.ERROR)
+    warnings.filterwarnings("ignore", message=".*does not have many workers.*")
+    warnings.filterwarnings("ignore", message=".*GPU available but not used.*")
+    warnings.filterwarnings("ignore", message=".*`IterableDataset` has `__len__` defined.*")
+    warnings.filterwarnings("ignore", message=".*The `srun` command is available.*")
+    warnings.filterwarnings("ignore", message=".*isinstance\\(treespec, LeafSpec\\).*")
+
+
+def cpu_has_bf16_matrix_units() -> bool:
+    """Whether this CPU multiplies bf16 matrices in hardware (Intel AMX tiles).
+
+    There a bf16 batched matmul is several times as fast as float32, and the stack
+    trains faster in bf16 (benchmarks/train_throughput.py, ``precision`` rows); other
+    CPUs would convert bf16 in software, so ``auto`` keeps float32 there.
+    """
+    probe = getattr(torch.cpu, "_is_amx_tile_supported", None)
+    try:
+        return bool(probe()) if probe is not None else False
+    except RuntimeError:
+        return False
+
+
+def lightning_precision(precision: str, device: str) -> str:
+    """Lightning's precision flag for ``train.precision``.
+
+    ``auto`` is bf16 mixed precision where the hardware has bf16 matrix units (CUDA, or
+    a CPU with AMX) and float32 elsewhere; a float64 default dtype (the equivalence
+    tests) always trains in full precision.
+    """
+    if precision == "auto":
+        if torch.get_default_dtype() == torch.float64:
+            return "32-true"
+        fast_bf16 = device == "cuda" or (device == "cpu" and cpu_has_bf16_matrix_units())
+        return "bf16-mixed" if fast_bf16 else "32-true"
+    return {"32": "32-true", "bf16": "bf16-mixed"}[precision]
+
+
+def _trainer(settings: TrainSettings, device: str) -> pl.Trainer:
+    return pl.Trainer(
+        accelerator="gpu" if device == "cuda" else "cpu",
+        devices=1,
+        max_epochs=settings.epochs,
+        precision=lightning_precision(settings.precision, device),
+        logger=False,
+        enable_checkpointing=False,
+        enable_progress_bar=False,
+        enable_model_summary=False,
+        num_sanity_val_steps=0,
+        deterministic=device == "cpu",
+        # one process on one device, also inside a SLURM job (no SLURM auto-detection)
+        plugins=[LightningEnvironment()],
+    )
+
+
+def _logits(net: torch.nn.Module, x: torch.Tensor, flip: bool) -> torch.Tensor:
+    """Stacked logits [K, B, C] (half precision raised to float32); averaged with the mirrored images when ``flip``."""
+    out = net(x)
+    if flip:
+        out = (out + net(x.flip(-1))) / 2
+    return out.float() if out.dtype in (torch.bfloat16, torch.float16) else out
+
+
+def predict_stack(
+    net: torch.nn.Module,
+    x: torch.Tensor,
+    y: torch.Tensor,
+    *,
+    x_target: np.ndarray,
+    y_target: np.ndarray,
+    subsets: np.ndarray,
+    batch_size: int,
+    flip: bool,
+) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """Margins float32 [K, T] and accuracy on the targets [K] and on each model's own subset [K].
+
+    ``x`` [N, ...] and ``y`` [N] are the training set, ``subsets`` int [K, k] each
+    model's training examples. Evaluated in slices of ``batch_size`` examples, so K x T
+    images never sit in memory at once.
+    """
+    dev = next(net.parameters()).device
+    k_models = subsets.shape[0]
+    xt = torch.as_tensor(x_target, dtype=x.dtype, device=dev)
+    yt = torch.as_tensor(y_target, dtype=torch.long, device=dev)
+    margins, hits_t, hits_s = [], [], []
+    step = max(1, int(batch_size))
+    with torch.no_grad():
+        for start in range(0, len(xt), step):
+            xb, yb = xt[start : start + step], yt[start : start + step]
+            logits = _logits(net, xb.unsqueeze(0).expand(k_models, *xb.shape), flip)
+            margins.append(margins_from_logits(logits, yb))
+            hits_t.append((logits.argmax(-1) == yb).float().sum(1))
+        xd, yd = x.to(dev), y.to(dev)
+        idx_all = torch.as_tensor(subsets, device=dev)
+        for start in range(0, subsets.shape[1], step):
+            idx = idx_all[:, start : start + step]
+            hits_s.append((_logits(net, gather_rows(xd, idx), flip).argmax(-1) == yd[idx]).float().sum(1))
+    margins_np = torch.cat(margins, dim=1).float().cpu().numpy()
+    acc_target = (torch.stack(hits_t).sum(0) / len(xt)).cpu().numpy()
+    acc_subset = (torch.stack(hits_s).sum(0) / subsets.shape[1]).cpu().numpy()
+    return margins_np, acc_target, acc_subset
+
+
+def train_stack(
+    data: dict[str, np.ndarray],
+    subsets: np.ndarray,
+    seeds: np.ndarray,
+    *,
+    settings: TrainSettings,
+    keep_state: bool = False,
+) -> StackResult:
+    """Train K models at once with one ``Trainer.fit``: model i on ``subsets[i]`` from ``seeds[i]``.
+
+    Parameters
+    ----------
+    data : dict
+        The arrays of ``data.npz`` (``X_train``, ``y_train``, ``X_target``, ``y_target``, ``num_classes``).
+    subsets : int [K, k]
+        Training-example indices of each model (all subsets of a stack have one size k).
+    seeds : int64 [K]
+        Each model's seed: its init, batch order and augmentations.
+    settings : TrainSettings
+    keep_state : bool
+        Also return the trained weights (``StackResult.state``).
+    """
+    quiet_lightning()
+    device = resolve_device(settings.device, "train.device")
+    x_train, y_train, x_target, y_target = data["X_train"], data["y_train"], data["X_target"], data["y_target"]
+    num_classes = int(data["num_classes"])
+    if settings.arch not in VECTOR_ARCHITECTURES and x_train.ndim == 3:
+        # greyscale images [N, H, W] (digits) get their channel axis for the conv nets
+        x_train, x_target = x_train[:, None], x_target[:, None]
+    net = build_stacked_model(
+        settings.arch,
+        seeds,
+        x_train.shape[1:],
+        num_classes=num_classes,
+        hidden=settings.hidden,
+        width=settings.width,
+        stacking=settings.stacking,
+        device=device,
+    ).to(torch.get_default_dtype())
+    if x_train.ndim == 4:
+        # channels-last: faster convolutions, and far faster CPU max-pooling (docs/images.md)
+        net = net.to(memory_format=torch.channels_last)
+        net.channels_last = True
+    module = StackedEnsembleModule(
+        net,
+        optimizer=settings.optimizer,
+        lr=settings.lr,
+        weight_decay=settings.weight_decay,
+        momentum=settings.momentum,
+        label_smoothing=settings.label_smoothing,
+        lr_schedule=settings.lr_schedule,
+        lr_peak_epoch=settings.lr_peak_epoch,
+    )
+    x = torch.as_tensor(x_train, dtype=torch.get_default_dtype())
+    y = torch.as_tensor(y_train, dtype=torch.long)
+    augment = settings.augment if x_train.ndim == 4 else AugmentSettings()
+    x_fit = x
+    if lightning_precision(settings.precision, device) == "bf16-mixed" and settings.arch in VECTOR_ARCHITECTURES:
+        # the first layer's matmul rounds its input to bf16 under autocast anyway: rounding
+        # the features once here gives the same numbers, and halves the gather per step
+        x_fit = x.to(torch.bfloat16)
+    batches = StackedSubsetDataModule(
+        x_fit, y, subsets, seeds=seeds, batch_size=settings.batch_size, epochs=settings.epochs, augment=augment
+    )
+    trainer = _trainer(settings, device)
+    # Deterministic mode also fills every new tensor with NaN, a debugging aid that
+    # changes no result and slows a CPU step down measurably.
+    torch.utils.deterministic.fill_uninitialized_memory = False
+    trainer.fit(module, datamodule=batches)
+    module.eval()
+    flip = settings.test_time_flip and x_train.ndim == 4
+    # margins come from the float32 master weights in float32, whatever the training
+    # precision: bf16 logits would round a margin of 10 by ~0.04
+    margins, acc_target, acc_subset = predict_stack(
+        module.net,
+        x,
+        y,
+        x_target=x_target,
+        y_target=y_target,
+        subsets=subsets,
+        batch_size=settings.batch_size,
+        flip=flip,
+    )
+    state = {k: v.detach().cpu().clone() for k, v in module.net.state_dict().items()} if keep_state else {}
+    return StackResult(margins, acc_target, acc_subset, module.finite.cpu().numpy(), state)
+
+
+def train_chunk(
+    data: dict[str, np.ndarray],
+    masks: np.ndarray,
+    seeds: np.ndarray,
+    *,
+    settings: TrainSettings,
+) -> dict[str, np.ndarray]:
+    """Train every (mask, replicate) of a chunk in stacks of ``settings.stack_size``.
+
+    Models whose subsets have the same size share stacks (fixed-size masks: all of
+    them; counterfactual masks: one group per size).
+
+    Parameters
+    ----------
+    data : dict
+        The arrays of ``data.npz``.
+    masks : bool [rows, n]
+    seeds : int64 [rows, R]
+        One seed per (mask, replicate).
+
+    Returns
+    -------
+    dict
+        The arrays of a trained chunk file (``dmflow.store.schema.CHUNK_ARRAYS``):
+        margins float32 [rows, R, T], acc_target / acc_subset float32 [rows, R],
+        seeds int64 [rows, R], status uint8 [rows, R].
+    """
+    rows, replicates = seeds.shape
+    num_targets = data["X_target"].shape[0]
+    sizes = masks.sum(axis=1)
+    flat_rows = np.repeat(np.arange(rows), replicates)
+    flat_seeds = seeds.reshape(-1)
+    margins = np.empty((rows * replicates, num_targets), dtype=np.float32)
+    acc_t = np.empty(rows * replicates, dtype=np.float32)
+    acc_s = np.empty(rows * replicates, dtype=np.float32)
+    finite = np.empty(rows * replicates, dtype=bool)
+    # a stack needs one subset size (same batches per epoch): group models by size
+    for size in np.unique(sizes):
+        group = np.flatnonzero(sizes[flat_rows] == size)
+        for start in range(0, len(group), settings.stack_size):
+            idx = group[start : start + settings.stack_size]
+            subsets = np.stack([np.flatnonzero(masks[r]) for r in flat_rows[idx]])
+            res = train_stack(data, subsets, flat_seeds[idx], settings=settings)
+            margins[idx], acc_t[idx], acc_s[idx], finite[idx] = (
+                res.margins,
+                res.acc_target,
+                res.acc_subset,
+                res.finite_loss,
+            )
+            log.info(
+                "trained %d models of subset size %d (%d of %d done)", len(idx), size, start + len(idx), len(group)
+            )
+    ok = finite & np.isfinite(margins).all(axis=1)
+    status = np.where(ok, STATUS_OK, STATUS_DIVERGED).astype(np.uint8)
+    shape = (rows, replicates)
+    return {
+        "margins": margins.reshape(rows, replicates, num_targets),
+        "acc_target": acc_t.reshape(shape),
+        "acc_subset": acc_s.reshape(shape),
+        "seeds": seeds,
+        "status": status.reshape(shape),
+    }
