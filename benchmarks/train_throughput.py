@@ -17,29 +17,37 @@ the ratios (b)/(a0) and (b)/(a), two ways: of the best times over ``--repeats`` 
 and the median over rounds of each round's own ratio. A round times half of (a0) and
 (a), then (b), then the other halves, so its ratio compares them on the same machine
 state, a drift hitting both sides alike; the best times may come from different
-minutes, and this machine's speed moves by up to 2x from minute to minute. The goal
-(>= 20x) is judged on the median of the rounds. Each round also prints (a)'s and (b)'s
-rates and the GB/s of a 256 MB copy timed just before (b): the stack is bound by memory
-traffic, which this machine shares with other tenants. Then the largest margin difference
-between (a) and (b) on the models both trained (stacking must not change what a
-model learns), the
-machine's measured matmul FLOP/s in the training's dtype (``torch.bmm`` on the shapes of the
-stacked training and one large square ``torch.matmul``, same thread count), the
-fraction of those that (b) achieves, and an estimate of the default run's
-training time on 2 cores: the shipped config.yaml's training jobs (one per chunk), each
-paying the measured start-up of a fresh process (importing torch and Lightning) and then
-training its models at (b)'s rate, spread over the 2 cores. Two jobs at once share the
-memory bandwidth, so the real run is slower than this; the real figure is in
-docs/design.md.
+minutes, and a shared machine's speed drifts. The goal (>= 20x) is judged on the
+median of the rounds. Each round also prints (a)'s and (b)'s rates and the GB/s of a
+256 MB copy timed just before (b): the stack is bound by memory traffic, which a shared
+machine shares with other tenants.
 
-Run:  python benchmarks/train_throughput.py [--quick] [--threads 1]
+Where the CPU has bf16 matrix units (AMX) or ``--precision`` is auto, each round also
+times the stack of (b) at ``train.precision`` 32 and auto, one ``train_stack`` each, right
+next to each other (the one (b) already is not timed twice): their rates and the median
+of the rounds' auto/32 ratios say what bf16 buys (auto is float32 on other CPUs, so
+the ratio is 1 there by construction).
+
+Then the largest margin difference between (a) and (b) on the models both trained
+(stacking must not change what a model learns), the machine's measured matmul FLOP/s
+in the training's dtype (``torch.bmm`` on the shapes of the stacked training and one
+large square ``torch.matmul``, same thread count), the fraction of those that (b)
+achieves, and an estimate of the default run's training time on 2 cores: the shipped
+config.yaml's training jobs (one per chunk), each paying the measured start-up of a
+fresh process (importing torch and Lightning) and then training its models at (b)'s
+rate, spread over the 2 cores. Two jobs at once share the memory bandwidth, so the
+real run is slower than this estimate.
+
+Run:  python benchmarks/train_throughput.py [--quick] [--threads 1] [--record]
 
 ``--arch cnn`` or ``--arch resnet9`` measures a conv net instead, on synthetic
 32x32x3 images: (a) one Trainer.fit per model, and the stack both ways, (b)
 grouped convolutions and (c) a loop over the K models in one step.
 
 ``--quick`` is a tiny version that only checks the script still runs. Nothing is
-asserted about wall-clock times; the numbers are printed.
+asserted about wall-clock times; the numbers are printed. ``--record`` also appends
+them as one row to benchmarks/RESULTS.md (or ``--results-file``), under
+"## train_throughput.py" (conv nets: their own section, as their figures differ).
 """
 
 from __future__ import annotations
@@ -52,29 +60,102 @@ import sys
 import time
 import warnings
 from collections.abc import Callable
+from functools import partial
 from pathlib import Path
 
 import numpy as np
 import pytorch_lightning as pl
+import record
 import torch
 from pytorch_lightning.plugins.environments import LightningEnvironment
 from torch import nn
 from torch.utils.data import DataLoader, TensorDataset
 
-ROOT = Path(__file__).resolve().parents[1]
-sys.path.insert(0, str(ROOT / "src"))
+from dmflow.config import load_config
+from dmflow.data.augment import AugmentSettings
+from dmflow.data.prepare import prepare_data
+from dmflow.data.sources import synthetic_images
+from dmflow.store.masks import draw_masks, subset_size
+from dmflow.training.module import margins_from_logits
+from dmflow.training.settings import TrainSettings
+from dmflow.training.train import (
+    StackResult,
+    cpu_has_bf16_matrix_units,
+    lightning_precision,
+    quiet_lightning,
+    train_stack,
+)
 
-from dmflow.config import load_config  # noqa: E402
-from dmflow.data import prepare_data  # noqa: E402
-from dmflow.masks import draw_masks, subset_size  # noqa: E402
-from dmflow.augment import AugmentSettings  # noqa: E402
-from dmflow.data import synthetic_images  # noqa: E402
-from dmflow.models import margins_from_logits  # noqa: E402
-from dmflow.train import StackResult, TrainSettings, _quiet_lightning, cpu_has_bf16_matrix_units, lightning_precision, train_stack  # noqa: E402
+ROOT = Path(__file__).resolve().parents[1]  # for config.yaml
 
 DATASET = {"name": "digits", "num_train": 1000, "num_targets": None, "standardize": True}
 ALPHA = 0.5
 DEFAULT_CORES = 2
+
+SECTION = "train_throughput.py"
+HEADER = (
+    "threads",
+    "K",
+    "single",
+    "epochs",
+    "rounds",
+    "precision",
+    "1-min load",
+    "(a0) models/s",
+    "(a) models/s",
+    "(b) models/s",
+    "(b)/(a0) best",
+    "(b)/(a0) median",
+    "(b)/(a) best",
+    "(b)/(a) median",
+    "copy GB/s",
+    "(b) 32 models/s",
+    "(b) auto models/s",
+    "auto/32 median",
+    "bmm GFLOP/s",
+    "(b) of bmm",
+    "default run est. s",
+    "max margin diff",
+)
+NOTES = """\
+The MLP stack (`python benchmarks/train_throughput.py`; see its docstring). **threads**: torch threads;
+**K**: models in the stack (b); **single**: models trained one `Trainer.fit` each in (a0) and (a);
+**epochs**; **rounds**: `--repeats`; **precision**: `--precision` of (a) and (b) and the Lightning flag it
+became; **1-min load**: load average at start / after the rounds. **(a0)**, **(a)**, **(b)** models/s: textbook
+Lightning one model at a time, dmflow one `Trainer.fit` per model, the stack; of the best time over the
+rounds. **(b)/(a0)**, **(b)/(a)**: the ratio of the best times, and the median of each round's own ratio (the
+goal, >= 20x, is judged on the median). **copy GB/s**: median over rounds of a 256 MB copy timed before (b).
+**(b) 32**, **(b) auto**: the stack at `train.precision` 32 and auto in the same rounds, best time, and the
+median of the rounds' auto/32 ratios (`-`: not measured, i.e. no AMX and `--precision` not auto).
+**bmm GFLOP/s**: `torch.bmm` on the stack's first-layer shapes in the training dtype; **(b) of bmm**: the
+fraction of it (b) achieves; **default run est. s**: the estimated training time of config.yaml's run on 2
+cores; **max margin diff**: max |margin(a) - margin(b)| on the models both trained."""
+
+CONV_SECTION = "train_throughput.py --arch cnn / resnet9"
+CONV_HEADER = (
+    "arch",
+    "width",
+    "threads",
+    "K",
+    "single",
+    "epochs",
+    "rounds",
+    "precision",
+    "1-min load",
+    "(a) models/s",
+    "(b) grouped models/s",
+    "(c) loop models/s",
+    "(b)/(a)",
+    "(c)/(a)",
+    "(b)/(c)",
+)
+CONV_NOTES = """\
+The conv nets on synthetic 32x32x3 images (`python benchmarks/train_throughput.py --arch cnn|resnet9`).
+**arch**, **width** (channel multiplier), **threads**, **K** (models in the stacks), **single** (models
+trained one `Trainer.fit` each), **epochs**, **rounds** (`--repeats`), **precision** (`--precision` and the
+Lightning flag), **1-min load** (at start / at the end); models/s of the best time over the rounds of
+**(a)** one `Trainer.fit` per model, **(b)** the stack with grouped convolutions, **(c)** the stack as a
+loop over its models in one step, and the ratios of those rates."""
 
 
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
@@ -84,14 +165,29 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p.add_argument("--threads", type=int, default=1, help="torch threads (the train rule's default is 1)")
     p.add_argument("--epochs", type=int, default=10)
     p.add_argument("--hidden", type=int, nargs="*", default=[128])
-    p.add_argument("--repeats", type=int, default=5,
-                   help="rounds of (a0), (a), (b); the best time of each and the median of the rounds' ratios are printed")
-    p.add_argument("--precision", choices=("auto", "32", "bf16"), default="auto",
-                   help="train.precision of (a) and (b) (auto: bf16 on CUDA and AMX CPUs, else float32)")
+    p.add_argument(
+        "--repeats",
+        type=int,
+        default=5,
+        help="rounds of (a0), (a), (b); the best time of each and the median of the rounds' ratios are printed",
+    )
+    p.add_argument(
+        "--precision",
+        choices=("auto", "32", "bf16"),
+        default="auto",
+        help="train.precision of (a) and (b) (auto: bf16 on CUDA and AMX CPUs, else float32)",
+    )
     p.add_argument("--arch", choices=("mlp", "cnn", "resnet9"), default="mlp")
     p.add_argument("--width", type=float, default=1.0, help="conv nets: channel multiplier")
     p.add_argument("--quick", action="store_true", help="tiny sizes: only checks that the script runs")
+    p.add_argument("--record", action="store_true", help="append the figures as one row to --results-file")
+    p.add_argument(
+        "--results-file", type=Path, default=None, help=f"markdown file --record appends to (default {record.RESULTS})"
+    )
     args = p.parse_args(argv)
+    if args.results_file is not None and not args.record:
+        p.error("--results-file needs --record")
+    args.results_file = args.results_file or record.RESULTS
     if args.arch != "mlp":  # conv nets: smaller defaults (minutes, not hours, on 2 cores)
         args.single = 4 if args.single == 16 else args.single
         args.stack_size = 16 if args.stack_size == 250 else args.stack_size
@@ -102,11 +198,19 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     return args
 
 
-def settings_for(args: argparse.Namespace, k: int) -> TrainSettings:
-    """config.yaml's model and train sections, with stack_size k, on the CPU."""
+def settings_for(args: argparse.Namespace, k: int, precision: str | None = None) -> TrainSettings:
+    """config.yaml's model and train sections, with stack_size k, on the CPU (``--precision`` unless given)."""
     return TrainSettings(
-        arch="mlp", hidden=tuple(args.hidden), epochs=args.epochs, batch_size=128, optimizer="adam",
-        lr=0.01, weight_decay=1e-3, stack_size=k, device="cpu", precision=args.precision,
+        arch="mlp",
+        hidden=tuple(args.hidden),
+        epochs=args.epochs,
+        batch_size=128,
+        optimizer="adam",
+        lr=0.01,
+        weight_decay=1e-3,
+        stack_size=k,
+        device="cpu",
+        precision=precision or args.precision,
     )
 
 
@@ -136,8 +240,16 @@ def textbook_fit(data: dict, subset: np.ndarray, seed: int, widths: list[int], e
     x = torch.as_tensor(data["X_train"][subset])
     y = torch.as_tensor(data["y_train"][subset])
     loader = DataLoader(TensorDataset(x, y), batch_size=128, shuffle=True)
-    trainer = pl.Trainer(max_epochs=epochs, accelerator="cpu", devices=1, logger=False, enable_checkpointing=False,
-                         enable_progress_bar=False, enable_model_summary=False, plugins=[LightningEnvironment()])
+    trainer = pl.Trainer(
+        max_epochs=epochs,
+        accelerator="cpu",
+        devices=1,
+        logger=False,
+        enable_checkpointing=False,
+        enable_progress_bar=False,
+        enable_model_summary=False,
+        plugins=[LightningEnvironment()],
+    )
     trainer.fit(model, loader)
     with torch.no_grad():
         logits = model.net(torch.as_tensor(data["X_target"]))
@@ -153,11 +265,11 @@ def default_run_jobs() -> list[int]:
 
 
 def process_startup_seconds(repeats: int = 2) -> float:
-    """Best wall time of a fresh Python importing dmflow.train (torch and Lightning): what every job pays first."""
+    """Best wall time of a fresh Python importing dmflow.training.train (torch and Lightning): what every job pays first."""
     best = math.inf
     for _ in range(repeats):
         start = time.perf_counter()
-        subprocess.run([sys.executable, "-c", "import dmflow.train"], check=True, env={**os.environ, "PYTHONPATH": str(ROOT / "src")})
+        subprocess.run([sys.executable, "-c", "import dmflow.training.train"], check=True)
         best = min(best, time.perf_counter() - start)
     return best
 
@@ -234,12 +346,19 @@ def measure_matmul(k: int, batch: int, d: int, h: int, c: int, quick: bool, dtyp
     return out
 
 
-def conv_benchmark(args: argparse.Namespace) -> None:
+def conv_benchmark(args: argparse.Namespace, machine: list[str]) -> None:
     """cnn / resnet9 on synthetic 32x32x3 images: one by one vs grouped vs loop."""
+    load_start = os.getloadavg()[0]
     x, y = synthetic_images(1200, 10, seed=0)
     x = ((x / 255.0 - 0.5) / 0.25).astype(np.float32)
     n = 250 if args.quick else 1000
-    xt, yt, x, y = x[n : n + 200], y[n : n + 200], x[:n], y[:n]
+    data = {
+        "X_train": x[:n],
+        "y_train": y[:n],
+        "X_target": x[n : n + 200],
+        "y_target": y[n : n + 200],
+        "num_classes": 10,
+    }
     k_sub = subset_size(ALPHA, n)
     K = args.stack_size
     rng = np.random.default_rng(0)
@@ -248,42 +367,94 @@ def conv_benchmark(args: argparse.Namespace) -> None:
 
     def run(idx: np.ndarray, stacking: str) -> StackResult:
         settings = TrainSettings(
-            arch=args.arch, width=args.width, stacking=stacking, epochs=args.epochs, batch_size=100,
-            optimizer="sgd", lr=0.05, weight_decay=5e-4, label_smoothing=0.1,
-            augment=AugmentSettings(flip=True, translate=2), stack_size=len(idx), device="cpu",
+            arch=args.arch,
+            width=args.width,
+            stacking=stacking,
+            epochs=args.epochs,
+            batch_size=100,
+            optimizer="sgd",
+            lr=0.05,
+            weight_decay=5e-4,
+            label_smoothing=0.1,
+            augment=AugmentSettings(flip=True, translate=2),
+            stack_size=len(idx),
+            device="cpu",
             precision=args.precision,
         )
-        return train_stack(x, y, xt, yt, subsets[idx], seeds[idx], 10, settings)
+        return train_stack(data, subsets[idx], seeds[idx], settings=settings)
 
     run(np.arange(1), "grouped")  # warm-up
     times = {"one": math.inf, "grouped": math.inf, "loop": math.inf}
     for _ in range(args.repeats):
         times["one"] = min(times["one"], timed(lambda: [run(np.array([i]), "loop") for i in range(args.single)])[0])
         for how in ("grouped", "loop"):
-            times[how] = min(times[how], timed(lambda: run(np.arange(K), how))[0])
+            times[how] = min(times[how], timed(partial(run, np.arange(K), how))[0])
     rates = {"one": args.single / times["one"], "grouped": K / times["grouped"], "loop": K / times["loop"]}
+    load_end = os.getloadavg()[0]
+    flag = lightning_precision(args.precision, "cpu")
     line = "-" * 72
     print(line)
-    print(f"conv throughput  {args.arch} width {args.width}  torch {torch.__version__}  threads {args.threads}  "
-          f"1-min load {os.getloadavg()[0]:.2f}{'  [QUICK]' if args.quick else ''}")
-    print(f"synthetic 32x32x3, n={n}, subset {k_sub}, {args.epochs} epochs, batch 100, SGD, flip + translate, channels-last, "
-          f"train.precision={args.precision} -> {lightning_precision(args.precision, 'cpu')}")
+    print(
+        f"conv throughput  {args.arch} width {args.width}  torch {torch.__version__}  threads {args.threads}  "
+        f"1-min load {os.getloadavg()[0]:.2f}{'  [QUICK]' if args.quick else ''}"
+    )
+    print(
+        f"synthetic 32x32x3, n={n}, subset {k_sub}, {args.epochs} epochs, batch 100, SGD, flip + translate, channels-last, "
+        f"train.precision={args.precision} -> {flag}"
+    )
     print(line)
     print(f"{'run (best of ' + str(args.repeats) + ')':<34}{'models':>8}{'seconds':>10}{'models/s':>12}")
     print(f"{'(a) one Trainer.fit per model':<34}{args.single:>8}{times['one']:>10.2f}{rates['one']:>12.2f}")
     print(f"{'(b) stacked, grouped convolutions':<34}{K:>8}{times['grouped']:>10.2f}{rates['grouped']:>12.2f}")
     print(f"{'(c) stacked, loop in one step':<34}{K:>8}{times['loop']:>10.2f}{rates['loop']:>12.2f}")
-    print(f"ratios: (b)/(a) {rates['grouped'] / rates['one']:.2f}x   (c)/(a) {rates['loop'] / rates['one']:.2f}x   "
-          f"(b)/(c) {rates['grouped'] / rates['loop']:.2f}x")
+    print(
+        f"ratios: (b)/(a) {rates['grouped'] / rates['one']:.2f}x   (c)/(a) {rates['loop'] / rates['one']:.2f}x   "
+        f"(b)/(c) {rates['grouped'] / rates['loop']:.2f}x"
+    )
     print(line)
+    if args.record:
+        fmt = record.fmt
+        row = record.append_row(
+            args.results_file,
+            CONV_SECTION,
+            CONV_HEADER,
+            machine
+            + [
+                args.arch,
+                f"{args.width:g}",
+                str(args.threads),
+                str(K),
+                str(args.single),
+                str(args.epochs),
+                str(args.repeats),
+                f"{args.precision} ({flag})",
+                f"{load_start:.2f} / {load_end:.2f}",
+                fmt(rates["one"]),
+                fmt(rates["grouped"]),
+                fmt(rates["loop"]),
+                fmt(rates["grouped"] / rates["one"]),
+                fmt(rates["loop"] / rates["one"]),
+                fmt(rates["grouped"] / rates["loop"]),
+            ],
+            notes=CONV_NOTES,
+        )
+        print(f"recorded in {args.results_file} under '## {CONV_SECTION}':\n{row}")
 
 
 def main(argv: list[str] | None = None) -> None:
     args = parse_args(argv)
-    _quiet_lightning()
+    machine = record.machine_cells()  # when and on what the run started
+    if args.record:  # a table with another header: say so now, not after minutes of timing
+        try:
+            record.check_section(
+                args.results_file, *((SECTION, HEADER) if args.arch == "mlp" else (CONV_SECTION, CONV_HEADER))
+            )
+        except record.RecordError as e:
+            sys.exit(f"--record: {e}")
+    quiet_lightning()
     if args.arch != "mlp":
         torch.set_num_threads(args.threads)
-        conv_benchmark(args)
+        conv_benchmark(args, machine)
         return
     warnings.filterwarnings("ignore", message=".*`srun` command is available.*")  # Lightning, where SLURM is installed
     torch.set_num_threads(args.threads)
@@ -295,20 +466,25 @@ def main(argv: list[str] | None = None) -> None:
     num_classes, num_targets = int(data["num_classes"]), data["X_target"].shape[0]
     k_sub = subset_size(ALPHA, n)
     K = args.stack_size
-    masks = draw_masks(n, ALPHA, K, np.random.default_rng(0))
+    masks = draw_masks(n, ALPHA, K, rng=np.random.default_rng(0))
     subsets = np.stack([np.flatnonzero(m) for m in masks])
     seeds = np.random.default_rng(1).integers(0, 2**62, size=K, dtype=np.int64)
 
-    def run(rows: slice) -> StackResult:
+    def run(rows: slice, precision: str | None = None) -> StackResult:
         idx = np.arange(K)[rows]
-        return train_stack(
-            data["X_train"], data["y_train"], data["X_target"], data["y_target"],
-            subsets[idx], seeds[idx], num_classes, settings_for(args, len(idx)),
-        )
+        return train_stack(data, subsets[idx], seeds[idx], settings=settings_for(args, len(idx), precision))
+
+    # (b) at train.precision 32 and auto, where that can differ (AMX) or auto is asked for: the one
+    # of them (b) is not is timed once more per round, next to (b)
+    flag = lightning_precision(args.precision, "cpu")
+    compare = cpu_has_bf16_matrix_units() or args.precision == "auto"
+    extra = [p for p in ("32", "auto") if lightning_precision(p, "cpu") != flag] if compare else []
 
     # warm-up: imports, Lightning's first-fit set-up, allocator, thread pool
     run(slice(0, 1))
     run(slice(0, min(K, 16)))
+    for p in extra:
+        run(slice(0, min(K, 16)), p)
 
     # (a) one Trainer.fit per model, (b) the stack on the same first masks and seeds;
     # interleaved and repeated, the best time of each kept (other processes add noise)
@@ -317,6 +493,9 @@ def main(argv: list[str] | None = None) -> None:
     t_textbook = t_single = t_stack = math.inf
     paired_a0, paired_a = [], []  # per round: (b)/(a0) and (b)/(a)
     round_rates, round_bandwidth = [], []  # per round: ((a) models/s, (b) models/s), copy GB/s before (b)
+    t_extra = dict.fromkeys(extra, math.inf)
+    paired_prec: list[float] = []  # per round: auto/32 of the stack's rates
+    stacked_extra: dict[str, StackResult] = {}
     halves = (range(args.single // 2), range(args.single // 2, args.single))
 
     def textbook(models: range) -> tuple[float, object]:
@@ -325,12 +504,22 @@ def main(argv: list[str] | None = None) -> None:
     def one_by_one(models: range) -> tuple[float, list[StackResult]]:
         return timed(lambda: [run(slice(i, i + 1)) for i in models])
 
-    for _ in range(args.repeats):
+    for r in range(args.repeats):
         # half of (a0) and (a) before (b), half after: a drift in machine speed hits both sides alike
         t0_first, _ = textbook(halves[0])
         t1_first, first = one_by_one(halves[0])
         round_bandwidth.append(copy_bandwidth(16 if args.quick else 256))
+        # the other precision's stack before (b) in odd rounds, after it in even ones
+        extra_times = {}
+        for p in extra if r % 2 else []:
+            extra_times[p], stacked_extra[p] = timed(partial(run, slice(0, K), p))
         t2, stacked = timed(lambda: run(slice(0, K)))
+        for p in [] if r % 2 else extra:
+            extra_times[p], stacked_extra[p] = timed(partial(run, slice(0, K), p))
+        if compare:
+            by_prec = {p: extra_times.get(p, t2) for p in ("32", "auto")}
+            paired_prec.append(by_prec["32"] / by_prec["auto"])
+            t_extra = {p: min(t_extra[p], extra_times[p]) for p in extra}
         t1_second, second = one_by_one(halves[1])
         t0_second, _ = textbook(halves[1])
         t0, t1, singles = t0_first + t0_second, t1_first + t1_second, first + second
@@ -340,6 +529,11 @@ def main(argv: list[str] | None = None) -> None:
         round_rates.append((args.single / t1, K / t2))
     threads_after = torch.get_num_threads()
     load_end = os.getloadavg()[0]
+    rate_prec = {p: K / t_extra.get(p, t_stack) for p in ("32", "auto")} if compare else {}
+    acc_prec = {
+        p: float(stacked_extra[p].acc_target.mean()) if p in stacked_extra else float(stacked.acc_target.mean())
+        for p in rate_prec
+    }
 
     rate_a0 = args.single / t_textbook
     rate_a = args.single / t_single
@@ -356,9 +550,10 @@ def main(argv: list[str] | None = None) -> None:
     flops_model = train_flops + eval_flops
     achieved = flops_model * rate_b
 
-    matmul_dtype = torch.bfloat16 if lightning_precision(args.precision, "cpu") == "bf16-mixed" else torch.float32
-    peaks = measure_matmul(K, 128, d, args.hidden[0] if args.hidden else num_classes, num_classes, args.quick,
-                           matmul_dtype)
+    matmul_dtype = torch.bfloat16 if flag == "bf16-mixed" else torch.float32
+    peaks = measure_matmul(
+        K, 128, d, args.hidden[0] if args.hidden else num_classes, num_classes, args.quick, matmul_dtype
+    )
     bmm_main = next(v for k_, v in peaks.items() if k_.startswith("bmm"))
     square = next(v for k_, v in peaks.items() if k_.startswith("matmul"))
 
@@ -368,12 +563,18 @@ def main(argv: list[str] | None = None) -> None:
 
     line = "-" * 72
     print(line)
-    print(f"train throughput  torch {torch.__version__}  threads {args.threads} (after fit: {threads_after})  "
-          f"1-min load average {load_start:.2f} at start, {load_end:.2f} after (b){'  [QUICK]' if args.quick else ''}")
-    print(f"data digits n={n} d={d} C={num_classes} targets={num_targets}; subset k={k_sub}; "
-          f"MLP {'-'.join(map(str, widths))}; {args.epochs} epochs x {math.ceil(k_sub / 128)} steps of B<=128")
-    print(f"precision of (a) and (b): train.precision={args.precision} -> {lightning_precision(args.precision, 'cpu')}"
-          f" (AMX: {cpu_has_bf16_matrix_units()}); (a0) is Lightning's default, 32-true; margins in float32")
+    print(
+        f"train throughput  torch {torch.__version__}  threads {args.threads} (after fit: {threads_after})  "
+        f"1-min load average {load_start:.2f} at start, {load_end:.2f} after (b){'  [QUICK]' if args.quick else ''}"
+    )
+    print(
+        f"data digits n={n} d={d} C={num_classes} targets={num_targets}; subset k={k_sub}; "
+        f"MLP {'-'.join(map(str, widths))}; {args.epochs} epochs x {math.ceil(k_sub / 128)} steps of B<=128"
+    )
+    print(
+        f"precision of (a) and (b): train.precision={args.precision} -> {flag}"
+        f" (AMX: {cpu_has_bf16_matrix_units()}); (a0) is Lightning's default, 32-true; margins in float32"
+    )
     print(line)
     print(f"{'run (best of ' + str(args.repeats) + ')':<34}{'models':>8}{'seconds':>10}{'models/s':>12}")
     print(f"{'(a0) textbook Lightning, per model':<34}{args.single:>8}{t_textbook:>10.2f}{rate_a0:>12.2f}")
@@ -381,30 +582,93 @@ def main(argv: list[str] | None = None) -> None:
     print(f"{'(b) stacked, one Trainer.fit':<34}{K:>8}{t_stack:>10.2f}{rate_b:>12.2f}")
     for name, rate, paired in (("(b)/(a0)", rate_a0, paired_a0), ("(b)/(a) ", rate_a, paired_a)):
         median = float(np.median(paired))
-        print(f"ratio {name}: {rate_b / rate:.1f}x of the best times; per round {', '.join(f'{r:.1f}' for r in paired)}"
-              f" -> median {median:.1f}x   (goal >= 20x: {'met' if median >= 20 else 'NOT met'})")
-    print("per round, (a) and (b) models/s and the memory copy GB/s before (b): "
-          + "; ".join(f"{a:.1f}, {b:.0f}, {bw:.1f}" for (a, b), bw in zip(round_rates, round_bandwidth)))
-    print(f"max |margin(a) - margin(b)| on the {args.single} shared models: {margin_diff:.2e}"
-          f"   (stacked mean target accuracy {acc_b:.3f})")
+        print(
+            f"ratio {name}: {rate_b / rate:.1f}x of the best times; per round {', '.join(f'{r:.1f}' for r in paired)}"
+            f" -> median {median:.1f}x   (goal >= 20x: {'met' if median >= 20 else 'NOT met'})"
+        )
+    print(
+        "per round, (a) and (b) models/s and the memory copy GB/s before (b): "
+        + "; ".join(f"{a:.1f}, {b:.0f}, {bw:.1f}" for (a, b), bw in zip(round_rates, round_bandwidth))
+    )
+    print(
+        f"max |margin(a) - margin(b)| on the {args.single} shared models: {margin_diff:.2e}"
+        f"   (stacked mean target accuracy {acc_b:.3f})"
+    )
+    if compare:
+        print(
+            f"(b) by train.precision, best of {args.repeats}: "
+            + ", ".join(
+                f"{p} ({lightning_precision(p, 'cpu')}) {rate_prec[p]:.2f} models/s, mean target accuracy "
+                f"{acc_prec[p]:.3f}"
+                for p in ("32", "auto")
+            )
+            + f"; auto/32 per round {', '.join(f'{r:.2f}' for r in paired_prec)} -> median "
+            f"{float(np.median(paired_prec)):.2f}x" + ("" if extra else " (the same precision here: auto is 32-true)")
+        )
+    else:
+        print(f"(b) at train.precision 32 vs auto: not measured (no AMX, and --precision is {args.precision})")
     print(line)
     dtype_name = str(matmul_dtype).removeprefix("torch.")
     print(f"{dtype_name + ' matmul, ' + str(args.threads) + ' thread(s), best of 5':<44}{'GFLOP/s':>10}")
     for name, v in peaks.items():
         print(f"  {name:<42}{v / 1e9:>10.1f}")
     print(line)
-    print(f"FLOPs per model: train 3 x fwd x {args.epochs} x {k_sub} = {train_flops / 1e6:.1f} M"
-          f" (+ final margins/accuracy pass {eval_flops / 1e6:.2f} M); {steps} optimizer steps")
-    print(f"(b) achieves {achieved / 1e9:.2f} GFLOP/s (train + final pass) = {achieved / bmm_main:.1%} of the bmm "
-          f"[{K},128,{d}]x[{K},{d},{widths[1]}] rate, {achieved / square:.1%} of the square-matmul rate")
-    print("    (3x-forward convention; layer 1's input gradient is never computed, so the FLOPs"
-          f" executed are ~{(fwd + 2 * fwd - 2 * d * widths[1]) / (3 * fwd):.0%} of that)")
+    print(
+        f"FLOPs per model: train 3 x fwd x {args.epochs} x {k_sub} = {train_flops / 1e6:.1f} M"
+        f" (+ final margins/accuracy pass {eval_flops / 1e6:.2f} M); {steps} optimizer steps"
+    )
+    print(
+        f"(b) achieves {achieved / 1e9:.2f} GFLOP/s (train + final pass) = {achieved / bmm_main:.1%} of the bmm "
+        f"[{K},128,{d}]x[{K},{d},{widths[1]}] rate, {achieved / square:.1%} of the square-matmul rate"
+    )
+    print(
+        "    (3x-forward convention; layer 1's input gradient is never computed, so the FLOPs"
+        f" executed are ~{(fwd + 2 * fwd - 2 * d * widths[1]) / (3 * fwd):.0%} of that)"
+    )
     print(line)
-    print(f"ESTIMATE, default run's training (config.yaml: {sum(jobs)} models in {len(jobs)} jobs of {max(jobs)} or fewer) "
-          f"on {DEFAULT_CORES} cores: {est_s:.0f} s ({est_s / 60:.1f} min)")
-    print(f"    each job: {startup:.1f} s start-up (a fresh process importing torch and Lightning, measured) + its models "
-          f"at (b)'s rate; two jobs at once share the memory bandwidth, so the real run takes longer")
+    print(
+        f"ESTIMATE, default run's training (config.yaml: {sum(jobs)} models in {len(jobs)} jobs of {max(jobs)} or fewer) "
+        f"on {DEFAULT_CORES} cores: {est_s:.0f} s ({est_s / 60:.1f} min)"
+    )
+    print(
+        f"    each job: {startup:.1f} s start-up (a fresh process importing torch and Lightning, measured) + its models "
+        f"at (b)'s rate; two jobs at once share the memory bandwidth, so the real run takes longer"
+    )
     print(line)
+    if args.record:
+        fmt = record.fmt
+        row = record.append_row(
+            args.results_file,
+            SECTION,
+            HEADER,
+            machine
+            + [
+                str(args.threads),
+                str(K),
+                str(args.single),
+                str(args.epochs),
+                str(args.repeats),
+                f"{args.precision} ({flag})",
+                f"{load_start:.2f} / {load_end:.2f}",
+                fmt(rate_a0),
+                fmt(rate_a),
+                fmt(rate_b),
+                fmt(rate_b / rate_a0, ".1f"),
+                fmt(float(np.median(paired_a0)), ".1f"),
+                fmt(rate_b / rate_a, ".1f"),
+                fmt(float(np.median(paired_a)), ".1f"),
+                fmt(float(np.median(round_bandwidth)), ".1f"),
+                fmt(rate_prec.get("32")),
+                fmt(rate_prec.get("auto")),
+                fmt(float(np.median(paired_prec)) if paired_prec else None),
+                fmt(bmm_main / 1e9, ".1f"),
+                fmt(100 * achieved / bmm_main, ".1f") + "%",
+                fmt(est_s, ".0f"),
+                fmt(margin_diff, ".1e"),
+            ],
+            notes=NOTES,
+        )
+        print(f"recorded in {args.results_file} under '## {SECTION}':\n{row}")
 
 
 if __name__ == "__main__":
