@@ -1,6 +1,10 @@
 #!/usr/bin/env bash
-# Set up the venv (CPU build of torch) and run the whole test suite with pytest.
+# Set up the venv (CPU build of torch), check lint and format, and run the whole test suite.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 SETUP_EXTRAS="[test,slurm]" . scripts/setup.sh
+ruff check src tests benchmarks
+ruff format --check src tests benchmarks
+snakefmt --check .
+snakemake --lint
 python -m pytest "$@"
