@@ -58,7 +58,6 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
-import record
 import torch
 
 from dmflow.core.layout import Layout
@@ -68,6 +67,8 @@ from dmflow.lasso.path import group_count, lambda_path, over_target_groups, path
 from dmflow.lasso.problem import GREEDY_STEP, PLAIN_STEPS, curvature, lambda_max, objective
 from dmflow.lasso.solvers import solve_batched, warm_up_fused
 from dmflow.store.masks import draw_masks
+
+import record
 
 ROOT = Path(__file__).resolve().parents[1]
 DEFAULT_STORE = ROOT / Layout("results/default").store("0.5", "fit")

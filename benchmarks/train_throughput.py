@@ -65,7 +65,6 @@ from pathlib import Path
 
 import numpy as np
 import pytorch_lightning as pl
-import record
 import torch
 from pytorch_lightning.plugins.environments import LightningEnvironment
 from torch import nn
@@ -85,6 +84,8 @@ from dmflow.training.train import (
     quiet_lightning,
     train_stack,
 )
+
+import record
 
 ROOT = Path(__file__).resolve().parents[1]  # for config.yaml
 

@@ -3,19 +3,25 @@
 import json
 import os
 import sys
+import warnings
 
 from snakemake.settings.types import DeploymentMethod
 
 from dmflow.config import ConfigError, validate_config
 from dmflow.core.layout import Layout, alpha_dir, block_ids, chunk_ids
 from dmflow.core.schema import result_keys
-from dmflow.data.sources import dataset_sizes
+from dmflow.data.sources import DataWarning, dataset_sizes
 from dmflow.store.schema import STORE_NAMES
 
 try:
-    _validated = validate_config(config)
+    with warnings.catch_warnings(record=True) as _caught:
+        warnings.simplefilter("always", DataWarning)
+        _validated = validate_config(config)
 except ConfigError as exc:
     sys.exit(f"dmflow: config error: {exc}")
+for _warning in _caught:
+    if issubclass(_warning.category, DataWarning):
+        print(f"dmflow: warning: {_warning.message}", file=sys.stderr)
 config.clear()
 config.update(_validated)
 
@@ -88,9 +94,14 @@ def summary_inputs():
 
 
 def final_outputs(summary=True):
-    """Everything `rule all` asks for, per alpha."""
+    """Everything the target rule asks for, per alpha. The stores and the fit blocks are targets
+    too. Snakemake deletes a failed job's outputs, and without them here a store or block lost
+    that way would go unnoticed ("Nothing to be done") while the files after it still exist."""
     out = [L.summary()] if summary else []
+    blocks = block_ids(NUM_TARGETS, config["fit"]["targets_per_job"])
     for alpha in ALPHAS:
+        out += [L.manifest(alpha, "fit"), L.manifest(alpha, "eval")]
+        out += [L.fit_block(alpha, b) for b in blocks]
         out += [L.datamodels(alpha), L.eval_summary(alpha)]
         if config["evaluate"]["learning_curve"]:
             out.append(L.curve_table(alpha))

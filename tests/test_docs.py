@@ -4,10 +4,10 @@ from __future__ import annotations
 
 import re
 
-from helpers import REPO
-
 from dmflow.core.codes import DATAMODEL_FLAGS, MODEL_STATUS, describe
 from dmflow.store.schema import STORE_NAMES
+
+from helpers import REPO
 
 
 def test_the_readme_states_the_stores_arrays_and_the_status_codes_as_the_code_defines_them():

@@ -4,6 +4,7 @@ import re
 import tomllib
 
 import yaml
+
 from helpers import REPO
 
 CONDA_NAMES = {"torch": "pytorch"}  # PyPI name -> conda-forge name

@@ -2,7 +2,6 @@
 
 import numpy as np
 import pytest
-from helpers import planted_eval_store as planted_store
 
 from dmflow.evaluation.metrics import (
     MIN_CEILING,
@@ -15,6 +14,8 @@ from dmflow.evaluation.metrics import (
     seed_mean,
     spearman,
 )
+
+from helpers import planted_eval_store as planted_store
 
 
 def test_pearson_and_spearman_against_hand_computed_values():

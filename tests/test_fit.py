@@ -3,8 +3,6 @@
 import numpy as np
 import pytest
 import torch
-from helpers import planted_fit as planted_problem
-from helpers import write_store_folder as _fake_store
 
 from dmflow.core.codes import FLAG_CONSTANT, FLAG_NO_DATA, FLAG_OK
 from dmflow.core.io import atomic_save_npz
@@ -21,6 +19,9 @@ from dmflow.lasso.path import (
 )
 from dmflow.lasso.solvers import solve_batched
 from dmflow.stages.fit import fit_store_block, merge_fit
+
+from helpers import planted_fit as planted_problem
+from helpers import write_store_folder as _fake_store
 
 F64 = FitSettings(dtype="float64", tol=1e-10, max_iter=100_000, num_lambdas=12, lambda_min_ratio=1e-3, device="cpu")
 

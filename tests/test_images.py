@@ -8,7 +8,6 @@ import pickle
 import numpy as np
 import pytest
 import torch
-from helpers import tiny_config
 from torch import nn
 
 from dmflow.data.augment import AugmentSettings, apply, draw_params
@@ -19,6 +18,8 @@ from dmflow.training.convnets import build_single
 from dmflow.training.settings import TrainSettings
 from dmflow.training.stacking import GroupedStack, LoopStack, stack_models
 from dmflow.training.train import train_stack
+
+from helpers import tiny_config
 
 
 def tiny_factory(input_shape, num_classes):

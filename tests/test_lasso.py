@@ -3,13 +3,14 @@
 import numpy as np
 import pytest
 import torch
-from helpers import planted_lasso as planted
 
 from dmflow.lasso.cvxpy_solver import CLARABEL_TIGHT, solve_cvxpy
 from dmflow.lasso.moments import row_moments
 from dmflow.lasso.path import lambda_path, path_warm_start
 from dmflow.lasso.problem import PLAIN_STEPS, curvature, kkt_violation, lambda_max, objective, plain_step
 from dmflow.lasso.solvers import BACKENDS, solve_batched
+
+from helpers import planted_lasso as planted
 
 
 def literal_objective(x, y, w, b, lam):

@@ -10,12 +10,36 @@ import time
 
 import numpy as np
 import pytest
-from helpers import Workflow, planted_fit, tiny_config, write_store_folder
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 from dmflow.config import ConfigError, validate_config
 from dmflow.core.schema import load_schema
+
+from helpers import Workflow, planted_fit, tiny_config, write_store_folder
+
+
+@pytest.fixture()
+def chunks_for_collect(tmp_path, tiny_data):
+    """data.npz, one chunk of 20 masks and its trained file (logistic regressions, one epoch)."""
+    from dmflow.stages.masks import make_masks
+    from dmflow.stages.train import train_chunk
+    from dmflow.training.settings import TrainSettings
+
+    np.savez(tmp_path / "data.npz", **tiny_data)
+    make_masks(tmp_path / "data.npz", tmp_path / "00000.npy", alpha=0.5, split="fit", chunk=0, chunk_size=20, seed=0)
+    train_chunk(
+        tmp_path / "data.npz",
+        tmp_path / "00000.npy",
+        tmp_path / "t0.npz",
+        seed=0,
+        alpha=0.5,
+        split="fit",
+        chunk=0,
+        replicates=1,
+        settings=TrainSettings(arch="logreg", epochs=1, batch_size=30, device="cpu"),
+    )
+    return tmp_path / "data.npz", tmp_path / "00000.npy", tmp_path / "t0.npz"
 
 
 def _arrays(path):
@@ -65,6 +89,7 @@ def test_kill_9_then_rerun_incomplete_retrains_nothing_finished_and_matches_an_u
     assert {k: after[k] for k in finished} == finished  # finished chunks were not retrained
     for rel in after:
         assert (run.root / rel).read_bytes() == (ref.root / rel).read_bytes(), rel  # byte-identical chunks
+    assert not [p for p in run.results.rglob(".*") if ".tmp" in p.name]  # no temporary outlives the run
     assert _same_arrays(
         _arrays(run.results / "datamodels" / "0.5.npz"), _arrays(ref.results / "datamodels" / "0.5.npz")
     )
@@ -208,3 +233,35 @@ def test_written_files_get_the_mode_a_plain_open_would_give(tmp_path, umask):
         os.umask(old)
     modes = {p.name: p.stat().st_mode & 0o777 for p in tmp_path.iterdir()}
     assert modes == dict.fromkeys(["a.npz", "b.npy", "c.json", "d.parquet", "plain"], 0o666 & ~umask)
+
+
+def test_a_writer_removes_the_temporaries_a_killed_writer_left_of_its_output(chunks_for_collect, tmp_path):
+    """kill -9 during collect leaves full-size temporaries; the next collect removes them, and only them."""
+    from dmflow.stages.collect import collect
+
+    data, masks, trained = chunks_for_collect
+    store = tmp_path / "store"
+    store.mkdir()
+    stale = [
+        store / ".margins.npy.k2j4x9ab.tmp.npy",
+        store / ".masks.npy.qqq_1234.tmp.npy",
+        store / ".manifest.json.zz9.tmp",
+    ]
+    for path in stale:
+        path.write_bytes(b"\0" * 1000)  # what a killed collect leaves behind
+    (store / "notes.txt").write_text("mine")
+    collect(
+        [masks],
+        [trained],
+        store,
+        data=data,
+        alpha=0.5,
+        split="fit",
+        seed=0,
+        replicates=1,
+        chunk_size=20,
+        max_diverged_fraction=0.05,
+    )
+    assert not any(p.exists() for p in stale)
+    assert not list(store.glob(".*"))
+    assert (store / "notes.txt").read_text() == "mine"

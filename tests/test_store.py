@@ -155,16 +155,33 @@ def test_store_without_manifest_is_incomplete(tmp_path):
         open_store(tmp_path)
 
 
-def test_diverged_models_are_kept_counted_and_warned_about(chunks, tmp_path, caplog):
-    specs = _copy(chunks, tmp_path)
+def _diverge(specs, rows):
+    """Mark the first ``rows`` rows of the second chunk diverged (every replicate; margins NaN)."""
     with np.load(specs[1].train_path) as f:
         status, margins = f["status"].copy(), f["margins"].copy()
-    status[:3] = 1
-    margins[:3] = np.nan  # diverged models may hold NaN margins
+    status[:rows] = 1
+    margins[:rows] = np.nan  # diverged models may hold NaN margins
     _rewrite(specs[1].train_path, status=status, margins=margins)
+
+
+def test_diverged_models_below_the_limit_are_kept_counted_and_left_out(chunks, tmp_path, caplog):
+    specs = _copy(chunks, tmp_path)
+    _diverge(specs, 3)
     with caplog.at_level("INFO"):
-        manifest = _collect(specs, tmp_path / "store", max_diverged_fraction=0.2)
-    assert manifest["diverged"] == 6 and manifest["diverged_fraction"] == 0.25 and manifest["diverged_warning"]
-    assert "more than train.max_diverged_fraction=0.2" in caplog.text
+        manifest = _collect(specs, tmp_path / "store", max_diverged_fraction=0.25)
+    assert manifest["diverged"] == 6 and manifest["diverged_fraction"] == 0.25
+    assert "6 of 24 models diverged" in caplog.text
     store = open_store(tmp_path / "store")
     assert (~store.ok).sum() == 6
+
+
+def test_more_diverged_models_than_allowed_fail_collect_and_write_no_store(chunks, tmp_path):
+    """Garbage must not finish with exit 0: a run where too many models diverged stops at collect."""
+    specs = _copy(chunks, tmp_path)
+    _diverge(specs, 3)
+    with pytest.raises(StoreError) as err:
+        _collect(specs, tmp_path / "store", max_diverged_fraction=0.2)
+    assert "6 of 24 models diverged (25.0%, more than train.max_diverged_fraction=0.2)" in str(err.value)
+    assert "\n" not in str(err.value)
+    assert list((tmp_path / "store").iterdir()) == []  # no store, no temporaries
+    assert all(s.train_path.exists() for s in specs)  # the chunks are kept

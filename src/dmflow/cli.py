@@ -12,11 +12,14 @@ import argparse
 import json
 import logging
 import sys
+import warnings
 from pathlib import Path
 
 from dmflow import __version__
 from dmflow.config import ConfigError, config_markdown, load_config
+from dmflow.core.device import DeviceError
 from dmflow.core.seeds import SPLITS
+from dmflow.data.sources import DataError, DataWarning
 from dmflow.store.schema import StoreError
 
 
@@ -36,6 +39,17 @@ def _setup_logging(verbose: bool) -> None:
 # its stage needs (torch and Lightning take seconds to import).
 def cmd_check_config(args: argparse.Namespace) -> None:
     print(json.dumps(load_config(args.config), indent=2, sort_keys=True))
+
+
+def _warning_line(message, category, filename, lineno, file=None, line=None) -> None:
+    """A DataWarning as one line on stderr (``dmflow: warning: ...``); others as Python shows them."""
+    if issubclass(category, DataWarning):
+        print(f"dmflow: warning: {message}", file=sys.stderr)
+    else:
+        _show_warning(message, category, filename, lineno, file, line)
+
+
+_show_warning = warnings.showwarning
 
 
 def cmd_config_docs(args: argparse.Namespace) -> None:
@@ -283,7 +297,12 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--masks", type=Path, nargs="+", required=True)
     p.add_argument("--trained", type=Path, nargs="+", required=True)
     p.add_argument("--out-dir", type=Path, required=True)
-    p.add_argument("--max-diverged-fraction", type=float, default=0.05, help="warn above this share of diverged models")
+    p.add_argument(
+        "--max-diverged-fraction",
+        type=float,
+        default=0.05,
+        help="fail, writing no store, above this share of diverged models",
+    )
     p.set_defaults(func=cmd_collect)
 
     p = sub.add_parser("fit-block", help="fit the datamodels of one block of targets")
@@ -377,14 +396,15 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def main(argv: list[str] | None = None) -> None:
-    """Run one command; a config or store problem ends it with one line (exit status 1)."""
+    """Run one command; a config, data, device or store problem ends it with one line (exit status 1)."""
     args = build_parser().parse_args(argv)
     _setup_logging(args.verbose)
+    warnings.showwarning = _warning_line
     try:
         args.func(args)
     except ConfigError as exc:
         raise SystemExit(f"dmflow: config error: {exc}") from None
-    except StoreError as exc:
+    except (StoreError, DataError, DeviceError) as exc:
         raise SystemExit(f"dmflow {args.command}: {exc}") from None
 
 

@@ -10,6 +10,8 @@ source of every default; ``docs/configuration.md`` is generated from it
 from __future__ import annotations
 
 import copy
+import os
+import warnings
 from pathlib import Path
 from typing import Any
 
@@ -17,9 +19,10 @@ import jsonschema
 import yaml
 
 from dmflow.core.schema import builtin_architectures, load_schema, validator
-from dmflow.data.sources import DataError, dataset_sizes
+from dmflow.core.seeds import alpha_key
+from dmflow.data.sources import DataError, DataWarning, dataset_info
 from dmflow.store.masks import subset_size
-from dmflow.training.factory import load_factory
+from dmflow.training.factory import check_factory, load_factory
 
 
 class ConfigError(ValueError):
@@ -47,31 +50,96 @@ def _divisible(cfg: dict, key: str, chunk_key: str) -> None:
         raise ConfigError(f"masks.{key}={value} must be a positive multiple of masks.{chunk_key}={chunk}")
 
 
-def validate_config(config: dict[str, Any]) -> dict[str, Any]:
-    """Return the config with defaults filled in, or raise ConfigError (one line)."""
-    cfg = copy.deepcopy(dict(config))
-    errors = sorted(validator().iter_errors(cfg), key=lambda e: (len(e.absolute_path), list(map(str, e.absolute_path))))
-    if errors:
-        raise ConfigError(_describe(jsonschema.exceptions.best_match(errors)))
-    if ".." in Path(cfg["results"]).parts:
-        raise ConfigError(f"results={cfg['results']!r} must not contain '..'; give the results folder itself")
-    _divisible(cfg, "fit_models", "chunk_size")
-    _divisible(cfg, "eval_models", "eval_chunk_size")
-    try:
-        n, _ = dataset_sizes(cfg["dataset"], cfg["seed"])
-    except DataError as exc:
-        raise ConfigError(str(exc)) from None
-    for alpha in cfg["masks"]["alphas"]:
+def _check_results(results: str) -> str:
+    """The results folder, normalised (``./x/`` -> ``x``); refuses what would scatter outputs."""
+    if not results.strip():
+        raise ConfigError(f"results={results!r} is empty; give a folder, e.g. results/mydata")
+    for char in "{}\n\r\t\x00":
+        if char in results:
+            raise ConfigError(f"results={results!r} contains {char!r}, which Snakemake paths cannot hold")
+    if ".." in Path(results).parts:
+        raise ConfigError(f"results={results!r} must not contain '..'; give the results folder itself")
+    if Path(results).resolve() == Path("/").resolve():
+        raise ConfigError(f"results={results!r} is the filesystem root; give a folder of its own, e.g. results/mydata")
+    return os.path.normpath(results)
+
+
+def _check_alphas(alphas: list[float], n: int) -> None:
+    keys: dict[int, float] = {}
+    for alpha in alphas:
         if not 0 < subset_size(alpha, n) < n:
             raise ConfigError(
                 f"masks.alphas: alpha={alpha} gives round(alpha*{n}) outside 1..{n - 1} training examples"
             )
-    arch = cfg["model"]["arch"]
-    if arch not in builtin_architectures():
-        try:
-            load_factory(arch)
-        except ValueError as exc:
-            raise ConfigError(str(exc)) from None
+        if alpha_key(alpha) in keys:
+            raise ConfigError(
+                f"masks.alphas: {keys[alpha_key(alpha)]} and {alpha} are closer than 1e-6 and would draw the same "
+                "masks (seeds key alpha in millionths); keep one of them"
+            )
+        keys[alpha_key(alpha)] = alpha
+
+
+def _check_devices(cfg: dict) -> None:
+    """``cuda`` only where torch sees a GPU (``auto`` finds one wherever a job runs)."""
+    asked = [key for key in ("train", "fit") if cfg[key]["device"] == "cuda"]
+    if not asked:
+        return
+    import torch  # heavy; only when a config asks for CUDA
+
+    if not torch.cuda.is_available():
+        raise ConfigError(
+            f"{asked[0]}.device='cuda' but torch finds no CUDA device here; use 'auto' (CUDA wherever a job sees "
+            "a GPU, e.g. on a cluster's GPU nodes) or 'cpu'"
+        )
+
+
+def _check_model(model: dict, feature_shape: tuple[int, ...], num_classes: int) -> None:
+    """Conv and custom models need images; a custom factory must build a model for this data."""
+    arch = model["arch"]
+    if arch in ("logreg", "mlp"):
+        return
+    image_shape = (1, *feature_shape) if len(feature_shape) == 2 else tuple(feature_shape)
+    if len(image_shape) != 3:
+        raise ConfigError(
+            f"model.arch={arch!r} takes images [C, H, W] (or [H, W]), but this dataset's examples have shape "
+            f"{list(feature_shape)}; use 'mlp' or 'logreg' for feature vectors"
+        )
+    if arch in builtin_architectures():
+        return
+    try:
+        factory = load_factory(arch)
+    except ValueError as exc:
+        raise ConfigError(str(exc)) from None
+    try:
+        check_factory(factory, image_shape, num_classes)
+    except ValueError as exc:
+        raise ConfigError(f"model.arch={arch!r} is not a model factory: {exc}") from None
+
+
+def validate_config(config: dict[str, Any]) -> dict[str, Any]:
+    """Return the config with defaults filled in, or raise ConfigError (one line).
+
+    Besides the schema, it checks the data itself (``dmflow.data.sources.dataset_info``),
+    the alphas, the devices and a custom model factory, before any job. Problems that
+    leave a usable config (targets of classes the training set lacks) are issued as
+    ``DataWarning`` warnings.
+    """
+    cfg = copy.deepcopy(dict(config))
+    errors = sorted(validator().iter_errors(cfg), key=lambda e: (len(e.absolute_path), list(map(str, e.absolute_path))))
+    if errors:
+        raise ConfigError(_describe(jsonschema.exceptions.best_match(errors)))
+    cfg["results"] = _check_results(cfg["results"])
+    _divisible(cfg, "fit_models", "chunk_size")
+    _divisible(cfg, "eval_models", "eval_chunk_size")
+    try:
+        info = dataset_info(cfg["dataset"], cfg["seed"])
+    except DataError as exc:
+        raise ConfigError(str(exc)) from None
+    for note in info.warnings:
+        warnings.warn(note, DataWarning, stacklevel=2)
+    _check_alphas(cfg["masks"]["alphas"], info.num_train)
+    _check_devices(cfg)
+    _check_model(cfg["model"], info.feature_shape, info.num_classes)
     if cfg["fit"]["cvxpy_solver"] and cfg["fit"]["solver"] == "cvxpy":
         import cvxpy  # heavy; only when the cvxpy solver is asked for
 

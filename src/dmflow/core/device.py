@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
-import torch
+
+class DeviceError(ValueError):
+    """A device the config asks for that this machine lacks; the message is one line."""
 
 
 def resolve_device(setting: str, key: str) -> str:
@@ -17,11 +19,13 @@ def resolve_device(setting: str, key: str) -> str:
 
     Raises
     ------
-    RuntimeError
+    DeviceError
         ``cuda`` asked for where torch finds no CUDA device.
     """
+    import torch  # heavy: loaded by the jobs that resolve a device, not by everything that imports core
+
     if setting == "auto":
         return "cuda" if torch.cuda.is_available() else "cpu"
     if setting == "cuda" and not torch.cuda.is_available():
-        raise RuntimeError(f"{key}='cuda' but torch finds no CUDA device; use 'auto' or 'cpu'")
+        raise DeviceError(f"{key}='cuda' but torch finds no CUDA device on this machine; use 'auto' or 'cpu'")
     return setting

@@ -7,6 +7,7 @@ Only ``dmflow.stages`` calls the writers (a test checks it).
 
 from __future__ import annotations
 
+import glob
 import hashlib
 import json
 import os
@@ -44,9 +45,13 @@ def atomic_path(final: Path, suffix: str = "") -> Iterator[Path]:
 
     The file gets the mode a plain ``open()`` would give it (0666 minus the umask), not
     mkstemp's private 0600: results on a shared folder stay readable by collaborators.
+    Temporaries of ``final`` that a killed writer left behind (``.{name}.*.tmp{suffix}``)
+    are removed first: at scale each can be the size of the store.
     """
     final = Path(final)
     final.parent.mkdir(parents=True, exist_ok=True)
+    for stale in final.parent.glob(f".{glob.escape(final.name)}.*.tmp{glob.escape(suffix)}"):
+        stale.unlink(missing_ok=True)
     fd, tmp = tempfile.mkstemp(prefix=f".{final.name}.", suffix=f".tmp{suffix}", dir=final.parent)
     os.fchmod(fd, 0o666 & ~_umask())
     os.close(fd)

@@ -19,8 +19,9 @@ import numpy as np
 
 
 def alpha_dir(alpha: float | str) -> str:
-    """The folder name of an alpha (``0.5`` -> ``"0.5"``)."""
-    return str(float(alpha))
+    """The folder name of an alpha, its shortest decimal without an exponent (``0.5`` -> ``"0.5"``,
+    ``6e-05`` -> ``"0.00006"``), which the rules' alpha wildcard accepts."""
+    return np.format_float_positional(float(alpha), trim="-")
 
 
 def chunk_ids(num_models: int, chunk_size: int) -> list[str]:
@@ -53,10 +54,11 @@ class Layout:
     results: str
 
     def __post_init__(self) -> None:
-        object.__setattr__(self, "results", os.fspath(self.results).rstrip("/") or "/")
+        object.__setattr__(self, "results", os.path.normpath(os.fspath(self.results)))
 
     def _path(self, *parts: str) -> str:
-        return "/".join((self.results, *parts))
+        """``results/part/...``; with ``results: .`` the paths are plain relative ones (no ``./``)."""
+        return "/".join(parts if self.results == "." else (self.results, *parts))
 
     def relative(self, path: str) -> str:
         """A path of this layout relative to the results folder (links in summary.md)."""

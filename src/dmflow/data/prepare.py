@@ -23,11 +23,21 @@ def choose_targets(num_test: int, num_targets: int | None, seed: int) -> np.ndar
 
 
 def standardize(x_train: np.ndarray, x_target: np.ndarray, per_channel: bool) -> tuple[np.ndarray, np.ndarray]:
-    """Zero mean, unit variance with training-set statistics, per channel (images) or per feature."""
+    """Zero mean, unit variance with training-set statistics, per channel (images) or per feature.
+
+    float32 arrays in and out. The statistics are float32 (so existing runs keep their
+    exact data), unless float32 overflows on them (features beyond ~1e19, whose squares
+    pass float32's range): then everything is computed in float64, instead of dividing
+    by an infinite std and zeroing the features.
+    """
     axes = (0, 2, 3) if per_channel else (0,)
-    mean, std = x_train.mean(axis=axes, keepdims=True), x_train.std(axis=axes, keepdims=True)
+    with np.errstate(over="ignore", invalid="ignore"):
+        mean, std = x_train.mean(axis=axes, keepdims=True), x_train.std(axis=axes, keepdims=True)
+    if not (np.isfinite(mean).all() and np.isfinite(std).all()):
+        x_train, x_target = x_train.astype(np.float64), x_target.astype(np.float64)
+        mean, std = x_train.mean(axis=axes, keepdims=True), x_train.std(axis=axes, keepdims=True)
     std[std == 0] = 1.0
-    return (x_train - mean) / std, (x_target - mean) / std
+    return ((x_train - mean) / std).astype(np.float32), ((x_target - mean) / std).astype(np.float32)
 
 
 def prepare_data(dataset: dict[str, Any], seed: int) -> dict[str, np.ndarray]:

@@ -16,8 +16,13 @@ from __future__ import annotations
 
 import functools
 import hashlib
+import json
+import math
 import pickle
 import tarfile
+import warnings
+import zipfile
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -36,38 +41,163 @@ class DataError(ValueError):
     """A dataset file or setting that cannot be used; the message is one line."""
 
 
-def _check_labels(key: str, y: np.ndarray, path: Path) -> None:
-    if y.ndim != 1 or not np.issubdtype(y.dtype, np.integer):
-        raise DataError(f"dataset.path={path}: {key} must be a 1-D integer array, got dtype {y.dtype} shape {y.shape}")
-    if y.size and y.min() < 0:
-        raise DataError(f"dataset.path={path}: {key} has negative labels; labels must be 0..C-1")
+class DataWarning(UserWarning):
+    """Data that can be used but deserves a look (e.g. target classes the training set lacks)."""
+
+
+@dataclass(frozen=True)
+class ArrayHeader:
+    """What an .npy header inside an npz says of its array."""
+
+    shape: tuple[int, ...]
+    dtype: np.dtype
+
+
+def _what_it_is(path: Path) -> str:
+    """A file that is not a zip archive, named by its first bytes."""
+    head = path.read_bytes()[:8] if path.stat().st_size else b""
+    if not head:
+        return "is empty"
+    if head.startswith(b"\x93NUMPY"):
+        return "is a single .npy array, not an .npz archive of X_train, y_train, X_test, y_test (np.savez writes one)"
+    if head[:1] == b"\x80":
+        return "is a Python pickle, not an .npz archive (dmflow never unpickles a dataset file)"
+    return f"is not an .npz (zip) archive (it starts with {head!r})"
+
+
+def npz_headers(path: str | Path) -> dict[str, ArrayHeader]:
+    """Shape and dtype of ``X_train, y_train, X_test, y_test`` from their .npy headers, loading no array.
+
+    Each header's claim (shape x itemsize) must match the bytes the archive holds for the
+    array, so a header that lies about its size is refused before anything is allocated.
+
+    Raises
+    ------
+    DataError
+        One line naming ``dataset.path`` and what is wrong with the file.
+    """
+    path = Path(path)
+    where = f"dataset.path={path}"
+    if not path.is_file():
+        raise DataError(f"{where}: no such file (need an .npz with keys {', '.join(NPZ_KEYS)})")
+    if not zipfile.is_zipfile(path):
+        raise DataError(f"{where}: {_what_it_is(path)}")
+    headers = {}
+    try:
+        with zipfile.ZipFile(path) as zf:
+            names = set(zf.namelist())
+            missing = [k for k in NPZ_KEYS if f"{k}.npy" not in names]
+            if missing:
+                raise DataError(f"{where}: missing key(s) {', '.join(missing)}; need {', '.join(NPZ_KEYS)}")
+            for key in NPZ_KEYS:
+                info = zf.getinfo(f"{key}.npy")
+                with zf.open(info) as fh:
+                    version = np.lib.format.read_magic(fh)
+                    read = (
+                        np.lib.format.read_array_header_1_0
+                        if version == (1, 0)
+                        else np.lib.format.read_array_header_2_0
+                    )
+                    shape, _, dtype = read(fh)
+                    header_bytes = fh.tell()
+                if dtype.hasobject:
+                    raise DataError(f"{where}: {key} holds pickled (object) data; dmflow reads numbers only")
+                claimed = math.prod(shape) * dtype.itemsize
+                if claimed != info.file_size - header_bytes:
+                    raise DataError(
+                        f"{where}: the header of {key} claims shape {list(shape)} ({claimed} bytes) "
+                        f"but the archive holds {info.file_size - header_bytes} bytes for it"
+                    )
+                headers[key] = ArrayHeader(tuple(shape), dtype)
+    except DataError:
+        raise
+    except (ValueError, OSError, EOFError, zipfile.BadZipFile) as exc:
+        raise DataError(f"{where}: not a readable npz ({type(exc).__name__}: {exc})") from None
+    return headers
 
 
 def check_npz(path: str | Path) -> dict[str, tuple[int, ...]]:
-    """Validate an npz dataset without loading pickles; returns the shape of each key."""
-    path = Path(path)
-    if not path.is_file():
-        raise DataError(f"dataset.path={path}: no such file (need an .npz with keys {', '.join(NPZ_KEYS)})")
-    try:
-        with np.load(path, allow_pickle=False) as f:
-            missing = [k for k in NPZ_KEYS if k not in f.files]
-            if missing:
-                raise DataError(f"dataset.path={path}: missing key(s) {', '.join(missing)}; need {', '.join(NPZ_KEYS)}")
-            arrays = {k: f[k] for k in NPZ_KEYS}
-    except DataError:
-        raise
-    except (ValueError, OSError) as exc:
-        raise DataError(f"dataset.path={path}: not a readable npz without pickles ({exc})") from None
+    """Check an npz dataset's keys, shapes and dtypes from its headers; returns the shape of each key."""
+    headers = npz_headers(path)
+    where = f"dataset.path={path}"
     for part in ("train", "test"):
-        x, y = arrays[f"X_{part}"], arrays[f"y_{part}"]
-        _check_labels(f"y_{part}", y, path)
-        if x.shape[0] != y.shape[0]:
-            raise DataError(f"dataset.path={path}: X_{part} has {x.shape[0]} rows but y_{part} has {y.shape[0]}")
+        x, y = headers[f"X_{part}"], headers[f"y_{part}"]
+        if len(y.shape) != 1 or not np.issubdtype(y.dtype, np.integer):
+            raise DataError(f"{where}: y_{part} must be a 1-D integer array, got dtype {y.dtype} shape {y.shape}")
+        if len(x.shape) < 2:
+            raise DataError(f"{where}: X_{part} must be [examples, features...], got shape {list(x.shape)}")
         if not np.issubdtype(x.dtype, np.number) or np.issubdtype(x.dtype, np.complexfloating):
-            raise DataError(f"dataset.path={path}: X_{part} must be real numbers, got dtype {x.dtype}")
-    if arrays["X_train"].shape[1:] != arrays["X_test"].shape[1:]:
-        raise DataError(f"dataset.path={path}: X_train and X_test feature shapes differ")
-    return {k: v.shape for k, v in arrays.items()}
+            raise DataError(f"{where}: X_{part} must be real numbers, got dtype {x.dtype}")
+        if x.shape[0] != y.shape[0]:
+            raise DataError(f"{where}: X_{part} has {x.shape[0]} rows but y_{part} has {y.shape[0]}")
+    if headers["X_train"].shape[1:] != headers["X_test"].shape[1:]:
+        raise DataError(
+            f"{where}: X_train and X_test feature shapes differ "
+            f"({list(headers['X_train'].shape[1:])} vs {list(headers['X_test'].shape[1:])})"
+        )
+    return {k: h.shape for k, h in headers.items()}
+
+
+def check_arrays(train: tuple[np.ndarray, np.ndarray], test: tuple[np.ndarray, np.ndarray], *, where: str) -> None:
+    """Refuse data no model can learn from, before any job; warn about targets of unseen classes.
+
+    Features must be finite and within float32's range (they are trained in float32),
+    with at least one feature; there must be two training examples, one test example and
+    two training classes; labels must be 0..C-1 with C no larger than the number of
+    distinct labels present (a stray label of 10^9 would otherwise ask for 10^9 logits).
+
+    Parameters
+    ----------
+    train, test : (X [N, ...], y int [N])
+        The features and labels of each part, as a source yields them.
+    where : str
+        The config key the data came from, starting every message.
+
+    Raises
+    ------
+    DataError
+        One line starting with ``where`` and naming the problem.
+    """
+    (x_train, y_train), (x_test, y_test) = train, test
+    if math.prod(x_train.shape[1:]) == 0:
+        raise DataError(f"{where}: the examples have no features (shape {list(x_train.shape[1:])})")
+    if len(y_train) < 2 or len(y_test) < 1:
+        raise DataError(f"{where}: need at least 2 training and 1 test example, got {len(y_train)} and {len(y_test)}")
+    big = float(np.finfo(np.float32).max)
+    for key, x in (("X_train", x_train), ("X_test", x_test)):
+        if np.issubdtype(x.dtype, np.floating):
+            bad = ~np.isfinite(x) | (np.abs(x) > big)
+            if bad.any():
+                row = int(np.flatnonzero(bad.reshape(len(x), -1).any(1))[0])
+                raise DataError(
+                    f"{where}: {key} has {int(bad.sum())} value(s) that are NaN, infinite or beyond "
+                    f"float32's range (first in row {row}); features must be finite"
+                )
+    for key, y in (("y_train", y_train), ("y_test", y_test)):
+        if np.issubdtype(y.dtype, np.unsignedinteger) and y.size and y.max() > np.iinfo(np.int64).max:
+            raise DataError(
+                f"{where}: {key} has labels above 2^63 - 1 (the largest is {y.max()}); labels must be 0..C-1"
+            )
+        if y.size and y.min() < 0:
+            raise DataError(f"{where}: {key} has negative labels; labels must be 0..C-1")
+    present = np.union1d(np.unique(y_train), np.unique(y_test))
+    if int(present.max()) + 1 > len(present):
+        raise DataError(
+            f"{where}: labels must be 0..C-1: {len(present)} distinct labels are present, the largest "
+            f"is {int(present.max())}; relabel them 0..{len(present) - 1}"
+        )
+    trained = np.unique(y_train)
+    if len(trained) < 2:
+        raise DataError(f"{where}: the training set has a single class ({int(trained[0])}); need at least two")
+    unseen = np.setdiff1d(np.unique(y_test), trained)
+    if len(unseen):
+        count = int(np.isin(y_test, unseen).sum())
+        warnings.warn(
+            f"{where}: {count} test example(s) have label(s) {unseen.tolist()} that no training example "
+            "has; no model can predict them, and their margins only say how wrong",
+            DataWarning,
+            stacklevel=2,
+        )
 
 
 # --- digits and npz ---------------------------------------------------------------------------
@@ -86,7 +216,7 @@ def _digits(num_train: int | None, seed: int) -> tuple[np.ndarray, ...]:
 
 
 def _npz(path: str) -> tuple[np.ndarray, ...]:
-    check_npz(path)
+    check_npz(path)  # keys, shapes and dtypes from the headers: nothing is loaded before they pass
     with np.load(path, allow_pickle=False) as f:
         xtr, ytr, xte, yte = (f[k] for k in NPZ_KEYS)
     return xtr, ytr, xte, yte, np.arange(len(xtr)), np.arange(len(xte))
@@ -307,9 +437,11 @@ def load_source(dataset: dict[str, Any], seed: int) -> tuple[np.ndarray, ...]:
     """
     name = dataset["name"]
     if name == "digits":
-        return _digits(dataset.get("num_train"), seed)
+        return _digits(dataset.get("num_train"), seed)  # bundled: nothing to check
     if name == "npz":
-        return _npz(dataset["path"])
+        arrays = _npz(dataset["path"])
+        check_arrays(arrays[:2], arrays[2:4], where=f"dataset.path={dataset['path']}")
+        return arrays
     if name == "cifar10":
         xtr, ytr, xte, yte, itr, ite = _cifar10(_need_path(dataset), dataset.get("download", False))
     elif name == "images":
@@ -322,6 +454,7 @@ def load_source(dataset: dict[str, Any], seed: int) -> tuple[np.ndarray, ...]:
     xtr, ytr, itr = _select_classes(xtr, ytr, itr, classes)
     xte, yte, ite = _select_classes(xte, yte, ite, classes)
     keep = _subsample(len(ytr), dataset.get("num_train"), seed, 17)
+    check_arrays((xtr[keep], ytr[keep]), (xte, yte), where=f"dataset.path={dataset['path']}")
     return xtr[keep], ytr[keep], xte, yte, itr[keep], ite
 
 
@@ -331,28 +464,50 @@ def _need_path(dataset: dict[str, Any]) -> str:
     return dataset["path"]
 
 
-@functools.lru_cache(maxsize=8)
-def _sizes(dataset_json: str, seed: int) -> tuple[int, int]:
-    import json
+@dataclass(frozen=True)
+class DatasetInfo:
+    """What a dataset config yields, known before ``prepare_data`` runs."""
 
+    num_train: int
+    num_targets: int
+    feature_shape: tuple[int, ...]
+    num_classes: int
+    warnings: tuple[str, ...]
+
+
+@functools.lru_cache(maxsize=8)
+def _info(dataset_json: str, seed: int) -> DatasetInfo:
     dataset = json.loads(dataset_json)
-    if dataset["name"] == "digits":
+    cap = dataset.get("num_targets")
+    if dataset["name"] == "digits":  # bundled and known: no need to load it
         n = dataset.get("num_train") or DIGITS_DEFAULT_TRAIN
         if not 0 < n < DIGITS_SIZE:
             raise DataError(f"dataset.num_train={n} must be below {DIGITS_SIZE} (digits has {DIGITS_SIZE} examples)")
         total = DIGITS_SIZE - n
-    elif dataset["name"] == "npz":
-        shapes = check_npz(_need_path(dataset))
-        n, total = shapes["X_train"][0], shapes["X_test"][0]
-    else:
-        _, ytr, _, yte, _, _ = load_source(dataset, seed)
-        n, total = len(ytr), len(yte)
-    cap = dataset.get("num_targets")
-    return n, total if cap is None else min(total, int(cap))
+        return DatasetInfo(n, total if cap is None else min(total, int(cap)), (8, 8), 10, ())
+    if dataset["name"] == "npz":
+        _need_path(dataset)
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always", DataWarning)
+        xtr, ytr, xte, yte, _, _ = load_source(dataset, seed)
+    notes = tuple(str(w.message) for w in caught if issubclass(w.category, DataWarning))
+    total = len(yte)
+    num_classes = int(max(ytr.max(), yte.max())) + 1
+    return DatasetInfo(
+        len(ytr), total if cap is None else min(total, int(cap)), tuple(xtr.shape[1:]), num_classes, notes
+    )
+
+
+def dataset_info(dataset: dict[str, Any], seed: int = 0) -> DatasetInfo:
+    """Sizes, feature shape, class count and warnings of a dataset config, with every check of its data.
+
+    Loads the data (but bundled digits) once per process and config: the config check
+    refuses bad data before any job.
+    """
+    return _info(json.dumps(dataset, sort_keys=True), int(seed))
 
 
 def dataset_sizes(dataset: dict[str, Any], seed: int = 0) -> tuple[int, int]:
     """(training examples n, targets T) that the dataset config yields, before prepare_data runs."""
-    import json
-
-    return _sizes(json.dumps(dataset, sort_keys=True), int(seed))
+    info = dataset_info(dataset, seed)
+    return info.num_train, info.num_targets

@@ -78,8 +78,9 @@ def write_store(
     """Check every chunk while writing the store of n training examples and ``num_targets`` targets;
     returns the manifest.
 
-    Diverged models stay in the store (status 1) and are left out downstream; more
-    than ``max_diverged_fraction`` of them earns a warning in the log and the manifest.
+    Diverged models stay in the store (status 1) and are left out downstream. When more
+    than ``max_diverged_fraction`` of them diverged, no store is written and StoreError
+    says so: the run fails here, not with meaningless datamodels. The chunks are kept.
     """
     specs = sorted(specs, key=lambda s: s.index)
     out_dir = Path(out_dir)
@@ -109,12 +110,18 @@ def write_store(
             outs["masks"][rows] = masks
             for array in CHUNK_ARRAYS:
                 outs[array.name][rows] = arrays[array.name]
+        diverged = int((outs["status"] != STATUS_OK).sum())
+        if diverged > max_diverged_fraction * outs["status"].size:
+            raise StoreError(
+                f"{out_dir}: {diverged} of {outs['status'].size} models diverged ({100 * diverged / outs['status'].size:.1f}%, "
+                f"more than train.max_diverged_fraction={max_diverged_fraction}); no store was written: check the "
+                "training settings (lr, optimizer, precision), or raise train.max_diverged_fraction to fit the rest"
+            )
         for array in outs.values():
             array.flush()
         del outs
         (out_dir / "manifest.json").unlink(missing_ok=True)
-    status = np.load(out_dir / "status.npy", mmap_mode="r")
-    diverged = status != STATUS_OK
+    total = m * replicates
     manifest = {
         "format": MANIFEST_FORMAT,
         "alpha": alpha,
@@ -125,9 +132,8 @@ def write_store(
         "num_targets": num_targets,
         "replicates": replicates,
         "chunk_size": chunk_size,
-        "diverged": int(diverged.sum()),
-        "diverged_fraction": float(diverged.mean()),
-        "diverged_warning": bool(diverged.mean() > max_diverged_fraction),
+        "diverged": diverged,
+        "diverged_fraction": diverged / total,
         "chunks": [
             {
                 "index": s.index,
@@ -148,18 +154,8 @@ def write_store(
         },
     }
     atomic_save_json(out_dir / "manifest.json", manifest)
-    if manifest["diverged_fraction"] > max_diverged_fraction:
-        log.warning(
-            "%s: %d of %d models diverged (%.1f%%, more than train.max_diverged_fraction=%g); "
-            "they are left out, but check the training settings",
-            out_dir,
-            manifest["diverged"],
-            status.size,
-            100 * manifest["diverged_fraction"],
-            max_diverged_fraction,
-        )
-    elif manifest["diverged"]:
-        log.info("%s: %d of %d models diverged; they are left out", out_dir, manifest["diverged"], status.size)
+    if diverged:
+        log.info("%s: %d of %d models diverged; they are left out", out_dir, diverged, total)
     return manifest
 
 
