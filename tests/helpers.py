@@ -14,7 +14,7 @@ import numpy as np
 import yaml
 
 from dmflow.core.io import sha256_file
-from dmflow.store.masks import draw_masks
+from dmflow.store.masks import draw_masks, pack
 from dmflow.store.schema import STORE_ARRAYS, Store
 
 REPO = Path(__file__).resolve().parents[1]
@@ -154,7 +154,7 @@ def write_store_folder(folder: Path, x: np.ndarray, y: np.ndarray, status: np.nd
     m, n = x.shape
     t = y.shape[1]
     arrays = {
-        "masks": x.astype(bool),
+        "masks": pack(x.astype(bool)),
         "margins": y.astype(np.float32)[:, None, :],
         "status": np.zeros((m, 1), np.uint8) if status is None else status,
         "seeds": np.zeros((m, 1), np.int64),

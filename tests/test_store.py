@@ -185,3 +185,16 @@ def test_more_diverged_models_than_allowed_fail_collect_and_write_no_store(chunk
     assert "\n" not in str(err.value)
     assert list((tmp_path / "store").iterdir()) == []  # no store, no temporaries
     assert all(s.train_path.exists() for s in specs)  # the chunks are kept
+
+
+def test_the_store_keeps_masks_at_one_bit_per_entry_and_hands_out_bool_rows(chunks, tmp_path):
+    _collect(chunks, tmp_path / "store")
+    packed = np.load(tmp_path / "store" / "masks.npy", mmap_mode="r")
+    assert packed.dtype == np.uint8 and packed.shape == (2 * CHUNK, -(-N // 8))  # 8x smaller than bool
+    store = open_store(tmp_path / "store")
+    every = np.concatenate([np.load(c.masks_path) for c in chunks])
+    assert store.masks.shape == (2 * CHUNK, N) and store.masks.dtype == bool
+    np.testing.assert_array_equal(np.asarray(store.masks), every)
+    np.testing.assert_array_equal(store.masks[[7, 2]], every[[7, 2]])
+    np.testing.assert_array_equal(store.masks[3], every[3])
+    np.testing.assert_array_equal(store.masks[1:4, 5:9], every[1:4, 5:9])

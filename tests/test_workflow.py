@@ -14,6 +14,7 @@ import pytest
 import yaml
 
 from dmflow.core.layout import Layout
+from dmflow.stages.collect import open_store
 from dmflow.store.schema import STORE_NAMES
 
 from helpers import REPO, Workflow, dmflow_cli, tiny_config
@@ -136,7 +137,7 @@ def test_more_models_train_only_the_new_chunks(tiny_run, tmp_path):
     kept = {k: v for k, v in trained.items() if "counterfactual" not in k}
     assert {k: after[k] for k in kept} == kept  # nothing retrained
     assert len(after) == 5
-    assert np.load(run.results / "store" / "0.5" / "fit" / "masks.npy", mmap_mode="r").shape == (120, 100)
+    assert open_store(run.results / "store" / "0.5" / "fit").masks.shape == (120, 100)
 
 
 def test_fit_settings_refit_without_retraining(tiny_run, tmp_path):

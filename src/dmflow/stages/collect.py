@@ -23,6 +23,7 @@ import numpy as np
 from dmflow.core.codes import STATUS_OK
 from dmflow.core.io import atomic_path, atomic_save_json, sha256_file
 from dmflow.core.seeds import chunk_seeds
+from dmflow.store.masks import PackedMasks, pack
 from dmflow.store.schema import CHUNK_ARRAYS, STORE_ARRAYS, Store, StoreError, check_chunk
 
 log = logging.getLogger(__name__)
@@ -107,7 +108,7 @@ def write_store(
                 ),
             )
             rows = slice(i * chunk_size, (i + 1) * chunk_size)
-            outs["masks"][rows] = masks
+            outs["masks"][rows] = pack(masks)
             for array in CHUNK_ARRAYS:
                 outs[array.name][rows] = arrays[array.name]
         diverged = int((outs["status"] != STATUS_OK).sum())
@@ -207,6 +208,10 @@ def open_store(path: Path, verify: bool = True) -> Store:
         if verify and sha256_file(file) != meta["sha256"]:
             raise StoreError(f"{file}: sha256 differs from manifest.json (the store was modified or corrupted)")
         arrays[spec.name] = np.load(file, mmap_mode="r", allow_pickle=False)
-        if list(arrays[spec.name].shape) != meta["shape"]:
-            raise StoreError(f"{file}: shape {list(arrays[spec.name].shape)} differs from manifest {meta['shape']}")
+        if list(arrays[spec.name].shape) != meta["shape"] or arrays[spec.name].dtype != spec.dtype:
+            raise StoreError(
+                f"{file}: {arrays[spec.name].dtype} {list(arrays[spec.name].shape)} differs from the "
+                f"manifest's {meta['dtype']} {meta['shape']} (a store of an older dmflow? rerun collect)"
+            )
+    arrays["masks"] = PackedMasks(arrays["masks"], manifest["num_train"])
     return Store(path, manifest, **arrays)

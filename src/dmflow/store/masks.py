@@ -28,3 +28,44 @@ def chunk_masks(n: int, alpha: float, split: str, *, chunk: int, chunk_size: int
     the number of chunks."""
     rng = np.random.default_rng(chunk_seed_sequence(seed, alpha, split, chunk=chunk))
     return draw_masks(n, alpha, chunk_size, rng=rng)
+
+
+def pack(masks: np.ndarray) -> np.ndarray:
+    """uint8 [rows, ceil(n/8)]: bool masks [rows, n] at one bit per entry (``np.packbits`` along n)."""
+    return np.packbits(masks, axis=-1)
+
+
+class PackedMasks:
+    """A read-only bool [m, n] view of bit-packed masks uint8 [m, ceil(n/8)] (a memmap of the store).
+
+    Indexing unpacks only the rows asked for (``masks[rows]`` -> bool [len(rows), n],
+    ``masks[i]`` -> bool [n], ``masks[rows, cols]`` indexes the unpacked rows), so row
+    blocks stream from disk at an eighth of a byte per entry; ``np.asarray(masks)``
+    unpacks all of them.
+    """
+
+    dtype = np.dtype(np.bool_)
+    ndim = 2
+
+    def __init__(self, packed: np.ndarray, n: int) -> None:
+        if packed.ndim != 2 or packed.dtype != np.uint8 or packed.shape[1] != -(-n // 8):
+            raise ValueError(
+                f"packed masks must be uint8 [m, {-(-n // 8)}] for n={n}, got {packed.dtype} {packed.shape}"
+            )
+        self.packed = packed
+        self.shape = (packed.shape[0], int(n))
+
+    def __len__(self) -> int:
+        return self.shape[0]
+
+    def __getitem__(self, index):
+        rows, cols = index if isinstance(index, tuple) else (index, None)
+        unpacked = np.unpackbits(self.packed[rows], axis=-1, count=self.shape[1]).astype(np.bool_)
+        return unpacked if cols is None else unpacked[..., cols]
+
+    def __array__(self, dtype=None, copy=None) -> np.ndarray:
+        out = self[:]
+        return out if dtype is None else out.astype(dtype)
+
+    def astype(self, dtype) -> np.ndarray:
+        return self[:].astype(dtype)

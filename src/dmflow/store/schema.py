@@ -3,9 +3,11 @@
 The store of one (alpha, split) is a folder of memory-mappable ``.npy`` arrays, one
 per entry of ``STORE_ARRAYS`` (shapes in terms of m models, n training examples,
 R replicates, T targets), plus ``manifest.json`` (shapes, dtypes and sha256 of the
-arrays, the chunk list with the sha256 of its input files, the diverged count). A
-trained chunk file (``train/{alpha}/{split}/{chunk}.npz``) holds the same arrays but
-``masks`` (those come from the chunk's masks file), with m = the chunk size.
+arrays, the chunk list with the sha256 of its input files, the diverged count). The
+masks are bit-packed along n (``np.packbits``: ceil(n/8) bytes a row); the view
+``Store.masks`` (a ``PackedMasks``) unpacks the rows it is asked for. A trained chunk
+file (``train/{alpha}/{split}/{chunk}.npz``) holds the same arrays but ``masks``
+(those come from the chunk's masks file, bool [C, n]), with m = the chunk size.
 """
 
 from __future__ import annotations
@@ -16,7 +18,7 @@ from pathlib import Path
 import numpy as np
 
 from dmflow.core.codes import MODEL_STATUS, STATUS_OK, describe
-from dmflow.store.masks import subset_size
+from dmflow.store.masks import PackedMasks, subset_size
 
 
 @dataclass(frozen=True)
@@ -29,12 +31,12 @@ class ArraySpec:
     meaning: str
 
     def shape(self, *, m: int, n: int, replicates: int, targets: int) -> tuple[int, ...]:
-        sizes = {"m": m, "n": n, "R": replicates, "T": targets}
+        sizes = {"m": m, "n": n, "n/8": -(-n // 8), "R": replicates, "T": targets}
         return tuple(sizes[a] for a in self.axes)
 
 
 STORE_ARRAYS = (
-    ArraySpec("masks", np.dtype(np.bool_), ("m", "n"), "training subset of each model row"),
+    ArraySpec("masks", np.dtype(np.uint8), ("m", "n/8"), "training subset of each model row, one bit per example"),
     ArraySpec("margins", np.dtype(np.float32), ("m", "R", "T"), "margin of each replicate on each target"),
     ArraySpec("status", np.dtype(np.uint8), ("m", "R"), describe(MODEL_STATUS)),
     ArraySpec("seeds", np.dtype(np.int64), ("m", "R"), "each model's seed"),
@@ -103,11 +105,14 @@ def check_chunk(
 
 @dataclass
 class Store:
-    """A read-only, memory-mapped view of one split's store (``dmflow.stages.collect.open_store``)."""
+    """A read-only, memory-mapped view of one split's store (``dmflow.stages.collect.open_store``).
+
+    ``masks`` reads as bool [m, n] (``PackedMasks`` over the packed array, or any bool array).
+    """
 
     path: Path | None
     manifest: dict
-    masks: np.ndarray
+    masks: PackedMasks | np.ndarray
     margins: np.ndarray
     status: np.ndarray
     seeds: np.ndarray
