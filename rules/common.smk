@@ -11,6 +11,7 @@ from dmflow.config import ConfigError, validate_config
 from dmflow.core.layout import Layout, alpha_dir, block_ids, chunk_ids
 from dmflow.core.schema import result_keys
 from dmflow.data.sources import DataWarning, dataset_sizes
+from dmflow.stages.moments import MOMENT_ARRAYS, PARTS, fit_bytes, moments_bytes
 from dmflow.store.schema import STORE_NAMES
 
 try:
@@ -71,12 +72,19 @@ def store_files(alpha, split):
     return [L.store_array(alpha, split, name) for name in STORE_NAMES]
 
 
-def fit_mem_mb(all_targets=False):
-    """Memory of one fit job: float64 moments (n x n, n x targets) plus solver copies."""
-    n = NUM_TRAIN
-    t = NUM_TARGETS if all_targets else min(config["fit"]["targets_per_job"], NUM_TARGETS)
-    floats = 3 * n * n + 8 * n * t + 4096 * (n + t)
-    return int(500 + floats * 8 / 2**20)
+def moments_files(alpha):
+    return [L.moments_array(alpha, f"{name}_{part}") for part in PARTS for name in MOMENT_ARRAYS]
+
+
+def moments_mem_mb():
+    """Memory of the moments job (dmflow.stages.moments.moments_bytes), plus the interpreter's."""
+    return int(700 + moments_bytes(NUM_TRAIN, NUM_TARGETS) / 2**20)
+
+
+def fit_mem_mb(targets=None):
+    """Memory of one fit job (dmflow.stages.moments.fit_bytes), plus the interpreter's."""
+    t = min(targets or config["fit"]["targets_per_job"], NUM_TARGETS)
+    return int(700 + fit_bytes(NUM_TRAIN, t) / 2**20)
 
 
 def image_shape_arg():
@@ -94,13 +102,13 @@ def summary_inputs():
 
 
 def final_outputs(summary=True):
-    """Everything the target rule asks for, per alpha. The stores and the fit blocks are targets
-    too. Snakemake deletes a failed job's outputs, and without them here a store or block lost
-    that way would go unnoticed ("Nothing to be done") while the files after it still exist."""
+    """Everything the target rule asks for, per alpha. The stores, moments and fit blocks are
+    targets too. Snakemake deletes a failed job's outputs, and without them here one lost that
+    way would go unnoticed ("Nothing to be done") while the files after it still exist."""
     out = [L.summary()] if summary else []
     blocks = block_ids(NUM_TARGETS, config["fit"]["targets_per_job"])
     for alpha in ALPHAS:
-        out += [L.manifest(alpha, "fit"), L.manifest(alpha, "eval")]
+        out += [L.manifest(alpha, "fit"), L.manifest(alpha, "eval"), L.moments_manifest(alpha)]
         out += [L.fit_block(alpha, b) for b in blocks]
         out += [L.datamodels(alpha), L.eval_summary(alpha)]
         if config["evaluate"]["learning_curve"]:

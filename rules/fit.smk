@@ -1,7 +1,8 @@
 rule fit_block:
     input:
-        manifest=L.manifest("{alpha}", "fit"),
-        arrays=store_files("{alpha}", "fit"),
+        store_manifest=L.manifest("{alpha}", "fit"),
+        manifest=L.moments_manifest("{alpha}"),
+        arrays=moments_files("{alpha}"),
     output:
         L.fit_block("{alpha}", "{block}"),
     log:
@@ -12,14 +13,13 @@ rule fit_block:
     resources:
         mem_mb=lambda wc, attempt: fit_mem_mb() * attempt,
     params:
-        store=lambda wc: L.store(wc.alpha, "fit"),
+        moments=lambda wc: L.moments(wc.alpha),
         fit=section_json("fit"),
         targets_per_job=config["fit"]["targets_per_job"],
-        seed=SEED,
     shell:
-        "dmflow fit-block --store {params.store:q} --block {wildcards.block}"
-        " --targets-per-job {params.targets_per_job} --fit {params.fit:q} --seed {params.seed}"
-        " --threads {threads} --out {output:q} 2> {log:q}"
+        "dmflow fit-block --moments {params.moments:q} --store-manifest {input.store_manifest:q}"
+        " --block {wildcards.block} --targets-per-job {params.targets_per_job} --fit {params.fit:q}"
+        " --threads {threads} --mem-mb {resources.mem_mb} --out {output:q} 2> {log:q}"
 
 
 rule merge_fit:

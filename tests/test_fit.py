@@ -1,16 +1,19 @@
 """fit_block / merge_fit promises: lambda by validation MSE, refit on all rows, order and ids kept."""
 
+import json
+
 import numpy as np
 import pytest
 import torch
 
-from dmflow.core.codes import FLAG_CONSTANT, FLAG_NO_DATA, FLAG_OK
+from dmflow.core.codes import FLAG_CONSTANT, FLAG_OK
 from dmflow.core.io import atomic_save_npz
 from dmflow.core.layout import block_targets
-from dmflow.lasso.moments import row_moments
+from dmflow.lasso.moments import add_gram, count_moments, row_moments
 from dmflow.lasso.path import (
     MIN_GROUP_WORK,
     FitSettings,
+    fit_from_moments,
     fit_targets,
     group_count,
     over_target_groups,
@@ -18,7 +21,9 @@ from dmflow.lasso.path import (
     validation_mse,
 )
 from dmflow.lasso.solvers import solve_batched
-from dmflow.stages.fit import fit_store_block, merge_fit
+from dmflow.stages.fit import fit_moments_block, merge_fit
+from dmflow.stages.moments import check_memory, moments, moments_bytes
+from dmflow.store.schema import StoreError
 
 from helpers import planted_fit as planted_problem
 from helpers import write_store_folder as _fake_store
@@ -158,12 +163,19 @@ def test_validation_rows_are_deterministic_and_disjoint():
     assert not set(a_fit) & set(a_val) and set(a_fit) | set(a_val) == set(rows)
 
 
+def _moments(tmp_path, x, y, status=None, settings=F64):
+    """A store in the collect stage's format, and its moments as the moments stage writes them."""
+    store = _fake_store(tmp_path, x, y, status)
+    moments(store, tmp_path / "moments", val_fraction=settings.val_fraction, seed=0)
+    return tmp_path / "moments"
+
+
 def test_blocks_merge_in_target_order_with_ids(tmp_path):
     x, y, _ = planted_problem(t=7)
-    store = _fake_store(tmp_path, x, y)
+    folder = _moments(tmp_path, x, y)
     paths = []
     for b in (1, 0, 2):  # written out of order on purpose
-        out = fit_store_block(store, b, targets_per_job=3, settings=F64, seed=0)
+        out = fit_moments_block(folder, b, targets_per_job=3, settings=F64)
         assert np.array_equal(out["targets"], block_targets(b, 3, 7))
         atomic_save_npz(tmp_path / f"block{b}.npz", out)
         paths.append(tmp_path / f"block{b}.npz")
@@ -180,18 +192,18 @@ def test_blocks_merge_in_target_order_with_ids(tmp_path):
 
 def test_merge_refuses_missing_blocks(tmp_path):
     x, y, _ = planted_problem(t=4)
-    store = _fake_store(tmp_path, x, y)
-    atomic_save_npz(tmp_path / "block0.npz", fit_store_block(store, 0, targets_per_job=2, settings=F64, seed=0))
+    folder = _moments(tmp_path, x, y)
+    atomic_save_npz(tmp_path / "block0.npz", fit_moments_block(folder, 0, targets_per_job=2, settings=F64))
     np.savez(tmp_path / "data.npz", target_ids=np.arange(4), train_ids=np.arange(40))
     with pytest.raises(ValueError, match="expected 0..3"):
         merge_fit([tmp_path / "block0.npz"], tmp_path / "data.npz", tmp_path / "dm.npz")
 
 
-def test_all_models_diverged_gives_zero_weights_and_a_flag(tmp_path):
+def test_a_store_where_every_model_diverged_is_refused_by_the_moments(tmp_path):
     x, y, _ = planted_problem(t=3)
-    store = _fake_store(tmp_path, x, y, status=np.ones((len(x), 1), np.uint8))
-    out = fit_store_block(store, 0, targets_per_job=3, settings=F64, seed=0)
-    assert (out["weight"] == 0).all() and (out["flags"] == FLAG_NO_DATA).all()
+    with pytest.raises(StoreError, match="only 0 usable rows"):
+        _moments(tmp_path, x, y, status=np.ones((len(x), 1), np.uint8))
+    assert not (tmp_path / "moments").exists()
 
 
 def test_diverged_rows_are_left_out(tmp_path):
@@ -200,16 +212,106 @@ def test_diverged_rows_are_left_out(tmp_path):
     status[::10] = 1
     y_bad = y.copy()
     y_bad[::10] = 1e6  # garbage that must not reach the fit
-    out = fit_store_block(_fake_store(tmp_path, x, y_bad, status), 0, targets_per_job=2, settings=F64, seed=0)
+    out = fit_moments_block(_moments(tmp_path, x, y_bad, status), 0, targets_per_job=2, settings=F64)
     assert out["num_fit_rows"] + out["num_val_rows"] == len(x) - len(x[::10])
     assert np.abs(out["bias"][0] - 1.0) < 1.0
 
 
 def test_cvxpy_solver_agrees_with_batched_on_a_block(tmp_path):
     x, y, _ = planted_problem(n=20, m=300, t=2)
-    store = _fake_store(tmp_path, x, y)
     settings = dict(dtype="float64", tol=1e-10, max_iter=100_000, num_lambdas=4, lambda_min_ratio=0.05, device="cpu")
-    a = fit_store_block(store, 0, targets_per_job=2, settings=FitSettings(solver="batched", **settings), seed=0)
-    b = fit_store_block(store, 0, targets_per_job=2, settings=FitSettings(solver="cvxpy", **settings), seed=0)
+    folder = _moments(tmp_path, x, y)
+    a = fit_moments_block(folder, 0, targets_per_job=2, settings=FitSettings(solver="batched", **settings))
+    b = fit_moments_block(folder, 0, targets_per_job=2, settings=FitSettings(solver="cvxpy", **settings))
     np.testing.assert_allclose(a["weight"], b["weight"], atol=1e-5)
     np.testing.assert_array_equal(a["lam"], b["lam"])
+
+
+@pytest.mark.parametrize("options", [{}, {"nonneg": True}, {"l2": 0.05}])
+@pytest.mark.parametrize("dtype", ["float64", "float32"])
+def test_the_active_set_path_gives_the_reference_paths_datamodels(options, dtype):
+    """The contract of the two fit paths: working sets on count moments = the dense reference, to the
+    solver's tolerance (lambda choices, weights, flags), whatever the row blocks of the moments."""
+    x, y, _ = planted_problem(n=60, m=2000, t=7)
+    rows = split_validation_rows(np.arange(len(x)), 0.2, seed=0, alpha=0.5)
+    tol = 1e-10 if dtype == "float64" else 1e-6
+    settings = FitSettings(**{**F64.__dict__, "dtype": dtype, "tol": tol, **options})
+    reference = fit_targets(x, y, fit_rows=rows[0], val_rows=rows[1], settings=settings)
+    fit, val = count_moments(x, y, list(rows), block_rows=300)
+    fast = fit_from_moments(fit, val, settings=settings, method="active")
+    np.testing.assert_allclose(fast["weight"], reference["weight"], atol=1e-6 if dtype == "float64" else 1e-4)
+    # bias = mean_y - mean_x . w: weights within 1e-4 move it by up to 1e-4 sum(mean_x)
+    np.testing.assert_allclose(
+        fast["bias"], reference["bias"], atol=1e-5 if dtype == "float64" else 1e-4 * x.mean(0).sum()
+    )
+    np.testing.assert_allclose(fast["lam"], reference["lam"], rtol=1e-5)  # the same lambda of each target's path
+    np.testing.assert_array_equal(fast["flags"], reference["flags"])
+    np.testing.assert_allclose(fast["val_mse_path"], reference["val_mse_path"], rtol=1e-4, atol=1e-12)
+
+
+def test_count_moments_are_the_centred_sums_of_the_exact_counts():
+    x, y, _ = planted_problem(n=30, m=700, t=4)
+    rows = np.arange(3, 700, 2)
+    (mom,) = count_moments(x, y, [rows], block_rows=64)
+    xs, ys = x[rows].astype(float), y[rows]
+    xc = xs - xs.mean(0)
+    np.testing.assert_array_equal(mom.sum_x, xs.sum(0))
+    # centred in float64 from the exact counts, stored in float32: only the last rounding is left
+    np.testing.assert_allclose(mom.grams[0], xc.T @ xc, rtol=1e-6, atol=1e-5)
+    np.testing.assert_allclose(mom.cross, (ys - ys.mean(0)).T @ xs, rtol=1e-5, atol=1e-3)
+    np.testing.assert_allclose(mom.sxx([1, 4], [0, 2, 5]), (xc.T @ xc)[[1, 4]][:, [0, 2, 5]], atol=1e-5)
+    gram = xc.T @ xc / len(rows)
+    np.testing.assert_allclose(mom.centred_rows(torch.tensor([2, 7])).numpy(), gram[[2, 7]], atol=1e-7)
+    idx = torch.tensor([[0, 3, 9], [4, 30, 30]])  # the value n = 30 pads: it reads 0
+    blocks = mom.centred_blocks(idx).numpy()
+    np.testing.assert_allclose(blocks[0], gram[np.ix_([0, 3, 9], [0, 3, 9])], atol=1e-7)
+    np.testing.assert_allclose(blocks[1], np.pad(gram[[[4]], [4]], ((0, 2), (0, 2))), atol=1e-7)
+    dense = row_moments(x, y, rows)
+    np.testing.assert_allclose(mom.syy, dense.syy.numpy(), rtol=1e-10, atol=1e-20)
+    np.testing.assert_allclose(mom.mean_y, dense.mean_y.numpy(), rtol=1e-12)
+    both = count_moments(x, y, [rows[:100], rows[100:]], block_rows=50)
+    joined = both[0].combine(both[1])
+    np.testing.assert_allclose(joined.sxx(slice(None)), mom.sxx(slice(None)), atol=1e-4)
+    np.testing.assert_allclose(joined.centred_blocks(idx).numpy(), blocks, atol=1e-7)
+    np.testing.assert_allclose(joined.cross, mom.cross, atol=1e-3)
+    np.testing.assert_allclose(joined.syy, mom.syy, rtol=1e-9, atol=1e-20)
+
+
+def test_the_fit_refuses_moments_that_do_not_match_their_store_or_were_changed(tmp_path):
+    x, y, _ = planted_problem(t=3)
+    folder = _moments(tmp_path, x, y)
+    fit_moments_block(folder, 0, targets_per_job=3, settings=F64, store_manifest=tmp_path / "manifest.json")
+    manifest = json.loads((tmp_path / "manifest.json").read_text())
+    manifest["num_models"] += 0  # a store rewritten since: same content, another manifest
+    (tmp_path / "manifest.json").write_text(json.dumps(manifest, indent=1))
+    with pytest.raises(StoreError, match="computed from another version of the store"):
+        fit_moments_block(folder, 0, targets_per_job=3, settings=F64, store_manifest=tmp_path / "manifest.json")
+    with pytest.raises(StoreError, match="split the rows with fit.val_fraction=0.1, not 0.3"):
+        fit_moments_block(folder, 0, targets_per_job=3, settings=FitSettings(val_fraction=0.3))
+    gram = np.load(folder / "gram_fit.npy")
+    gram[0, 0] += 1
+    np.save(folder / "gram_fit.npy", gram)
+    with pytest.raises(StoreError, match="gram_fit.npy: sha256 differs from manifest.json"):
+        fit_moments_block(folder, 0, targets_per_job=3, settings=F64)
+
+
+def test_a_job_that_would_need_more_memory_than_it_was_given_is_refused_before_any_work(tmp_path):
+    x, y, _ = planted_problem(t=3)
+    store = _fake_store(tmp_path, x, y)
+    check_memory(moments_bytes(40, 3), 100, "moments")  # small enough
+    with pytest.raises(StoreError, match=r"moments of n=40 .* need ~.* GB, more than the 1 MB this job was given"):
+        moments(store, tmp_path / "moments", val_fraction=0.1, seed=0, mem_mb=1)
+    assert not (tmp_path / "moments").exists()
+    with pytest.raises(StoreError, match="more than this machine's memory"):
+        check_memory(10**15, None, "a paper-scale store")
+
+
+@pytest.mark.parametrize("n", [64, 30])  # int8 products where they apply (n a multiple of 8), else float32
+def test_gram_counts_are_exact_with_either_product(n):
+    rng = np.random.default_rng(n)
+    x = rng.random((300, n)) < 0.5
+    gram = torch.full((n, n), 7.0)
+    add_gram(gram, x)
+    add_gram(gram, x[:5])  # a block too small for the int8 product
+    expected = 7 + x.T.astype(np.int64) @ x + x[:5].T.astype(np.int64) @ x[:5]
+    np.testing.assert_array_equal(gram.numpy(), expected)

@@ -16,7 +16,7 @@ from hypothesis import strategies as st
 from dmflow.config import ConfigError, validate_config
 from dmflow.core.schema import load_schema
 
-from helpers import Workflow, planted_fit, tiny_config, write_store_folder
+from helpers import Workflow, dmflow_cli, planted_fit, tiny_config, write_store_folder
 
 
 @pytest.fixture()
@@ -106,37 +106,19 @@ def test_kill_9_then_rerun_incomplete_retrains_nothing_finished_and_matches_an_u
 
 
 def test_fit_refuses_a_store_whose_checksum_does_not_match(tmp_path):
+    """The moments (the only stage of the fit that reads the store) refuse a modified store and write nothing."""
     x, y, _ = planted_fit(t=3)
     store = write_store_folder(tmp_path, x, y)
     margins = np.load(store / "margins.npy")
     margins[5, 0, 1] += 1.0
     np.save(store / "margins.npy", margins)
-    out = tmp_path / "block0.npz"
-    proc = subprocess.run(
-        [
-            sys.executable,
-            "-m",
-            "dmflow",
-            "fit-block",
-            "--store",
-            str(store),
-            "--block",
-            "0",
-            "--targets-per-job",
-            "3",
-            "--fit",
-            "{}",
-            "--out",
-            str(out),
-        ],
-        capture_output=True,
-        text=True,
-    )
+    out = tmp_path / "moments"
+    proc = dmflow_cli("moments", "--store", store, "--val-fraction", "0.1", "--out-dir", out, check=False)
     assert proc.returncode != 0
     last = proc.stderr.strip().splitlines()[-1]
     assert (
         last
-        == f"dmflow fit-block: {store / 'margins.npy'}: sha256 differs from manifest.json (the store was modified or corrupted)"
+        == f"dmflow moments: {store / 'margins.npy'}: sha256 differs from manifest.json (the store was modified or corrupted)"
     )
     assert not out.exists()
 

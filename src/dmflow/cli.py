@@ -117,18 +117,32 @@ def cmd_collect(args: argparse.Namespace) -> None:
     )
 
 
+def cmd_moments(args: argparse.Namespace) -> None:
+    from dmflow.stages.moments import moments
+
+    moments(
+        args.store,
+        args.out_dir,
+        val_fraction=args.val_fraction,
+        seed=args.seed,
+        threads=args.threads,
+        mem_mb=args.mem_mb,
+    )
+
+
 def cmd_fit_block(args: argparse.Namespace) -> None:
     from dmflow.lasso.path import FitSettings
     from dmflow.stages.fit import fit_block
 
     fit_block(
-        args.store,
+        args.moments,
         args.out,
         block=args.block,
         targets_per_job=args.targets_per_job,
         settings=FitSettings.from_config(args.fit),
-        seed=args.seed,
+        store_manifest=args.store_manifest,
         threads=args.threads,
+        mem_mb=args.mem_mb,
     )
 
 
@@ -305,13 +319,23 @@ def build_parser() -> argparse.ArgumentParser:
     )
     p.set_defaults(func=cmd_collect)
 
-    p = sub.add_parser("fit-block", help="fit the datamodels of one block of targets")
+    p = sub.add_parser("moments", help="the fit store's moments, once for every fit job")
     p.add_argument("--store", type=Path, required=True, help="the fit split's store folder")
+    p.add_argument("--val-fraction", type=float, required=True, help="the config's fit.val_fraction")
+    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--threads", type=int, default=1)
+    p.add_argument("--mem-mb", type=int, default=None, help="the job's memory: refuse at once if the moments need more")
+    p.add_argument("--out-dir", type=Path, required=True)
+    p.set_defaults(func=cmd_moments)
+
+    p = sub.add_parser("fit-block", help="fit the datamodels of one block of targets")
+    p.add_argument("--moments", type=Path, required=True, help="the fit store's moments folder")
+    p.add_argument("--store-manifest", type=Path, default=None, help="the fit store's manifest the moments must match")
     p.add_argument("--block", type=int, required=True)
     p.add_argument("--targets-per-job", type=int, required=True)
     p.add_argument("--fit", type=_json, required=True, help="the config's fit section as JSON")
-    p.add_argument("--seed", type=int, default=0)
     p.add_argument("--threads", type=int, default=1)
+    p.add_argument("--mem-mb", type=int, default=None, help="the job's memory: refuse at once if a block needs more")
     p.add_argument("--out", type=Path, required=True)
     p.set_defaults(func=cmd_fit_block)
 

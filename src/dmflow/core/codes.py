@@ -11,14 +11,11 @@ MODEL_STATUS = {STATUS_OK: "ok", STATUS_DIVERGED: "diverged"}
 FLAG_OK = 0
 FLAG_CONSTANT = 1
 """The target's margins do not vary over the usable rows: zero weights."""
-FLAG_NO_DATA = 2
-"""No usable rows (every model of the fit split diverged): zero weights."""
 FLAG_NOT_CONVERGED = 4
 """The solver hit ``fit.max_iter`` somewhere on the target's path; it keeps its last iterate."""
 DATAMODEL_FLAGS = {
     FLAG_OK: "ok",
     FLAG_CONSTANT: "constant margins",
-    FLAG_NO_DATA: "no usable models",
     FLAG_NOT_CONVERGED: "solver hit max_iter",
 }
 

@@ -84,7 +84,16 @@ class Layout:
     def manifest(self, alpha: str, split: str) -> str:
         return self._path("store", alpha, split, "manifest.json")
 
-    # fitting
+    # fitting: the fit store's moments (once per alpha), then one file per block of targets
+    def moments(self, alpha: str) -> str:
+        return self._path("moments", alpha)
+
+    def moments_array(self, alpha: str, name: str) -> str:
+        return self._path("moments", alpha, f"{name}.npy")
+
+    def moments_manifest(self, alpha: str) -> str:
+        return self._path("moments", alpha, "manifest.json")
+
     def fit_block(self, alpha: str, block: str) -> str:
         return self._path("fit", alpha, f"block{block}.npz")
 

@@ -14,7 +14,8 @@ import numpy as np
 import pandas as pd
 
 from dmflow.evaluation.metrics import predict, score
-from dmflow.lasso.path import FitSettings, fit_targets, split_validation_rows
+from dmflow.lasso.moments import count_moments
+from dmflow.lasso.path import FitSettings, fit_from_moments, split_validation_rows
 from dmflow.store.schema import Store, usable_rows
 
 log = logging.getLogger(__name__)
@@ -28,14 +29,13 @@ def _refit_and_predict(
     settings: FitSettings,
     targets_per_pass: int,
 ) -> np.ndarray:
-    """Fit every target on the given rows (in passes of targets) and predict the eval masks."""
+    """Fit every target on the given rows (their moments once, then passes of targets) and predict the eval masks."""
     num_targets = fit_store.manifest["num_targets"]
+    fit, val = count_moments(fit_store.masks, fit_store.margins[:, 0, :], [fit_rows, val_rows])
     pred = np.empty((eval_store.masks.shape[0], num_targets), dtype=np.float32)
     for start in range(0, num_targets, targets_per_pass):
         cols = slice(start, min(start + targets_per_pass, num_targets))
-        fitted = fit_targets(
-            fit_store.masks, fit_store.margins[:, 0, cols], fit_rows=fit_rows, val_rows=val_rows, settings=settings
-        )
+        fitted = fit_from_moments(fit.select(cols), val.select(cols), settings=settings)
         pred[:, cols] = predict(eval_store.masks, fitted["weight"], fitted["bias"])
     return pred
 

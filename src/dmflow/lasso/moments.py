@@ -1,16 +1,29 @@
-"""Centred moments of row sets of (masks, margins): all the lasso needs of the store.
+"""Moments of row sets of (masks, margins): all the lasso needs of the store.
 
 Eliminating the unpenalised intercept turns each target's lasso into a problem in
-G = Xc^T Xc / m, c = Xc^T yc / m and yy = ||yc||^2 / m (``Moments.gram``), so the
-solvers never see the masks, only these.
+G = Xc^T Xc / m, c = Xc^T yc / m and yy = ||yc||^2 / m, so the solvers never see the
+masks, only these. Two forms:
+
+- ``Moments``: centred float64 sums, dense [n, n] (``row_moments``): the reference path's.
+- ``CountMoments``: the exact integer counts X^T X of 0/1 masks (float32 holds them
+  exactly up to 2^24 rows), the sums, and the centred cross moments X^T (Y - mean Y);
+  ``count_moments`` streams a store once for the fit and the validation rows. They are
+  computed once per store (the ``moments`` rule) and centred there once, in float64;
+  every fit job memory-maps them and reads only the rows and blocks its solver asks for
+  (``centred_rows``, ``centred_blocks``; float64 ``sxx`` for the reference path).
 """
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+import warnings
+from collections.abc import Sequence
+from dataclasses import dataclass, replace
 
 import numpy as np
 import torch
+
+EXACT_ROWS = 2**24
+"""Row count up to which float32 accumulation of 0/1 products is exact."""
 
 
 @dataclass
@@ -80,3 +93,222 @@ def row_moments(
         sxy += xb.T @ yb
         syy += (yb * yb).sum(0)
     return Moments(m, mean_x, mean_y, sxx, sxy, syy)
+
+
+def add_gram(gram: torch.Tensor, x: np.ndarray) -> None:
+    """gram += x^T x for bool rows x [b, n]: integer counts, exact in float32 up to 2^24 rows in all.
+
+    The product runs on 0/1 int8 with int32 sums (``torch._int_mm``: the CPU's int8
+    matrix units, e.g. AMX or VNNI; benchmarks/scale.py and RESULTS.md measure it against
+    float32), else in float32, where every partial sum is an integer too.
+    """
+    rows = torch.from_numpy(x.view(np.int8))
+    if len(x) > 16 and x.shape[1] % 8 == 0 and gram.device.type == "cpu":
+        try:
+            gram.add_(torch._int_mm(rows.T.contiguous(), rows))
+            return
+        except RuntimeError:  # pragma: no cover - a torch or CPU without int8 products
+            pass
+    dense = rows.to(torch.float32)
+    gram.addmm_(dense.T, dense)
+
+
+@dataclass(frozen=True)
+class CountMoments:
+    """One row set's moments, centred once from exact counts (the fast fit path's input).
+
+    The centred Gram sum Xc^T Xc is the sum of ``grams`` plus the rank-one terms
+    ``shifts`` (coef, v): coef v v^T. One row set has one Gram and no shift; ``combine``
+    joins fit and validation rows by Chan et al.'s update, S_a + S_b + (m_a m_b / m) dx
+    dx^T, so no third [n, n] matrix is ever formed. Every term is already centred (entries
+    ~1e-3 of m, no cancellation left), so float32 arithmetic on them loses nothing.
+    """
+
+    count: int
+    grams: tuple[np.ndarray, ...]  # float32 [n, n] each: a row set's Xc^T Xc (may be memmaps)
+    sum_x: np.ndarray  # float64 [n]: column sums of the masks
+    mean_y: np.ndarray  # float64 [T]
+    cross: np.ndarray  # [T, n], target-major: X^T (Y - mean_y) = the centred cross moments Xc^T Yc
+    syy: np.ndarray  # float64 [T]: ||Y - mean_y||^2
+    lip: float | None = None  # the largest eigenvalue of Xc^T Xc / count, when known (``top_eigenvalue``)
+    shifts: tuple[tuple[float, np.ndarray], ...] = ()  # rank-one terms (coef, float64 [n]) of the Gram sum
+
+    @property
+    def n(self) -> int:
+        return len(self.sum_x)
+
+    @property
+    def mean_x(self) -> np.ndarray:
+        return self.sum_x / self.count
+
+    def _tensors(self) -> list[torch.Tensor]:
+        """The Grams as torch tensors sharing their (memory-mapped, read-only) storage."""
+        with warnings.catch_warnings():  # torch warns that a read-only memmap is not writable: it is never written
+            warnings.simplefilter("ignore", UserWarning)
+            return [torch.from_numpy(np.asarray(g)) for g in self.grams]
+
+    def sxx(self, rows: np.ndarray | slice, cols: np.ndarray | slice = slice(None)) -> np.ndarray:
+        """float64 [rows, cols] block of Xc^T Xc; only those rows of the (memory-mapped) Grams are read."""
+        rows_t = torch.arange(self.n)[rows] if isinstance(rows, slice) else torch.as_tensor(rows)
+        cols_t = torch.arange(self.n)[cols] if isinstance(cols, slice) else torch.as_tensor(cols)
+        block = self._sum(rows_t, torch.float64)
+        return block[:, cols_t].numpy() if len(cols_t) < self.n else block.numpy()
+
+    def _sum(self, rows: torch.Tensor, dtype: torch.dtype) -> torch.Tensor:
+        """[len(rows), n]: rows of the centred sum Xc^T Xc in ``dtype``."""
+        rows = rows.cpu()
+        block = None
+        for g in self._tensors():
+            part = g.index_select(0, rows).to(dtype)
+            block = part if block is None else block.add_(part)
+        for coef, v in self.shifts:
+            v_t = torch.from_numpy(v).to(dtype)
+            block.addr_(v_t[rows], v_t, alpha=coef)
+        return block
+
+    def centred_rows(self, rows: torch.Tensor, dtype: torch.dtype = torch.float32) -> torch.Tensor:
+        """[len(rows), n]: rows of the centred Gram G = Xc^T Xc / count, in ``dtype``."""
+        return self._sum(rows, dtype).div_(self.count)
+
+    def centred_blocks(self, idx: torch.Tensor, dtype: torch.dtype = torch.float32) -> torch.Tensor:
+        """[t, K, K]: the principal submatrices G[idx_t, idx_t] of the centred Gram, one per row of idx [t, K]
+        (features; the value n pads a row and reads 0), in one gather per Gram."""
+        at = idx.cpu().clamp(max=self.n - 1)
+        rows, cols = at.unsqueeze(2), at.unsqueeze(1)
+        out = None
+        for g in self._tensors():
+            part = g[rows, cols].to(dtype)
+            out = part if out is None else out.add_(part)
+        for coef, v in self.shifts:
+            v_t = torch.from_numpy(v).to(dtype)[at]
+            out.add_(v_t.unsqueeze(2) * v_t.unsqueeze(1), alpha=coef)
+        keep = (idx.cpu() < self.n).to(dtype)
+        return out.div_(self.count).mul_(keep.unsqueeze(2)).mul_(keep.unsqueeze(1))
+
+    def select(self, targets: np.ndarray | slice) -> CountMoments:
+        """The same rows, for some targets only (their cross moments read into memory as float64)."""
+        return replace(
+            self,
+            mean_y=self.mean_y[targets],
+            cross=np.asarray(self.cross[targets], dtype=np.float64),
+            syy=self.syy[targets],
+        )
+
+    def combine(self, other: CountMoments, *, lip: float | None = None) -> CountMoments:
+        """The moments of the union of two disjoint row sets (Chan et al.'s pairwise update);
+        ``lip``: the union's largest eigenvalue, when known."""
+        n = self.count + other.count
+        f = self.count * other.count / n
+        dx, dy = other.mean_x - self.mean_x, other.mean_y - self.mean_y
+        cross = np.asarray(self.cross, np.float64) + np.asarray(other.cross, np.float64) + f * np.outer(dy, dx)
+        return CountMoments(
+            n,
+            self.grams + other.grams,
+            self.sum_x + other.sum_x,
+            self.mean_y + dy * other.count / n,
+            cross,
+            self.syy + other.syy + f * dy * dy,
+            lip,
+            self.shifts + other.shifts + ((f, dx),),
+        )
+
+
+def count_moments(
+    masks: np.ndarray,
+    margins: np.ndarray,
+    row_sets: Sequence[np.ndarray],
+    *,
+    block_rows: int = 8192,
+) -> list[CountMoments]:
+    """The ``CountMoments`` of each of some disjoint row sets, in two streaming passes over the rows.
+
+    Parameters
+    ----------
+    masks : bool [m, n]
+        The masks (a ``PackedMasks`` view of the store unpacks each block of rows).
+    margins : float [m, T]
+        One margin per row and target (a memmap slice of the store).
+    row_sets : sequence of int arrays
+        Disjoint sets of rows (e.g. the fit rows and the validation rows).
+    block_rows : int
+        Rows in memory at once: they are unpacked to float32 [block_rows, n].
+
+    Pass 1 reads the margins for the means; pass 2 adds each block's X^T X (exact
+    counts, ``add_gram``) and X^T (Y - mean) (float32, the margins centred first, so no
+    cancellation) to every row set's accumulators; the counts are then centred in
+    place, in float64 (``_centre``). Memory: one [n, n] and one [T, n] float32
+    accumulator per row set, plus one block.
+    """
+    m, n = masks.shape
+    t = margins.shape[1]
+    member = np.full(m, -1, dtype=np.int64)
+    for k, rows in enumerate(row_sets):
+        if len(rows) >= EXACT_ROWS:
+            raise ValueError(f"{len(rows)} rows: float32 counts are exact only up to 2^24 rows")
+        member[np.asarray(rows)] = k
+    counts = [len(rows) for rows in row_sets]
+    sums_y = [np.zeros(t) for _ in row_sets]
+    for start in range(0, m, block_rows):
+        which = member[start : start + block_rows]
+        y = np.asarray(margins[start : start + block_rows], dtype=np.float64)
+        for k in range(len(row_sets)):
+            sums_y[k] += y[which == k].sum(0)
+    mean_y = [s / max(c, 1) for s, c in zip(sums_y, counts)]
+    grams = [np.zeros((n, n), np.float32) for _ in row_sets]
+    cross = [np.zeros((t, n), np.float32) for _ in row_sets]
+    syy = [np.zeros(t) for _ in row_sets]
+    for start in range(0, m, block_rows):
+        which = member[start : start + block_rows]
+        if not (which >= 0).any():
+            continue
+        x_all = masks[start : start + block_rows]
+        y_all = np.asarray(margins[start : start + block_rows], dtype=np.float64)
+        for k in range(len(row_sets)):
+            here = which == k
+            if not here.any():
+                continue
+            x = np.ascontiguousarray(x_all[here])
+            yc = y_all[here] - mean_y[k]
+            syy[k] += (yc * yc).sum(0)
+            add_gram(torch.from_numpy(grams[k]), x)
+            torch.from_numpy(cross[k]).addmm_(torch.from_numpy(yc.astype(np.float32)).T, torch.from_numpy(x).float())
+    sums_x = [np.diagonal(g).astype(np.float64) for g in grams]  # x_i^2 = x_i: the diagonal counts the ones
+    for g, c, sx in zip(grams, counts, sums_x):
+        _centre(g, sx / max(c, 1), c)
+    return [
+        CountMoments(c, (g,), sx, my, cr, sy) for c, g, sx, my, cr, sy in zip(counts, grams, sums_x, mean_y, cross, syy)
+    ]
+
+
+def _centre(gram: np.ndarray, mean_x: np.ndarray, count: int, *, block_rows: int = 1024) -> None:
+    """X^T X -> Xc^T Xc = X^T X - count mean_x mean_x^T in place, a block of rows at a time in float64
+    (the subtraction cancels ~0.25 m down to ~1e-3 m: float32 would keep only ~4 digits)."""
+    g, mu = torch.from_numpy(gram), torch.from_numpy(mean_x)
+    for start in range(0, len(mean_x), block_rows):
+        rows = slice(start, start + block_rows)
+        g[rows] = g[rows].double().addr_(mu[rows], mu, alpha=-count).float()
+
+
+def top_eigenvalue(mom: CountMoments, *, block_rows: int = 1024) -> float:
+    """The largest eigenvalue of G = Xc^T Xc / count, by Lanczos iterations (``scipy.sparse.linalg.eigsh``).
+
+    By Cauchy's interlacing theorem it bounds the largest eigenvalue of every principal
+    submatrix G[A, A]: one step size serves every working set. Each iteration streams
+    the Grams' rows (float64 products).
+    """
+    from scipy.sparse.linalg import LinearOperator, eigsh  # a heavy import, needed once per row set
+
+    n = mom.n
+
+    def matvec(v: np.ndarray) -> np.ndarray:
+        v = np.asarray(v, dtype=np.float64).ravel()
+        out = np.empty(n)
+        for start in range(0, n, block_rows):
+            rows = slice(start, start + block_rows)
+            out[rows] = sum(np.asarray(g[rows], dtype=np.float64) @ v for g in mom.grams)
+        for coef, x in mom.shifts:
+            out += coef * x * (x @ v)
+        return out / mom.count
+
+    op = LinearOperator((n, n), matvec=matvec, dtype=np.float64)
+    return float(eigsh(op, k=1, which="LA", tol=1e-4, v0=np.ones(n) / np.sqrt(n), return_eigenvectors=False)[0])

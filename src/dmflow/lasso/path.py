@@ -9,22 +9,24 @@ record the path statistics. Only centred moments of the rows are ever built
 
 from __future__ import annotations
 
+import threading
 from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
-from dataclasses import dataclass
-from typing import TypeVar
+from dataclasses import dataclass, replace
+from typing import Protocol, TypeVar
 
 import numpy as np
 import torch
 
-from dmflow.core.codes import FLAG_CONSTANT, FLAG_NO_DATA, FLAG_NOT_CONVERGED, FLAG_OK
+from dmflow.core.codes import FLAG_CONSTANT, FLAG_NOT_CONVERGED, FLAG_OK
 from dmflow.core.device import resolve_device
 from dmflow.core.schema import defaults
 from dmflow.core.seeds import PURPOSE_VALIDATION_ROWS, alpha_key
 from dmflow.lasso.cvxpy_solver import solve_cvxpy
-from dmflow.lasso.moments import Moments, row_moments
-from dmflow.lasso.problem import curvature, lambda_max, mse_from_moments
+from dmflow.lasso.moments import CountMoments, Moments, row_moments, top_eigenvalue
+from dmflow.lasso.problem import GREEDY_STEP, curvature, lambda_max, mse_from_moments
 from dmflow.lasso.solvers import solve_batched
+from dmflow.lasso.torch_solver import PaddedGrams, proximal_loop
 
 R = TypeVar("R")
 _FIT = defaults("fit")
@@ -165,6 +167,381 @@ def _columns(x: torch.Tensor, idx: torch.Tensor | slice) -> torch.Tensor:
     return x.T[idx].T
 
 
+def _rows(x: torch.Tensor, idx: torch.Tensor) -> torch.Tensor:
+    """Rows ``idx`` (features) of a target-major [n, T] matrix, target-major too."""
+    return x.T[:, idx].T
+
+
+class _Problem(Protocol):
+    """What the lambda path needs of a lasso problem over some targets (``_fit_path``)."""
+
+    def solve(
+        self, targets: torch.Tensor, c: torch.Tensor, lam: torch.Tensor, w0: torch.Tensor, gram_w0: torch.Tensor | None
+    ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+        """One lambda per target (``targets`` index the problem's) -> (weights [n, t], converged [t], G @ weights)."""
+        ...
+
+    def val_mse(self, targets: torch.Tensor, w: torch.Tensor) -> torch.Tensor:
+        """float64 [t]: the validation MSE of weights w [n, t] of some of the problem's targets."""
+        ...
+
+
+@dataclass
+class _Dense:
+    """The reference: every solve over all features of a dense centred Gram."""
+
+    gram: torch.Tensor
+    bounds: tuple[float, float]
+    settings: FitSettings
+    fit_m: Moments
+    val_m: Moments
+
+    def solve(self, targets, c, lam, w0, gram_w0):
+        return _solve(self.gram, c, lam, w0, self.bounds, self.settings, gram_w0)
+
+    def val_mse(self, targets, w):
+        return validation_mse(
+            self.val_m.select(targets), w, fit_mean_x=self.fit_m.mean_x, fit_mean_y=self.fit_m.mean_y[targets]
+        )
+
+
+GATHER_ROWS = 512
+"""Rows of a centred Gram in memory at a time (``CentredGram``, ``_ActiveSet._product``)."""
+BUCKET_BYTES = 128 * 2**20
+"""Memory of one batch of padded per-target Grams: targets are solved in batches of similar working-set size."""
+MAX_ROUNDS = 50
+DENSE_SHARE = 0.25
+"""A target whose working set holds more than this share of the features is solved on the dense Gram."""
+DENSE_MAX_N = 5000
+"""Up to this many features ``fit_from_moments`` solves on the dense centred Gram: measured on one block of
+400 targets (benchmarks/RESULTS.md), dense took 14 s and working sets 24 s at n = 4000, working sets won by
+~2x at n = 8000."""
+
+
+class CentredGram:
+    """The dense centred Gram G = Xc^T Xc / m of a row set, built once (float32, centred in float64 a block of
+    rows at a time) when a target's working set is dense, and shared by the target groups' threads."""
+
+    def __init__(self, mom: CountMoments, settings: FitSettings) -> None:
+        self.mom, self.settings = mom, settings
+        self._lock = threading.Lock()
+        self._gram: torch.Tensor | None = None
+        self.bounds = (0.0, 0.0)
+
+    def get(self) -> tuple[torch.Tensor, tuple[float, float]]:
+        with self._lock:
+            if self._gram is None:
+                n, dtype = self.mom.n, self.settings.torch_dtype
+                gram = torch.empty((n, n), dtype=dtype, device=self.settings.torch_device)
+                for start in range(0, n, GATHER_ROWS):
+                    rows = torch.arange(start, min(start + GATHER_ROWS, n))
+                    gram[start : start + len(rows)] = self.mom.centred_rows(rows, dtype)
+                l2 = self.settings.l2
+                self.bounds = curvature(gram, l2) if n <= 4096 else (self.mom.lip * 1.01 + l2, l2)
+                self._gram = gram
+            return self._gram, self.bounds
+
+
+class _ActiveSet:
+    """A lasso on ``CountMoments`` whose cost follows each target's active set, not n^2.
+
+    Every target has its own working set A_t: its support at the warm start, the
+    features ever non-zero along its path, and the features whose gradient scores
+    highest, |g_j| / lambda, among those that pass the sequential strong rule (|g_j| >=
+    (2 - 1/r) lambda, r the path's ratio), up to twice the support (as skglm grows its
+    working sets). A solve runs the per-target batched solver (``proximal_loop`` on
+    ``PaddedGrams``: G[A_t, A_t], |A_t|^2 per target and iteration) on batches of targets
+    of similar set size, then checks the KKT conditions of every feature with one product
+    G W over the rows where some weight is non-zero; a target with violations gets a new,
+    larger working set, and the solve repeats. Gram rows are read from the (memory-mapped)
+    counts a block at a time, centred in float64, in one pass per round for all targets.
+    The solution meets the same KKT tolerance on all features as the reference's, so the
+    two agree to the solver's tolerance.
+    """
+
+    def __init__(self, mom: CountMoments, val: CountMoments | None, settings: FitSettings, dense: CentredGram) -> None:
+        self.mom, self.val, self.settings, self.dense = mom, val, settings, dense
+        self.dtype, self.device = settings.torch_dtype, settings.torch_device
+        self.ever = torch.zeros((mom.n, len(mom.mean_y)), dtype=torch.bool, device=self.device)
+        ratio = settings.lambda_min_ratio ** (1 / max(settings.num_lambdas - 1, 1))
+        self.strong = max(0.0, 2 - 1 / ratio)
+
+    def _product(self, w: torch.Tensor, mom: CountMoments | None = None) -> torch.Tensor:
+        """[n, t]: G W (G of ``mom``, the problem's rows by default), over the rows where some weight is non-zero,
+        ``GATHER_ROWS`` of G's rows at a time."""
+        mom = mom or self.mom
+        out = torch.zeros(w.shape, dtype=self.dtype, device=self.device)
+        support = torch.nonzero((w != 0).any(1)).squeeze(1).cpu()
+        for start in range(0, len(support), GATHER_ROWS):
+            block = support[start : start + GATHER_ROWS]
+            rows = mom.centred_rows(block, self.dtype).to(self.device)
+            out.addmm_(rows.T, w[block.to(w.device)])
+        return out
+
+    def _buckets(self, sets: torch.Tensor) -> list[torch.Tensor]:
+        """Targets (columns of the [n, t] working-set mask) in batches of similar set size, each batch's padded
+        Grams within ``BUCKET_BYTES``."""
+        sizes = sets.sum(0).cpu().numpy()
+        itemsize = torch.empty((), dtype=self.dtype).element_size()
+        buckets, current = [], []
+        for k in np.argsort(sizes, kind="stable"):  # increasing size: the last one sets the padding
+            if current and (len(current) + 1) * max(int(sizes[k]), 1) ** 2 * itemsize > BUCKET_BYTES:
+                buckets.append(torch.as_tensor(current))
+                current = []
+            current.append(int(k))
+        return [*buckets, torch.as_tensor(current)] if current else buckets
+
+    def _solve_sets(self, c, lam, w, gw, scale, sets):
+        """The per-target solves on fixed working sets (mask [n, t]) -> (weights [n, t], converged [t]): per
+        bucket, the padded Grams G[A_t, A_t] gathered from the counts, then ``proximal_loop`` on them."""
+        s, (n, t) = self.settings, c.shape
+        out = torch.zeros((t, n + 1), dtype=c.dtype, device=c.device)
+        converged = torch.ones(t, dtype=torch.bool)
+        for bucket in self._buckets(sets):
+            cols = bucket.to(c.device)
+            idx = _set_indices(sets[:, bucket.to(sets.device)], n)
+            grams = self.mom.centred_blocks(idx, self.dtype).to(self.device)
+            lip = _step_bounds(grams, self.mom.lip, s.l2)
+            res = proximal_loop(
+                PaddedGrams(grams),
+                _pick(c[:, cols], idx),
+                lam[cols],
+                w0=_pick(w[:, cols], idx),
+                l2=s.l2,
+                nonneg=s.nonneg,
+                tol=s.tol,
+                scale=scale[cols],
+                max_iter=s.max_iter,
+                steps=(1.0 / lip, GREEDY_STEP / lip, 1.0 / lip),
+                gram_w0=_pick(gw[:, cols], idx),
+            )
+            out[cols] = out.new_zeros((len(cols), n + 1)).scatter_(1, idx, res.weight.T)
+            converged[bucket] = res.converged.cpu()
+        return out[:, :n].T, converged
+
+    def _grow(self, keep: torch.Tensor, grad: torch.Tensor, lam: torch.Tensor, eligible: torch.Tensor) -> torch.Tensor:
+        """Working sets [n, t]: ``keep`` (support and ever-active features), plus per target its highest-scoring
+        eligible features (|g| / lambda), as many as it keeps (at least ``MIN_GROWTH``)."""
+        score = torch.where(eligible & ~keep, grad.abs() / lam, torch.zeros_like(grad))
+        extra = torch.clamp(keep.sum(0), min=MIN_GROWTH)
+        top = int(min(extra.max().item(), keep.shape[0]))
+        values, rows = torch.topk(score, top, dim=0)
+        chosen = (values > 0) & (torch.arange(top, device=grad.device).unsqueeze(1) < extra)
+        return keep | torch.zeros_like(keep).scatter_(0, rows, chosen)
+
+    def solve(self, targets, c, lam, w0, gram_w0):
+        s = self.settings
+        scale = lambda_max(c, s.nonneg)  # the tolerance's unit: all features' lambda_max, as in the reference
+        ever = self.ever[:, targets.to(self.device)] | (w0 != 0)
+        if gram_w0 is None:
+            gram_w0 = self._product(w0)
+        grad = gram_w0 - c + s.l2 * w0 if s.l2 else gram_w0 - c
+        sets = self._grow(ever, grad, lam, grad.abs() >= self.strong * lam)
+        dense = sets.sum(0) > DENSE_SHARE * c.shape[0]
+        if dense.any():  # these targets' working sets are nearly everything: one shared Gram, all features
+            w, converged, gw = self._solve_dense(targets, c, lam, w0, gram_w0, scale, dense)
+            if dense.all():
+                return w, converged, gw
+            keep = torch.nonzero(~dense).squeeze(1)
+            w_s, conv_s, gw_s = self._solve_sparse(
+                targets[keep.to(targets.device)],
+                c[:, keep],
+                lam[keep],
+                w0[:, keep],
+                gram_w0[:, keep],
+                scale[keep],
+                sets[:, keep],
+            )
+            w[:, keep], gw[:, keep], converged[keep.cpu()] = w_s, gw_s, conv_s
+            return w, converged, gw
+        return self._solve_sparse(targets, c, lam, w0, gram_w0, scale, sets)
+
+    def _solve_dense(self, targets, c, lam, w0, gram_w0, scale, dense):
+        s = self.settings
+        gram, (lip, mu) = self.dense.get()
+        cols = torch.nonzero(dense).squeeze(1)
+        res = solve_batched(
+            gram,
+            _columns(c, cols),
+            lam[cols],
+            w0=_columns(w0, cols),
+            gram_w0=_columns(gram_w0, cols),
+            l2=s.l2,
+            nonneg=s.nonneg,
+            tol=s.tol,
+            max_iter=s.max_iter,
+            lip=lip,
+            mu=mu,
+            scale=scale[cols],
+        )
+        w, gw = torch.zeros_like(c), torch.zeros_like(c)
+        w[:, cols], gw[:, cols] = res.weight, res.gram_weight
+        converged = torch.ones(c.shape[1], dtype=torch.bool)
+        converged[cols.cpu()] = res.converged.cpu()
+        self.ever[:, targets[cols.to(targets.device)].to(self.device)] |= res.weight != 0
+        return w, converged, gw
+
+    def _solve_sparse(self, targets, c, lam, w0, gram_w0, scale, sets):
+        """Rounds of working-set solves and KKT checks; a round re-solves only the targets whose check failed."""
+        s = self.settings
+        ever = self.ever[:, targets.to(self.device)] | (w0 != 0)
+        w, gw = w0.clone(), gram_w0.clone()
+        converged = torch.ones(c.shape[1], dtype=torch.bool)
+        todo = torch.arange(c.shape[1], device=c.device)
+        for _ in range(MAX_ROUNDS):
+            w_t, conv_t = self._solve_sets(
+                _columns(c, todo), lam[todo], _columns(w, todo), _columns(gw, todo), scale[todo], sets[:, todo]
+            )
+            gw_t = self._product(w_t)
+            w[:, todo], gw[:, todo], converged[todo.cpu()] = w_t, gw_t, conv_t
+            grad = gw_t - _columns(c, todo) + s.l2 * w_t if s.l2 else gw_t - _columns(c, todo)
+            lam_t, sets_t = lam[todo], sets[:, todo]
+            violation = ((-grad - lam_t) if s.nonneg else (grad.abs() - lam_t)) > s.tol * scale[todo]
+            bad = violation & ~sets_t
+            again = bad.any(0)
+            if not again.any():
+                break
+            grown = self._grow(ever[:, todo] | (w_t != 0), grad, lam_t, bad | (sets_t & (w_t == 0)))
+            sets[:, todo[again]] = grown[:, again]
+            todo = todo[again]
+        else:  # pragma: no cover - working sets that never settle
+            converged[todo.cpu()] = False
+        self.ever[:, targets.to(self.device)] = ever | (w != 0)
+        return w, converged, gw
+
+    def val_mse(self, targets, w):
+        fit, val, t = self.mom, self.val, targets.cpu().numpy()
+        w64 = w.double()
+        quad = (w64 * self._product(w, val).double()).sum(0)  # w^T G_val w, G_val = Xc^T Xc / m_val
+        cross = torch.from_numpy(np.asarray(val.cross)[t]).to(w.device)  # [t, n]
+        dx = torch.from_numpy(val.mean_x - fit.mean_x).to(w.device)
+        offset = torch.from_numpy(val.mean_y[t] - fit.mean_y[t]).to(w.device) - dx @ w64
+        syy = torch.from_numpy(val.syy[t]).to(w.device)
+        return (quad + (syy - 2 * (cross.T * w64).sum(0)) / val.count + offset**2).cpu()
+
+
+MIN_GROWTH = 10
+"""A working set grows by at least this many features per target."""
+
+
+def _set_indices(sets: torch.Tensor, n: int) -> torch.Tensor:
+    """[t, K]: each target's features (column of the mask [n, t]) in increasing order, padded with n."""
+    width = max(1, int(sets.sum(0).max().item()))
+    order = torch.argsort((~sets).to(torch.int8), dim=0, stable=True)[:width].T  # the set's rows first, in order
+    return torch.where(torch.gather(sets.T, 1, order), order, torch.full_like(order, n))
+
+
+def _step_bounds(grams: torch.Tensor, lip: float, l2: float) -> torch.Tensor:
+    """L [t]: a step bound for each padded Gram G[A_t, A_t] [t, K, K]: the smaller of the row set's top
+    eigenvalue ``lip`` (a bound for every principal submatrix, by Cauchy's interlacing theorem) and the
+    Gershgorin bound max_i sum_j |G_ij| (tighter for small working sets), + ``l2``."""
+    gershgorin = torch.linalg.matrix_norm(grams, ord=float("inf"))  # max_i sum_j |G_ij|
+    return torch.clamp(gershgorin, max=lip * 1.01).clamp(min=1e-12) + l2
+
+
+def _pick(x: torch.Tensor, idx: torch.Tensor) -> torch.Tensor:
+    """[width, t]: the rows idx[t] of each target's column of x [n, t]; index n (the padding) reads 0."""
+    padded = torch.cat([x.T, torch.zeros((x.shape[1], 1), dtype=x.dtype, device=x.device)], dim=1)
+    return padded.gather(1, idx).T
+
+
+def _constant(moments: CountMoments) -> np.ndarray:
+    """Targets whose margins do not vary over the rows (up to rounding): the rule of ``_constant_targets``."""
+    return moments.syy <= 1e-20 * moments.count * (1 + moments.mean_y**2)
+
+
+def fit_from_moments(
+    fit: CountMoments,
+    val: CountMoments,
+    *,
+    settings: FitSettings,
+    workers: int = 0,
+    method: str = "auto",
+    all_rows_lip: float | None = None,
+) -> dict[str, np.ndarray]:
+    """``fit_targets``' datamodels, from the moments of the fit and validation rows, with working sets.
+
+    Parameters
+    ----------
+    fit, val : CountMoments
+        The fit rows' and the validation rows' moments, for the targets to fit (``select``);
+        their Grams may be memory-mapped: only the rows of the working sets are read.
+    settings : FitSettings
+        With ``solver: cvxpy`` the dense reference path runs on the same moments.
+    workers : int
+        Target groups run side by side, as in ``fit_targets``.
+    method : {"auto", "active", "dense"}
+        ``active``: per-target working sets (cost follows the supports; the Grams are read
+        a row block at a time). ``dense``: the reference path on the dense centred Gram
+        (n^2 in memory; GEMMs over all features). ``auto``: dense up to ``DENSE_MAX_N``
+        features, where it is the faster, active beyond.
+    all_rows_lip : float, optional
+        The top eigenvalue of the centred Gram of fit and validation rows together (the
+        refit's step bound; ``top_eigenvalue``), when known; ``fit.lip`` likewise. The
+        ``moments`` stage stores both; missing ones are computed (Lanczos, a few passes
+        over the Grams).
+
+    Returns
+    -------
+    dict
+        The arrays ``fit_targets`` returns, equal to its up to the solver's tolerance
+        (``tests/test_fit.py`` holds the two paths to it).
+    """
+    if method not in ("auto", "active", "dense"):
+        raise ValueError(f"method={method!r} is not one of auto, active, dense")
+    if settings.solver != "batched" or method == "dense" or (method == "auto" and fit.n <= DENSE_MAX_N):
+        return _fit_dense(
+            _dense_moments(fit, settings), _dense_moments(val, settings), settings=settings, workers=workers or 1
+        )
+    device, dtype = settings.torch_device, settings.torch_dtype
+    if fit.lip is None:
+        fit = replace(fit, lip=top_eigenvalue(fit))
+    every = fit.combine(val)
+    every = replace(every, lip=all_rows_lip if all_rows_lip is not None else top_eigenvalue(every))
+    constant = _constant(fit) | _constant(every)
+
+    def target_major(mom: CountMoments) -> torch.Tensor:
+        c = torch.from_numpy(np.asarray(mom.cross, np.float64) / mom.count).to(device=device, dtype=dtype)
+        c[torch.from_numpy(constant)] = 0  # lam_max 0: solved by w = 0 at once
+        return c.T  # [n, T], each target's column contiguous
+
+    c, c_all = target_major(fit), target_major(every)
+    yy = torch.from_numpy(fit.syy / fit.count).to(device=device, dtype=dtype)
+    path = lambda_path(lambda_max(c, settings.nonneg), settings.num_lambdas, settings.lambda_min_ratio)
+    if workers == 0:
+        workers = group_count(c.shape[1], c.shape[0], torch.get_num_threads()) if device == "cpu" else 1
+
+    dense_fit, dense_all = CentredGram(fit, settings), CentredGram(every, settings)
+
+    def fit_group(g: slice) -> dict[str, torch.Tensor]:
+        problem = _ActiveSet(fit.select(g), val.select(g), settings, dense_fit)
+        path_g = _fit_path(problem, _columns(c, g), yy[g], path[:, g], settings)
+        best_w = path_g.pop("best_w")  # the refit on all rows starts there
+        refit = _ActiveSet(every.select(g), None, settings, dense_all)
+        weight, conv, _ = refit.solve(torch.arange(g.stop - g.start), _columns(c_all, g), path_g["lam"], best_w, None)
+        return {**path_g, "weight": weight, "converged": path_g["converged"] & conv}
+
+    parts = over_target_groups(fit_group, c.shape[1], workers)
+
+    def bias_of(weight: torch.Tensor) -> torch.Tensor:
+        return torch.from_numpy(every.mean_y - every.mean_x @ weight.double().cpu().numpy())
+
+    return _result(parts, path, torch.from_numpy(constant), bias_of, num_fit_rows=fit.count, num_val_rows=val.count)
+
+
+def _dense_moments(mom: CountMoments, settings: FitSettings) -> Moments:
+    """The reference's float64 ``Moments`` from counts (a dense [n, n] Gram: small problems only)."""
+    f64 = {"dtype": torch.float64, "device": settings.torch_device}
+    return Moments(
+        mom.count,
+        torch.as_tensor(mom.mean_x, **f64),
+        torch.as_tensor(mom.mean_y, **f64),
+        torch.as_tensor(mom.sxx(slice(None)), **f64),
+        torch.as_tensor(np.asarray(mom.cross).T, **f64),
+        torch.as_tensor(mom.syy, **f64),
+    )
+
+
 # Below this many targets x features^2 per group, two groups side by side were no faster
 # than one: the groups' Python bookkeeping takes turns on the interpreter lock
 # (benchmarks/lasso_solvers.py; RESULTS.md).
@@ -235,9 +612,15 @@ def fit_targets(
         without a new best validation MSE (its later path entries are NaN, nnz -1):
         the dense end of the path is the expensive part and rarely wins.
     """
-    device, dtype = settings.torch_device, settings.torch_dtype
+    device = settings.torch_device
     fit_m = row_moments(masks, margins, fit_rows, device=device)
     val_m = row_moments(masks, margins, val_rows, device=device)
+    return _fit_dense(fit_m, val_m, settings=settings, workers=workers)
+
+
+def _fit_dense(fit_m: Moments, val_m: Moments, *, settings: FitSettings, workers: int) -> dict[str, np.ndarray]:
+    """The reference path: the dense centred Gram of all features, every solve over all of them."""
+    device, dtype = settings.torch_device, settings.torch_dtype
     all_m = fit_m.combine(val_m)
     constant = _constant_targets(fit_m) | _constant_targets(all_m)
     (gram, c, yy), (gram_all, c_all, _) = fit_m.gram(dtype), all_m.gram(dtype)
@@ -251,17 +634,32 @@ def fit_targets(
         workers = group_count(c.shape[1], c.shape[0], torch.get_num_threads()) if cpu_batched else 1
 
     def fit_group(g: slice) -> dict[str, torch.Tensor]:
-        path_g = _fit_path(gram, _columns(c, g), yy[g], path[:, g], fit_m.select(g), val_m.select(g), bounds, settings)
+        problem = _Dense(gram, bounds, settings, fit_m.select(g), val_m.select(g))
+        path_g = _fit_path(problem, _columns(c, g), yy[g], path[:, g], settings)
         best_w = path_g.pop("best_w")  # the refit on all rows starts there
         weight, conv, _ = _solve(gram_all, _columns(c_all, g), path_g["lam"], best_w, bounds_all, settings)
         return {**path_g, "weight": weight, "converged": path_g["converged"] & conv}
 
     parts = over_target_groups(fit_group, c.shape[1], workers)
+    bias_of = lambda weight: all_m.mean_y - all_m.mean_x @ weight.double()  # noqa: E731
+    return _result(parts, path, constant.cpu(), bias_of, num_fit_rows=fit_m.count, num_val_rows=val_m.count)
+
+
+def _result(
+    parts: list[dict[str, torch.Tensor]],
+    path: torch.Tensor,
+    constant: torch.Tensor,
+    bias_of: Callable[[torch.Tensor], torch.Tensor],
+    *,
+    num_fit_rows: int,
+    num_val_rows: int,
+) -> dict[str, np.ndarray]:
+    """The arrays of a fit, from its target groups' paths and refits (``fit_targets`` documents them)."""
     res = {key: torch.cat([p[key] for p in parts], dim=-1) for key in parts[0]}
     weight = res["weight"]
-    bias = all_m.mean_y - all_m.mean_x @ weight.double()
+    bias = bias_of(weight)
     flags = torch.where(res["converged"], FLAG_OK, FLAG_NOT_CONVERGED).to(torch.uint8)
-    flags[constant.cpu()] = FLAG_CONSTANT
+    flags[constant] = FLAG_CONSTANT
     return {
         "weight": np.ascontiguousarray(weight.float().cpu().numpy()),
         "bias": bias.float().cpu().numpy(),
@@ -273,20 +671,13 @@ def fit_targets(
         "train_mse": res["train_mse"].numpy(),
         "val_mse_path": res["val_mse"].numpy(),
         "nnz_path": res["nnz"].numpy(),
-        "num_fit_rows": np.int64(len(fit_rows)),
-        "num_val_rows": np.int64(len(val_rows)),
+        "num_fit_rows": np.int64(num_fit_rows),
+        "num_val_rows": np.int64(num_val_rows),
     }
 
 
 def _fit_path(
-    gram: torch.Tensor,
-    c: torch.Tensor,
-    yy: torch.Tensor,
-    path: torch.Tensor,
-    fit_m: Moments,
-    val_m: Moments,
-    bounds: tuple[float, float],
-    settings: FitSettings,
+    problem: _Problem, c: torch.Tensor, yy: torch.Tensor, path: torch.Tensor, settings: FitSettings
 ) -> dict[str, torch.Tensor]:
     """The lambda path of some targets on the fit rows, each scored on the validation rows.
 
@@ -316,12 +707,12 @@ def _fit_path(
             lams = {"lam_prev": path[j - 2, active], "lam": path[j - 1, active], "lam_next": lam_j}
             w0 = path_warm_start(_columns(w_prev, active), w0, **lams)
             gw0 = path_warm_start(_columns(gw_prev, active), gw0, **lams)  # G @ w0: the same combination
-        wa, conv, gwa = _solve(gram, ca, lam_j, w0, bounds, settings, gw0)
+        wa, conv, gwa = problem.solve(active, ca, lam_j, w0, gw0)
         w_prev.T[active], gw_prev.T[active] = w.T[active], gw.T[active]
         w.T[active], gw.T[active] = wa.T, gwa.T
         converged[active.cpu()] &= conv
-        train_mse[j, active.cpu()] = mse_from_moments(gram, ca, yy[active], w=wa, gram_w=gwa).double().cpu()
-        mse = validation_mse(val_m.select(active), wa, fit_mean_x=fit_m.mean_x, fit_mean_y=fit_m.mean_y[active])
+        train_mse[j, active.cpu()] = mse_from_moments(None, ca, yy[active], w=wa, gram_w=gwa).double().cpu()
+        mse = problem.val_mse(active, wa)
         val_mse[j, active.cpu()], nnz[j, active.cpu()] = mse.cpu(), (wa != 0).sum(0).cpu()
         better = mse < best_mse[active]
         improved = active[better]
@@ -339,24 +730,4 @@ def _fit_path(
         "train_mse": train_mse,
         "val_mse": val_mse,
         "nnz": nnz,
-    }
-
-
-def zero_datamodels(n: int, num_targets: int, num_lambdas: int) -> dict[str, np.ndarray]:
-    """What ``fit_targets`` returns when no row is usable: zero weights, every target flagged ``FLAG_NO_DATA``."""
-    t = num_targets
-    zeros = np.zeros((num_lambdas, t))
-    return {
-        "weight": np.zeros((n, t), np.float32),
-        "bias": np.zeros(t, np.float32),
-        "lam": np.zeros(t),
-        "val_mse": np.full(t, np.nan),
-        "nnz": np.zeros(t, np.int64),
-        "flags": np.full(t, FLAG_NO_DATA, np.uint8),
-        "lams": zeros,
-        "train_mse": zeros,
-        "val_mse_path": zeros,
-        "nnz_path": zeros.astype(np.int64),
-        "num_fit_rows": np.int64(0),
-        "num_val_rows": np.int64(0),
     }

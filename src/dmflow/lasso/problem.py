@@ -107,7 +107,7 @@ class SolveResult:
 
 
 def mse_from_moments(
-    gram: torch.Tensor, c: torch.Tensor, yy: torch.Tensor, *, w: torch.Tensor, gram_w: torch.Tensor | None = None
+    gram: torch.Tensor | None, c: torch.Tensor, yy: torch.Tensor, *, w: torch.Tensor, gram_w: torch.Tensor | None = None
 ) -> torch.Tensor:
     """Per-target mean squared residual (1/m)||Xw+b-y||^2 at the best b, from the moments
     (``gram_w`` = G @ w when known, e.g. from the solver)."""

@@ -1,8 +1,9 @@
-"""Rules of ``rules/fit.smk``: ``fit_block`` fits one block of targets from the fit store;
+"""Rules of ``rules/fit.smk``: ``fit_block`` fits one block of targets from the fit store's moments;
 ``merge_fit`` joins the blocks into ``datamodels/{alpha}.npz``."""
 
 from __future__ import annotations
 
+import json
 import logging
 from collections.abc import Sequence
 from pathlib import Path
@@ -13,9 +14,9 @@ import torch
 from dmflow.core.codes import FLAG_OK
 from dmflow.core.io import atomic_save_npz, load_npz
 from dmflow.core.layout import block_targets
-from dmflow.lasso.path import FitSettings, fit_targets, split_validation_rows, zero_datamodels
-from dmflow.stages.collect import open_store
-from dmflow.store.schema import usable_rows
+from dmflow.lasso.path import FitSettings, fit_from_moments
+from dmflow.stages.moments import check_memory, fit_bytes, open_moments
+from dmflow.store.schema import StoreError
 
 log = logging.getLogger(__name__)
 
@@ -23,30 +24,49 @@ PER_TARGET = ("weight", "bias", "lam", "val_mse", "nnz", "flags", "lams", "train
 """The arrays of a fit block whose last axis is the target."""
 
 
-def fit_store_block(store_path: Path, block: int, *, targets_per_job: int, settings: FitSettings, seed: int) -> dict:
-    """The datamodels of one block of targets (``fit_targets``' arrays, plus ``targets``) from a fit store."""
-    store = open_store(store_path)
-    targets = block_targets(block, targets_per_job, store.manifest["num_targets"])
-    rows = usable_rows(store.status)
-    margins = store.margins[:, 0, targets[0] : targets[-1] + 1]
-    if len(rows) < 3:
-        log.warning("%s: only %d usable rows; every target gets zero weights", store_path, len(rows))
-        result = zero_datamodels(store.masks.shape[1], len(targets), settings.num_lambdas)
-    else:
-        fit_rows, val_rows = split_validation_rows(
-            rows, settings.val_fraction, seed=seed, alpha=store.manifest["alpha"]
+def fit_moments_block(
+    moments_dir: Path, block: int, *, targets_per_job: int, settings: FitSettings, store_manifest: Path | None = None
+) -> dict:
+    """The datamodels of one block of targets (``fit_from_moments``' arrays, plus ``targets``) from the
+    store's moments; the masks are never read."""
+    fit, val, manifest = open_moments(moments_dir, store_manifest=store_manifest)
+    targets = block_targets(block, targets_per_job, manifest["num_targets"])
+    if manifest["val_fraction"] != settings.val_fraction:
+        raise StoreError(
+            f"{moments_dir}: the moments split the rows with fit.val_fraction={manifest['val_fraction']}, "
+            f"not {settings.val_fraction}; rerun the moments rule"
         )
-        result = fit_targets(store.masks, margins, fit_rows=fit_rows, val_rows=val_rows, settings=settings)
+    result = fit_from_moments(
+        fit.select(targets),
+        val.select(targets),
+        settings=settings,
+        all_rows_lip=manifest["top_eigenvalue"]["all"],
+    )
     result["targets"] = targets
     return result
 
 
 def fit_block(
-    store: Path, out: Path, *, block: int, targets_per_job: int, settings: FitSettings, seed: int, threads: int = 1
+    moments: Path,
+    out: Path,
+    *,
+    block: int,
+    targets_per_job: int,
+    settings: FitSettings,
+    store_manifest: Path | None = None,
+    threads: int = 1,
+    mem_mb: int | None = None,
 ) -> dict[str, np.ndarray]:
-    """Fit one block of targets on ``threads`` torch threads and write ``block{b}.npz`` atomically."""
+    """Fit one block of targets from the fit store's moments on ``threads`` torch threads and write
+    ``block{b}.npz`` atomically. ``store_manifest`` ties the moments to their store; ``mem_mb`` (the
+    job's memory) is checked against what the block can need, before any work."""
+    with open(Path(moments) / "manifest.json") as fh:
+        n = json.load(fh)["num_train"]
+    check_memory(fit_bytes(n, targets_per_job), mem_mb, f"fit jobs of n={n} training examples")
     torch.set_num_threads(max(1, int(threads)))
-    result = fit_store_block(store, block, targets_per_job=targets_per_job, settings=settings, seed=seed)
+    result = fit_moments_block(
+        moments, block, targets_per_job=targets_per_job, settings=settings, store_manifest=store_manifest
+    )
     flagged = int((result["flags"] != FLAG_OK).sum())
     log.info(
         "block %d: %d targets, mean nnz %.1f, %d flagged", block, len(result["targets"]), result["nnz"].mean(), flagged

@@ -1,0 +1,22 @@
+rule moments:
+    input:
+        manifest=L.manifest("{alpha}", "fit"),
+        arrays=store_files("{alpha}", "fit"),
+    output:
+        manifest=L.moments_manifest("{alpha}"),
+        arrays=moments_files("{alpha}"),
+    log:
+        L.log("moments", "{alpha}"),
+    conda:
+        CONDA_ENV
+    threads: config["fit"]["threads"]
+    resources:
+        mem_mb=lambda wc, attempt: moments_mem_mb() * attempt,
+    params:
+        store=lambda wc: L.store(wc.alpha, "fit"),
+        folder=lambda wc: L.moments(wc.alpha),
+        val_fraction=config["fit"]["val_fraction"],
+        seed=SEED,
+    shell:
+        "dmflow moments --store {params.store:q} --val-fraction {params.val_fraction} --seed {params.seed}"
+        " --threads {threads} --mem-mb {resources.mem_mb} --out-dir {params.folder:q} 2> {log:q}"

@@ -1,0 +1,178 @@
+"""Rule of ``rules/moments.smk``: ``moments`` computes, once per fit store, everything the fit jobs
+need (``dmflow.lasso.moments.CountMoments`` of the fit and the validation rows); ``open_moments``
+memory-maps them for a fit job, checking that they belong to its store.
+
+The folder ``moments/{alpha}/`` holds one ``.npy`` per entry of ``MOMENT_ARRAYS`` and part
+(the centred Gram sums Xc^T Xc [n, n] and cross moments [T, n] float32, the per-target
+means and sums of squares float64 [T], the masks' column sums float64 [n]) and ``manifest.json``, written last: the store's
+manifest sha256, the validation split (seed, ``fit.val_fraction``), shapes, dtypes and
+the sha256 of every array, and the top eigenvalue of the centred Gram of the fit rows and of
+all rows (``top_eigenvalue``: the solvers' step bounds, computed once here, not in every job).
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import os
+from contextlib import ExitStack
+from pathlib import Path
+
+import numpy as np
+import torch
+
+from dmflow.core.io import atomic_path, atomic_save_json, sha256_file
+from dmflow.lasso.moments import CountMoments, count_moments, top_eigenvalue
+from dmflow.lasso.path import DENSE_MAX_N, split_validation_rows
+from dmflow.stages.collect import open_store
+from dmflow.store.schema import StoreError, usable_rows
+
+log = logging.getLogger(__name__)
+
+PARTS = ("fit", "val")
+MOMENT_ARRAYS = {  # name -> (dtype, axes): one of each per part
+    "gram": (np.float32, ("n", "n")),
+    "cross": (np.float32, ("T", "n")),
+    "mean_y": (np.float64, ("T",)),
+    "syy": (np.float64, ("T",)),
+    "sum_x": (np.float64, ("n",)),
+}
+
+
+def moments_bytes(n: int, num_targets: int, *, block_rows: int = 8192) -> int:
+    """Peak memory of the moments job: two Grams and two cross moments in float32, plus one row block."""
+    return 2 * 4 * (n * n + n * num_targets) + block_rows * (4 * n + 16 * num_targets + n // 8)
+
+
+def fit_bytes(n: int, targets_per_job: int) -> int:
+    """Peak memory of a fit job at most. Up to ``DENSE_MAX_N`` features the dense reference path runs:
+    float64 centred Grams of the fit, validation and all rows and float32 copies (~32 n^2 bytes). Beyond,
+    the working sets: both memory-mapped Grams, had every feature joined a working set (8 n^2), plus the
+    targets' O(n x targets) arrays (cross moments, weights, products, path statistics)."""
+    per_entry = 32 if n <= DENSE_MAX_N else 8
+    return per_entry * n * n + 96 * n * targets_per_job
+
+
+def check_memory(needed: int, mem_mb: int | None, what: str) -> None:
+    """Refuse, in one line and before any work, a job that needs more memory than it was given."""
+    given = []
+    if mem_mb:
+        given.append((mem_mb * 2**20, f"the {mem_mb} MB this job was given (resources.mem_mb)"))
+    try:
+        given.append((os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES"), "this machine's memory"))
+    except (ValueError, OSError):  # pragma: no cover - no sysconf
+        pass
+    for limit, name in given:
+        if needed > limit:
+            raise StoreError(
+                f"{what} need ~{needed / 2**30:.1f} GB, more than {name}; give the job more memory, "
+                "or run it where there is more"
+            )
+
+
+def moments(
+    store: Path, out_dir: Path, *, val_fraction: float, seed: int, threads: int = 1, mem_mb: int | None = None
+) -> dict:
+    """Compute the fit store's moments for its fit and validation rows on ``threads`` torch threads and
+    write them atomically; returns the manifest. The store is read in row blocks (its masks unpacked a
+    block at a time); ``mem_mb`` (the job's memory) is checked against what they need, before any work."""
+    torch.set_num_threads(max(1, int(threads)))
+    out_dir = Path(out_dir)
+    view = open_store(store)
+    m, n = view.masks.shape
+    t = view.manifest["num_targets"]
+    check_memory(moments_bytes(n, t), mem_mb, f"moments of n={n} training examples and T={t} targets")
+    rows = usable_rows(view.status)
+    if len(rows) < 3:
+        raise StoreError(f"{store}: only {len(rows)} usable rows (every other model diverged); nothing to fit")
+    fit_rows, val_rows = split_validation_rows(rows, val_fraction, seed=seed, alpha=view.manifest["alpha"])
+    parts = dict(zip(PARTS, count_moments(view.masks, view.margins[:, 0, :], [fit_rows, val_rows])))
+    lips = {"fit": top_eigenvalue(parts["fit"]), "all": top_eigenvalue(parts["fit"].combine(parts["val"]))}
+    out_dir.mkdir(parents=True, exist_ok=True)
+    (out_dir / "manifest.json").unlink(missing_ok=True)
+    arrays = {}
+    with ExitStack() as renames:
+        for part, mom in parts.items():
+            values = {
+                "gram": mom.grams[0],
+                "cross": mom.cross,
+                "mean_y": mom.mean_y,
+                "syy": mom.syy,
+                "sum_x": mom.sum_x,
+            }
+            for name, value in values.items():
+                tmp = renames.enter_context(atomic_path(out_dir / f"{name}_{part}.npy", ".npy"))
+                np.save(tmp, np.ascontiguousarray(value, dtype=MOMENT_ARRAYS[name][0]))
+                arrays[f"{name}_{part}"] = tmp
+    manifest = {
+        "format": 1,
+        "store": os.fspath(store),
+        "store_manifest_sha256": sha256_file(Path(store) / "manifest.json"),
+        "alpha": view.manifest["alpha"],
+        "seed": seed,
+        "val_fraction": val_fraction,
+        "num_train": n,
+        "num_targets": t,
+        "counts": {part: mom.count for part, mom in parts.items()},
+        "top_eigenvalue": lips,
+        "arrays": {
+            name: {
+                "shape": list(np.load(out_dir / f"{name}.npy", mmap_mode="r").shape),
+                "dtype": np.dtype(MOMENT_ARRAYS[name.rsplit("_", 1)[0]][0]).name,
+                "sha256": sha256_file(out_dir / f"{name}.npy"),
+            }
+            for name in arrays
+        },
+    }
+    atomic_save_json(out_dir / "manifest.json", manifest)
+    log.info("moments of %s: %d fit and %d validation rows, n=%d, T=%d", store, len(fit_rows), len(val_rows), n, t)
+    return manifest
+
+
+def open_moments(path: Path, *, store_manifest: Path | None = None) -> tuple[CountMoments, CountMoments, dict]:
+    """Memory-map a moments folder: (fit rows' moments, validation rows' moments, manifest).
+
+    Every array's sha256 and shape must match the manifest, and, given ``store_manifest``,
+    the moments must come from that store as it is now; otherwise StoreError (one line).
+    """
+    path = Path(path)
+    manifest_path = path / "manifest.json"
+    if not manifest_path.is_file():
+        raise StoreError(f"{path}: no manifest.json (the moments are incomplete; rerun the moments rule)")
+    manifest = json.loads(manifest_path.read_text())
+    if store_manifest is not None and sha256_file(store_manifest) != manifest["store_manifest_sha256"]:
+        raise StoreError(
+            f"{path}: these moments were computed from another version of the store "
+            f"{Path(store_manifest).parent} (its manifest's sha256 differs); rerun the moments rule"
+        )
+    n, t = manifest["num_train"], manifest["num_targets"]
+    sizes = {"n": n, "T": t}
+    arrays = {}
+    for part in PARTS:
+        for name, (dtype, axes) in MOMENT_ARRAYS.items():
+            file = path / f"{name}_{part}.npy"
+            meta = manifest["arrays"].get(f"{name}_{part}")
+            if meta is None or not file.is_file():
+                raise StoreError(f"{file}: missing from the moments (rerun the moments rule)")
+            if sha256_file(file) != meta["sha256"]:
+                raise StoreError(f"{file}: sha256 differs from manifest.json (the moments were modified or corrupted)")
+            arrays[f"{name}_{part}"] = np.load(file, mmap_mode="r", allow_pickle=False)
+            want = [sizes[a] for a in axes]
+            if list(arrays[f"{name}_{part}"].shape) != want or arrays[f"{name}_{part}"].dtype != dtype:
+                raise StoreError(
+                    f"{file}: {arrays[f'{name}_{part}'].dtype} {list(arrays[f'{name}_{part}'].shape)}, "
+                    f"expected {np.dtype(dtype).name} {want}"
+                )
+    fit, val = (
+        CountMoments(
+            manifest["counts"][part],
+            (arrays[f"gram_{part}"],),
+            np.asarray(arrays[f"sum_x_{part}"]),
+            np.asarray(arrays[f"mean_y_{part}"]),
+            arrays[f"cross_{part}"],
+            np.asarray(arrays[f"syy_{part}"]),
+            manifest["top_eigenvalue"]["fit"] if part == "fit" else None,
+        )
+        for part in PARTS
+    )
+    return fit, val, manifest
