@@ -99,7 +99,7 @@ def add_gram(gram: torch.Tensor, x: np.ndarray) -> None:
     """gram += x^T x for bool rows x [b, n]: integer counts, exact in float32 up to 2^24 rows in all.
 
     The product runs on 0/1 int8 with int32 sums (``torch._int_mm``: the CPU's int8
-    matrix units, e.g. AMX or VNNI; benchmarks/scale.py and RESULTS.md measure it against
+    matrix units, e.g. AMX or VNNI; benchmarks/gram_products.py measures it against
     float32), else in float32, where every partial sum is an integer too.
     """
     rows = torch.from_numpy(x.view(np.int8))

@@ -209,6 +209,8 @@ GATHER_ROWS = 512
 """Rows of a centred Gram in memory at a time (``CentredGram``, ``_ActiveSet._product``)."""
 BUCKET_BYTES = 128 * 2**20
 """Memory of one batch of padded per-target Grams: targets are solved in batches of similar working-set size."""
+UNION_BYTES = 512 * 2**20
+"""Up to this size G[U, U] (U: the union of a solve's working sets) is read once and the Grams gathered from it."""
 MAX_ROUNDS = 50
 DENSE_SHARE = 0.25
 """A target whose working set holds more than this share of the features is solved on the dense Gram."""
@@ -278,6 +280,29 @@ class _ActiveSet:
             out.addmm_(rows.T, w[block.to(w.device)])
         return out
 
+    def _union_gather(self, sets: torch.Tensor) -> Callable[[torch.Tensor], torch.Tensor]:
+        """A function idx [t, K] -> padded Grams [t, K, K]. When the union U of the working sets is small
+        (``UNION_BYTES``), G[U, U] is read once, a block of contiguous Gram rows at a time, and the Grams are
+        gathered from it (a compact matrix: few cache and TLB misses); else straight from the counts."""
+        union = torch.nonzero(sets.any(1)).squeeze(1).cpu()
+        u, itemsize = len(union), torch.empty((), dtype=self.dtype).element_size()
+        if (u + 1) ** 2 * itemsize > UNION_BYTES:
+            return lambda idx: self.mom.centred_blocks(idx, self.dtype).to(self.device)
+        sub = torch.zeros((u + 1, u + 1), dtype=self.dtype)  # the last row and column read 0: the padding
+        for start in range(0, u, GATHER_ROWS):
+            block = union[start : start + GATHER_ROWS]
+            sub[start : start + len(block), :u] = self.mom.centred_rows(block, self.dtype)[:, union]
+        sub = sub.to(self.device)
+        position = torch.full((self.mom.n + 1,), u, dtype=torch.long)
+        position[union] = torch.arange(u)
+        position = position.to(self.device)
+
+        def gather(idx: torch.Tensor) -> torch.Tensor:
+            at = position[idx.to(self.device)]
+            return sub[at.unsqueeze(2), at.unsqueeze(1)]
+
+        return gather
+
     def _buckets(self, sets: torch.Tensor) -> list[torch.Tensor]:
         """Targets (columns of the [n, t] working-set mask) in batches of similar set size, each batch's padded
         Grams within ``BUCKET_BYTES``."""
@@ -297,10 +322,11 @@ class _ActiveSet:
         s, (n, t) = self.settings, c.shape
         out = torch.zeros((t, n + 1), dtype=c.dtype, device=c.device)
         converged = torch.ones(t, dtype=torch.bool)
+        gather = self._union_gather(sets)
         for bucket in self._buckets(sets):
             cols = bucket.to(c.device)
             idx = _set_indices(sets[:, bucket.to(sets.device)], n)
-            grams = self.mom.centred_blocks(idx, self.dtype).to(self.device)
+            grams = gather(idx)
             lip = _step_bounds(grams, self.mom.lip, s.l2)
             res = proximal_loop(
                 PaddedGrams(grams),
