@@ -244,17 +244,28 @@ def test_every_stage_runs_from_the_shell_without_snakemake(tmp_path):
         d / "store",
     )
     dmflow_cli(
-        "fit-block",
+        "moments",
         "--store",
         d / "store",
+        "--val-fraction",
+        str(cfg["fit"]["val_fraction"]),
+        "--seed",
+        "3",
+        "--out-dir",
+        d / "moments",
+    )
+    dmflow_cli(
+        "fit-block",
+        "--moments",
+        d / "moments",
+        "--store-manifest",
+        d / "store" / "manifest.json",
         "--block",
         "0",
         "--targets-per-job",
         "30",
         "--fit",
         json.dumps(cfg["fit"]),
-        "--seed",
-        "3",
         "--out",
         d / "b0.npz",
     )
