@@ -9,7 +9,7 @@ import torch
 from dmflow.core.codes import FLAG_CONSTANT, FLAG_OK
 from dmflow.core.io import atomic_save_npz
 from dmflow.core.layout import block_targets
-from dmflow.lasso.moments import add_gram, count_moments, row_moments
+from dmflow.lasso.moments import add_gram, count_moments, row_moments, top_eigenvalue
 from dmflow.lasso.path import (
     MIN_GROUP_WORK,
     FitSettings,
@@ -275,6 +275,18 @@ def test_count_moments_are_the_centred_sums_of_the_exact_counts():
     np.testing.assert_allclose(joined.centred_blocks(idx).numpy(), blocks, atol=1e-7)
     np.testing.assert_allclose(joined.cross, mom.cross, atol=1e-3)
     np.testing.assert_allclose(joined.syy, mom.syy, rtol=1e-9, atol=1e-20)
+
+
+def test_top_eigenvalue_is_the_centred_grams_largest_with_or_without_rank_one_shifts():
+    """The solvers' step bound: Lanczos on the float32 Grams finds the float64 eigenvalue to its tolerance."""
+    x, y, _ = planted_problem(n=40, m=900, t=3)
+    rows = np.arange(900)
+    (mom,) = count_moments(x, y, [rows], block_rows=128)
+    fit, val = count_moments(x, y, [rows[:700], rows[700:]], block_rows=128)
+    xc = x.astype(float) - x.mean(0)
+    exact = np.linalg.eigvalsh(xc.T @ xc / len(rows))[-1]
+    assert top_eigenvalue(mom) == pytest.approx(exact, rel=1e-4)
+    assert top_eigenvalue(fit.combine(val)) == pytest.approx(exact, rel=1e-4)  # two Grams and a shift
 
 
 def test_the_fit_refuses_moments_that_do_not_match_their_store_or_were_changed(tmp_path):
