@@ -11,7 +11,7 @@ from dmflow.config import ConfigError, validate_config
 from dmflow.core.layout import Layout, alpha_dir, block_ids, chunk_ids
 from dmflow.core.schema import result_keys
 from dmflow.data.sources import DataWarning, dataset_sizes
-from dmflow.stages.moments import MOMENT_ARRAYS, PARTS, fit_bytes, moments_bytes
+from dmflow.stages.moments import MOMENT_ARRAYS, PARTS, PROCESS_MB, fit_bytes, moments_bytes
 from dmflow.store.schema import STORE_NAMES
 
 try:
@@ -78,13 +78,13 @@ def moments_files(alpha):
 
 def moments_mem_mb():
     """Memory of the moments job (dmflow.stages.moments.moments_bytes), plus the interpreter's."""
-    return int(700 + moments_bytes(NUM_TRAIN, NUM_TARGETS) / 2**20)
+    return int(PROCESS_MB + moments_bytes(NUM_TRAIN, NUM_TARGETS) / 2**20)
 
 
 def fit_mem_mb(targets=None):
     """Memory of one fit job (dmflow.stages.moments.fit_bytes), plus the interpreter's."""
     t = min(targets or config["fit"]["targets_per_job"], NUM_TARGETS)
-    return int(700 + fit_bytes(NUM_TRAIN, t, threads=config["fit"]["threads"]) / 2**20)
+    return int(PROCESS_MB + fit_bytes(NUM_TRAIN, t, threads=config["fit"]["threads"]) / 2**20)
 
 
 def image_shape_arg():

@@ -95,20 +95,33 @@ def row_moments(
     return Moments(m, mean_x, mean_y, sxx, sxy, syy)
 
 
+GRAM_COLS = 4096
+"""Columns of X^T X per int8 product: its int32 result is [n, GRAM_COLS], not a second [n, n]."""
+
+
 def add_gram(gram: torch.Tensor, x: np.ndarray) -> None:
     """gram += x^T x for bool rows x [b, n]: integer counts, exact in float32 up to 2^24 rows in all.
 
     The product runs on 0/1 int8 with int32 sums (``torch._int_mm``: the CPU's int8
     matrix units, e.g. AMX or VNNI; benchmarks/gram_products.py measures it against
-    float32), else in float32, where every partial sum is an integer too.
+    float32), ``GRAM_COLS`` columns at a time, else in float32, where every partial sum
+    is an integer too.
     """
     rows = torch.from_numpy(x.view(np.int8))
-    if len(x) > 16 and x.shape[1] % 8 == 0 and gram.device.type == "cpu":
-        try:
-            gram.add_(torch._int_mm(rows.T.contiguous(), rows))
+    n = x.shape[1]
+    if len(x) > 16 and n % 8 == 0 and gram.device.type == "cpu":
+        lhs = rows.T.contiguous()
+        for start in range(0, n, GRAM_COLS):
+            cols = slice(start, start + GRAM_COLS)
+            try:
+                counts = torch._int_mm(lhs, rows[:, cols].contiguous())
+            except RuntimeError:  # pragma: no cover - a torch or CPU without int8 products
+                if start:
+                    raise
+                break
+            gram[:, cols].add_(counts)
+        else:
             return
-        except RuntimeError:  # pragma: no cover - a torch or CPU without int8 products
-            pass
     dense = rows.to(torch.float32)
     gram.addmm_(dense.T, dense)
 

@@ -299,8 +299,7 @@ class _ActiveSet:
 
         def gather(idx: torch.Tensor) -> torch.Tensor:
             at = position[idx.to(self.device)]
-            flat = (at.unsqueeze(2) * (u + 1) + at.unsqueeze(1)).view(-1)  # one 1-d gather: ~2x faster than sub[r, c]
-            return sub.view(-1).index_select(0, flat).view(*at.shape, at.shape[1])
+            return sub[at.unsqueeze(2), at.unsqueeze(1)]
 
         return gather
 

@@ -22,7 +22,7 @@ import numpy as np
 import torch
 
 from dmflow.core.io import atomic_path, atomic_save_json, sha256_file
-from dmflow.lasso.moments import CountMoments, count_moments, top_eigenvalue
+from dmflow.lasso.moments import GRAM_COLS, CountMoments, count_moments, top_eigenvalue
 from dmflow.lasso.path import BUCKET_BYTES, DENSE_MAX_N, UNION_BYTES, split_validation_rows
 from dmflow.stages.collect import open_store
 from dmflow.store.schema import StoreError, usable_rows
@@ -39,9 +39,15 @@ MOMENT_ARRAYS = {  # name -> (dtype, axes): one of each per part
 }
 
 
+PROCESS_MB = 1024
+"""A job's memory besides its arrays (the interpreter with torch, numpy and scipy loaded), in the rules' mem_mb."""
+
+
 def moments_bytes(n: int, num_targets: int, *, block_rows: int = 8192) -> int:
-    """Peak memory of the moments job: two Grams and two cross moments in float32, plus one row block."""
-    return 2 * 4 * (n * n + n * num_targets) + block_rows * (4 * n + 16 * num_targets + n // 8)
+    """Peak memory of the moments job: two Grams and two cross moments in float32, one int32 product of
+    ``GRAM_COLS`` columns, and one row block (packed, unpacked, its int8 and float32 copies, its margins)."""
+    product = 4 * n * min(n, GRAM_COLS)
+    return 2 * 4 * (n * n + n * num_targets) + product + block_rows * (7 * n + n // 8 + 20 * num_targets)
 
 
 def fit_bytes(n: int, targets_per_job: int, *, threads: int = 1) -> int:
