@@ -7,6 +7,7 @@ import pytest
 import torch
 
 import dmflow.lasso.moments as lasso_moments
+import dmflow.lasso.path as lasso_path
 from dmflow.core.codes import FLAG_CONSTANT, FLAG_OK
 from dmflow.core.io import atomic_save_npz
 from dmflow.core.layout import block_targets
@@ -248,6 +249,25 @@ def test_the_active_set_path_gives_the_reference_paths_datamodels(options, dtype
     np.testing.assert_allclose(fast["lam"], reference["lam"], rtol=1e-5)  # the same lambda of each target's path
     np.testing.assert_array_equal(fast["flags"], reference["flags"])
     np.testing.assert_allclose(fast["val_mse_path"], reference["val_mse_path"], rtol=1e-4, atol=1e-12)
+
+
+@pytest.mark.parametrize("solver", ["padded proximal (GPU)", "coordinate descent reading the Gram in place"])
+def test_every_working_set_solver_gives_the_reference_paths_datamodels(solver, monkeypatch):
+    """The working sets' other solvers: the GPU's batched proximal one (run here on the CPU), and
+    coordinate descent on sets too large to copy G[A, A] (reading each Gram row where it is stored)."""
+    if solver.startswith("padded"):
+        monkeypatch.setattr(lasso_path, "COORDINATE_DESCENT", False)
+    else:
+        monkeypatch.setattr(lasso_path, "CD_BUFFER_ENTRIES", 1)
+    x, y, _ = planted_problem(n=60, m=2000, t=7)
+    rows = split_validation_rows(np.arange(len(x)), 0.2, seed=0, alpha=0.5)
+    settings = FitSettings(**{**F64.__dict__, "dtype": "float32", "tol": 1e-6, "l2": 0.05})
+    reference = fit_targets(x, y, fit_rows=rows[0], val_rows=rows[1], settings=settings)
+    fit, val = count_moments(x, y, list(rows), block_rows=300)
+    fast = fit_from_moments(fit, val, settings=settings, method="active")
+    np.testing.assert_allclose(fast["weight"], reference["weight"], atol=1e-4)
+    np.testing.assert_allclose(fast["lam"], reference["lam"], rtol=1e-5)
+    np.testing.assert_array_equal(fast["flags"], reference["flags"])
 
 
 def test_count_moments_are_the_centred_sums_of_the_exact_counts():

@@ -62,7 +62,8 @@ def fit_block(
     job's memory) is checked against what the block can need, before any work."""
     with open(Path(moments) / "manifest.json") as fh:
         n = json.load(fh)["num_train"]
-    check_memory(fit_bytes(n, targets_per_job, threads=threads), mem_mb, f"fit jobs of n={n} training examples")
+    needed = fit_bytes(n, targets_per_job, threads=threads, device=settings.torch_device)
+    check_memory(needed, mem_mb, f"fit jobs of n={n} training examples")
     torch.set_num_threads(max(1, int(threads)))
     result = fit_moments_block(
         moments, block, targets_per_job=targets_per_job, settings=settings, store_manifest=store_manifest

@@ -23,7 +23,7 @@ import torch
 
 from dmflow.core.io import atomic_path, atomic_save_json, sha256_file
 from dmflow.lasso.moments import GRAM_COLS, CountMoments, count_moments, top_eigenvalue
-from dmflow.lasso.path import BUCKET_BYTES, DENSE_MAX_N, UNION_BYTES, split_validation_rows
+from dmflow.lasso.path import BUCKET_BYTES, CD_BUFFER_ENTRIES, DENSE_MAX_N, UNION_BYTES, split_validation_rows
 from dmflow.stages.collect import open_store
 from dmflow.store.schema import StoreError, usable_rows
 
@@ -50,16 +50,21 @@ def moments_bytes(n: int, num_targets: int, *, block_rows: int = 8192) -> int:
     return 2 * 4 * (n * n + n * num_targets) + product + block_rows * (7 * n + n // 8 + 20 * num_targets)
 
 
-def fit_bytes(n: int, targets_per_job: int, *, threads: int = 1) -> int:
+def fit_bytes(n: int, targets_per_job: int, *, threads: int = 1, device: str = "cpu") -> int:
     """Peak memory of a fit job at most. Up to ``DENSE_MAX_N`` features the dense reference path runs:
     float64 centred Grams of the fit, validation and all rows and float32 copies (~32 n^2 bytes). Beyond,
     the working sets: both memory-mapped Grams, had every feature joined a working set (8 n^2), a float32
     centred Gram once some target's working set passes ``DENSE_SHARE`` of the features (4 n^2), and per
-    target group (up to one per thread) G[U, U] of its working sets' union and one bucket of padded Grams.
-    Plus the targets' O(n x targets) arrays (cross moments, weights, products, path statistics)."""
+    target group (up to one per thread) a target's G[A, A] for coordinate descent (``CD_BUFFER_ENTRIES``, on
+    the CPU) or, on another ``device`` (or ``auto``: either), G[U, U] of its working sets' union and one
+    bucket of padded Grams. Plus the targets' O(n x targets) arrays (cross moments, weights, products, path
+    statistics)."""
     if n <= DENSE_MAX_N:
         return 32 * n * n + 96 * n * targets_per_job
-    return 12 * n * n + max(1, threads) * (UNION_BYTES + 2 * BUCKET_BYTES) + 96 * n * targets_per_job
+    per_group = 8 * CD_BUFFER_ENTRIES
+    if device != "cpu":
+        per_group = max(per_group, UNION_BYTES + 2 * BUCKET_BYTES)
+    return 12 * n * n + max(1, threads) * per_group + 96 * n * targets_per_job
 
 
 def check_memory(needed: int, mem_mb: int | None, what: str) -> None:
