@@ -80,9 +80,9 @@ class Workflow:
             raise AssertionError(f"snakemake failed ({proc.returncode}):\n{proc.stdout[-4000:]}\n{proc.stderr[-4000:]}")
         return proc
 
-    def planned_jobs(self) -> dict[str, int]:
-        """Job counts per rule of a dry run (the 'Job stats' table)."""
-        text = self.run("--dry-run").stdout
+    def planned_jobs(self, *targets: str) -> dict[str, int]:
+        """Job counts per rule of a dry run (the 'Job stats' table), of the whole workflow or of some targets."""
+        text = self.run("--dry-run", *targets).stdout
         if "Nothing to be done" in text:
             return {}
         table = text.split("Job stats:")[1].split("\n\n")[0].splitlines()[3:]

@@ -55,14 +55,15 @@ def _same_arrays(a, b):
 def test_kill_9_then_rerun_incomplete_retrains_nothing_finished_and_matches_an_uninterrupted_run(tmp_path):
     cfg_overrides = {"masks.fit_models": 160}  # 4 fit chunks: time to kill between them
     ref = Workflow(tmp_path / "ref")
-    ref.write_config(tiny_config(ref.results, **cfg_overrides))
-    ref.run()
+    targets = ("results/datamodels/0.5.npz", "results/evaluation/0.5/summary.json")  # what is compared
+    ref.write_config(tiny_config("results", **cfg_overrides))
+    ref.run(*targets)
 
     run = Workflow(tmp_path / "killed")
-    run.write_config(tiny_config(run.results, **cfg_overrides))
+    run.write_config(tiny_config("results", **cfg_overrides))
     env = dict(os.environ, PATH=f"{os.path.dirname(sys.executable)}{os.pathsep}{os.environ['PATH']}")
     proc = subprocess.Popen(
-        [sys.executable, "-m", "snakemake", "--cores", "1"],
+        [sys.executable, "-m", "snakemake", "--cores", "1", *targets],
         cwd=run.root,
         env=env,
         stdout=subprocess.DEVNULL,
@@ -84,7 +85,7 @@ def test_kill_9_then_rerun_incomplete_retrains_nothing_finished_and_matches_an_u
     finished = {k: v for k, v in left.items() if k != newest}
 
     run.run("--unlock")  # a killed snakemake leaves its lock behind
-    run.run("--rerun-incomplete")
+    run.run("--rerun-incomplete", *targets)
     after = run.mtimes("results/train/**/*.npz")
     assert {k: after[k] for k in finished} == finished  # finished chunks were not retrained
     for rel in after:
@@ -97,11 +98,11 @@ def test_kill_9_then_rerun_incomplete_retrains_nothing_finished_and_matches_an_u
     assert json.loads((run.results / "evaluation" / "0.5" / "summary.json").read_text()) == ref_summary
 
     # adding an alpha trains only that alpha's chunks
-    cfg = tiny_config(ref.results, **cfg_overrides)
+    cfg = tiny_config("results", **cfg_overrides)
     cfg["masks"]["alphas"] = [0.5, 0.25]
     ref.write_config(cfg)
-    planned = ref.planned_jobs()
-    assert planned["train_chunk"] == 4 + 1 + 1  # the new alpha's fit, eval and counterfactual chunks
+    planned = ref.planned_jobs(*targets, "results/datamodels/0.25.npz", "results/evaluation/0.25/summary.json")
+    assert planned["train_chunk"] == 4 + 1  # the new alpha's fit and eval chunks
     assert planned["make_masks"] == 5 and "prepare_data" not in planned
 
 
