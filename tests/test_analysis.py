@@ -6,11 +6,12 @@ from sklearn.datasets import make_classification
 
 from dmflow.analysis.embeddings import component_ends, embed, normalised_embeddings
 from dmflow.analysis.influence import gallery_targets, influencer_table, top_influencers
-from dmflow.analysis.leakage import leakage_scores, leakage_table
+from dmflow.analysis.leakage import datamodel_evidence
 from dmflow.core.seeds import chunk_seeds
-from dmflow.data.prepare import prepare_data
+from dmflow.data.prepare import as_images, prepare_data
 from dmflow.lasso.path import FitSettings, fit_targets, split_validation_rows
-from dmflow.plots.galleries import as_image
+from dmflow.plots.galleries import as_image, pictures, value_range
+from dmflow.stages.analysis import leakage_ranking
 from dmflow.store.masks import chunk_masks
 from dmflow.training.settings import TrainSettings
 from dmflow.training.train import train_chunk
@@ -48,14 +49,14 @@ def test_influencer_table_rows_have_labels_ids_and_signs():
     assert list(gallery_targets(w, 5)) == [0, 1]
 
 
-def test_leakage_score_ranks_a_dominated_datamodel_first():
+def test_leakage_evidence_is_largest_for_a_dominated_datamodel():
     w = np.zeros((5, 3))
     w[:, 0] = [0.1, 0.1, 0.1, 0.1, 0.1]  # spread out
     w[:, 1] = [2.0, 0.1, 0.0, 0.0, -0.1]  # dominated by example 0
     w[:, 2] = [0.0, 0.0, 0.0, -1.0, 0.0]  # only harmed: no candidate
-    scores = leakage_scores(w)
-    assert scores.train_index[1] == 0 and scores.share[1] == pytest.approx(2.0 / 2.2)
-    assert scores.score[2] == 0 and scores.score[1] > scores.score[0]
+    ev = datamodel_evidence(w, np.arange(3), w.argmax(axis=0))
+    assert ev["share"][1] == pytest.approx(2.0 / 2.2) and ev["standout"][1] == pytest.approx(0.95)
+    assert ev["evidence"][2] == 0 and ev["evidence"][1] > ev["evidence"][0] == pytest.approx(0.5)
 
 
 def test_planted_duplicates_come_out_on_top(tmp_path):
@@ -97,7 +98,7 @@ def test_planted_duplicates_come_out_on_top(tmp_path):
     )
     fit_rows, val_rows = split_validation_rows(np.arange(1500), 0.1, seed=0, alpha=0.5)
     fitted = fit_targets(masks, margins, fit_rows=fit_rows, val_rows=val_rows, settings=FitSettings(device="cpu"))
-    table = leakage_table(fitted["weight"], data, data["target_ids"])
+    table = leakage_ranking(fitted["weight"], data, data["target_ids"], image_shape=None)
     top5 = table.head(5)
     assert set(top5.target) == set(planted)
     assert all(row.train_index == 150 + list(planted).index(row.target) for row in top5.itertuples())
@@ -120,9 +121,24 @@ def test_embeddings_shapes_and_component_ends():
 
 @pytest.mark.parametrize(
     "shape,expected",
-    [((8, 8), (8, 8)), ((3, 4, 4), (4, 4, 3)), ((4, 4, 3), (4, 4, 3)), ((1, 5, 5), (5, 5)), ((64,), None)],
+    [((8, 8), (1, 8, 8)), ((3, 4, 4), (3, 4, 4)), ((4, 4, 3), (3, 4, 4)), ((1, 5, 5), (1, 5, 5)), ((64,), None)],
 )
 def test_samples_are_shown_as_images_when_they_have_an_image_shape(shape, expected):
-    image = as_image(np.arange(np.prod(shape), dtype=float).reshape(shape))
-    assert (image is None) if expected is None else (image.shape == expected and image.min() == 0 and image.max() == 1)
-    assert as_image(np.arange(64.0), image_shape=[8, 8]).shape == (8, 8)
+    x = np.arange(2 * np.prod(shape), dtype=float).reshape(2, *shape)
+    images = as_images(x)
+    assert (images is None) if expected is None else (images.shape == (2, *expected))
+    assert as_images(np.arange(128.0).reshape(2, 64), image_shape=[8, 8]).shape == (2, 1, 8, 8)
+    if expected is not None:
+        assert as_image(images[0], 0, 2 * np.prod(shape)).shape == (expected[1:] if expected[0] == 1 else (4, 4, 3))
+
+
+def test_galleries_draw_every_image_in_the_sources_value_range():
+    """A faint digit stays faint: one fixed range for all pictures, not each image's own min and max."""
+    digits = np.zeros((2, 1, 8, 8), np.float32)
+    digits[0, 0, 2:6, 3] = 16.0  # a bold stroke
+    digits[1, 0, 2:6, 3] = 4.0  # a faint one
+    pics = pictures(digits, digits[:1])
+    assert (pics.low, pics.high) == (0.0, 16.0)
+    assert as_image(digits[1, 0][None], pics.low, pics.high).max() == pytest.approx(0.25)
+    assert value_range(np.zeros((1, 3, 2, 2), np.uint8)) == (0.0, 255.0)  # images: the full byte range
+    assert pictures(None, None) is None

@@ -1,9 +1,10 @@
 """prepare_data promises: deterministic digits split, npz of any feature shape, recorded ids."""
 
 import numpy as np
+from sklearn.datasets import load_digits
 
 from dmflow.core.io import load_npz
-from dmflow.data.prepare import prepare_data
+from dmflow.data.prepare import DATA_NAMES, prepare_data
 from dmflow.data.sources import dataset_sizes
 from dmflow.stages.data import prepare_data as prepare_data_stage
 
@@ -40,3 +41,20 @@ def test_npz_with_image_shaped_features_and_a_target_sample(tmp_path):
         np.testing.assert_array_equal(out["y_target"], f["y_test"][out["target_ids"]])
     assert np.array_equal(prepare_data(cfg, seed=5)["target_ids"], out["target_ids"])
     assert dataset_sizes(cfg) == (50, 12)
+
+
+def test_the_source_values_are_kept_beside_the_models_features(tmp_path):
+    """X_*_raw: the features before scaling and standardisation (galleries, leakage), uint8 where the source's are."""
+    out = prepare_data({"name": "digits", "num_train": 1000, "num_targets": 50, "standardize": True}, 0)
+    assert tuple(out) == DATA_NAMES
+    images = load_digits().images
+    np.testing.assert_array_equal(out["X_train_raw"], images[out["train_ids"]].astype(np.float32))
+    np.testing.assert_array_equal(out["X_target_raw"], images[out["target_ids"]].astype(np.float32))
+    assert out["X_train_raw"].min() == 0 and out["X_train_raw"].max() == 16
+    rng = np.random.default_rng(0)
+    path = tmp_path / "img.npz"
+    x = rng.integers(0, 256, (20, 3, 4, 4), dtype=np.uint8)
+    np.savez(path, X_train=x[:12], y_train=np.arange(12) % 2, X_test=x[12:], y_test=np.arange(8) % 2)
+    out = prepare_data({"name": "npz", "path": str(path), "num_targets": None, "standardize": True}, 0)
+    assert out["X_train_raw"].dtype == np.uint8 and np.array_equal(out["X_train_raw"], x[:12])
+    assert out["X_target_raw"].dtype == np.uint8 and np.array_equal(out["X_target_raw"], x[12:])

@@ -5,6 +5,7 @@ from __future__ import annotations
 import re
 
 from dmflow.core.codes import DATAMODEL_FLAGS, MODEL_STATUS, describe
+from dmflow.data.prepare import DATA_NAMES
 from dmflow.store.schema import STORE_NAMES
 
 from helpers import REPO
@@ -15,6 +16,12 @@ def test_the_readme_states_the_stores_arrays_and_the_status_codes_as_the_code_de
     store_row = next(line for line in readme.splitlines() if line.startswith("| `store/{alpha}/{split}/`"))
     assert re.findall(r"(\w+)\.npy", store_row) == list(STORE_NAMES)
     assert f"({describe(MODEL_STATUS)})" in readme and f"({describe(DATAMODEL_FLAGS)})" in readme
+
+
+def test_the_readme_states_the_data_files_arrays_as_the_code_declares_them():
+    readme = (REPO / "README.md").read_text()
+    data_row = next(line for line in readme.splitlines() if line.startswith("| `data.npz` |"))
+    assert data_row.split("`")[3].split(", ") == list(DATA_NAMES)
 
 
 def test_every_test_the_guarantees_name_exists():

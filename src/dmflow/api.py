@@ -4,6 +4,7 @@ run.top_influencers(target_id=1165, k=10)   # helpers and harmers with labels an
 run.predict(mask)                           # datamodel predictions for one or many masks
 run.leakage()                               # ranked train-test leakage candidates
 run.evaluation, run.summary                 # per-target scores and headline numbers
+run.lds(scores, name="trak")                # any attribution [n, T] scored like the datamodels
 """
 
 from __future__ import annotations
@@ -16,11 +17,12 @@ import numpy as np
 import pandas as pd
 
 from dmflow.analysis.influence import top_influencers
-from dmflow.analysis.leakage import leakage_table
 from dmflow.core.io import load_npz
 from dmflow.core.layout import Layout, alpha_dir
 from dmflow.evaluation.metrics import predict
+from dmflow.stages.analysis import leakage_ranking
 from dmflow.stages.collect import open_store
+from dmflow.stages.evaluate import score_attribution
 from dmflow.store.schema import Store
 
 
@@ -84,7 +86,7 @@ class DatamodelRun:
         path = Path(self.layout.leakage_table(self.alpha))
         if path.exists():
             return pd.read_csv(path)
-        return leakage_table(self.weight, self.data, self.target_ids)
+        return leakage_ranking(self.weight, self.data, self.target_ids, image_shape=None)
 
     @property
     def evaluation(self) -> pd.DataFrame:
@@ -95,6 +97,51 @@ class DatamodelRun:
     def summary(self) -> dict:
         """The evaluation's headline numbers (``evaluation/{alpha}/summary.json``)."""
         return json.loads(Path(self.layout.eval_summary(self.alpha)).read_text())
+
+    def lds(
+        self, scores: np.ndarray | str | Path, *, name: str | None = None, transpose: bool | None = None
+    ) -> tuple[pd.DataFrame, dict]:
+        """Score any attribution method on this run's eval store exactly as the datamodels are scored.
+
+        An attribution's prediction for an eval mask is ``mask @ scores``; the scores are
+        what ``evaluate`` reports (``dmflow.evaluation.metrics.score``, the one
+        implementation): LDS (Spearman) and Pearson against one seed and against the seed
+        mean, the noise ceilings and the fraction of the ceiling, per target and as a
+        summary. ``run.lds(run.weight)`` gives the evaluation's own correlations exactly.
+
+        Parameters
+        ----------
+        scores : int or float array [n, T] (or [T, n]), or a ``.npy`` path
+            ``scores[i, t]``: training example i's attribution to target t.
+        name : str, optional
+            Also write ``evaluation/{alpha}/methods/{name}.csv`` and ``.json`` (a safe file
+            name; only that method's earlier files are replaced).
+        transpose : bool, optional
+            True: ``scores`` is [T, n]; False: [n, T]; None: [n, T] when it fits (always when
+            n == T), else [T, n].
+
+        Returns
+        -------
+        table : DataFrame
+            One row per target (``target``, ``target_id``, ``pearson_single``, ``lds_single``,
+            ``pearson_mean``, ``lds_mean``, ``replicate_corr``, ``ceiling_single``, ``ceiling_mean``).
+        summary : dict
+            Means and medians, ``fraction_of_ceiling``, counts, the method.
+        """
+        written = {}
+        if name is not None:
+            written = {
+                "table": Path(self.layout.method_table(self.alpha, name)),
+                "summary": Path(self.layout.method_summary(self.alpha, name)),
+            }
+        return score_attribution(
+            scores,
+            Path(self.layout.store(self.alpha, "eval")),
+            name=name,
+            target_ids=self.target_ids,
+            transpose=transpose,
+            **written,
+        )
 
     def store(self, split: str = "eval") -> Store:
         """The memory-mapped store of a split (``fit`` or ``eval``)."""

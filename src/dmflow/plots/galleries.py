@@ -1,8 +1,14 @@
-"""Galleries of training examples and targets, and the embedding scatter (matplotlib, no pyplot state)."""
+"""Galleries of training examples and targets, and the embedding scatter (matplotlib, no pyplot state).
+
+Every gallery shows the samples as the source gave them (``X_train_raw``, ``X_target_raw``
+of ``data.npz``: raw pixels, 0..16 for digits and 0..255 for images), all in one fixed
+value range, so that a faint image looks faint and a digit looks like a digit.
+"""
 
 from __future__ import annotations
 
 from collections.abc import Sequence
+from dataclasses import dataclass
 
 import numpy as np
 import pandas as pd
@@ -10,33 +16,56 @@ from matplotlib.axes import Axes
 from matplotlib.figure import Figure
 
 
-def as_image(x: np.ndarray, image_shape: Sequence[int] | None = None) -> np.ndarray | None:
-    """A displayable image ([H, W] or [H, W, 3], scaled to 0..1) from one sample, or None if it is not one."""
-    x = np.asarray(x, dtype=np.float64)
-    if image_shape:
-        x = x.reshape(image_shape)
-    if x.ndim == 3 and x.shape[0] in (1, 3) and x.shape[-1] not in (1, 3):
-        x = np.moveaxis(x, 0, -1)
-    if x.ndim == 3 and x.shape[-1] == 1:
-        x = x[..., 0]
-    if not (x.ndim == 2 or (x.ndim == 3 and x.shape[-1] == 3)):
+@dataclass(frozen=True)
+class Pictures:
+    """The training examples and targets as images [N, C, H, W] (C = 1 or 3), in the source's values,
+    and the value range [low, high] that every picture is drawn in."""
+
+    train: np.ndarray
+    target: np.ndarray
+    low: float
+    high: float
+
+
+def value_range(*arrays: np.ndarray) -> tuple[float, float]:
+    """The source's value range: 0..255 for uint8 pixels, else the smallest and largest finite value of all arrays."""
+    if all(a.dtype == np.uint8 for a in arrays):
+        return 0.0, 255.0
+    low = min((float(np.min(a, where=np.isfinite(a), initial=np.inf)) for a in arrays), default=np.inf)
+    high = max((float(np.max(a, where=np.isfinite(a), initial=-np.inf)) for a in arrays), default=-np.inf)
+    if not low <= high:  # no finite value
+        return 0.0, 1.0
+    return (low, high) if high > low else (low, low + 1.0)
+
+
+def pictures(train: np.ndarray | None, target: np.ndarray | None) -> Pictures | None:
+    """``Pictures`` of images [N, C, H, W] (``dmflow.data.prepare.as_images``), or None when the samples are not images."""
+    if train is None or target is None:
         return None
-    lo, hi = x.min(), x.max()
-    return (x - lo) / (hi - lo) if hi > lo else np.zeros_like(x)
+    return Pictures(train, target, *value_range(train, target))
+
+
+def as_image(x: np.ndarray, low: float, high: float) -> np.ndarray:
+    """One image [C, H, W] as [H, W] (greyscale) or [H, W, 3], mapped from [low, high] to 0..1 (clipped)."""
+    x = (np.asarray(x, dtype=np.float64) - low) / (high - low)
+    x = np.clip(x, 0.0, 1.0)
+    return x[0] if x.shape[0] == 1 else np.moveaxis(x, 0, -1)
+
+
+def _picture(pics: Pictures | None, part: str, index: int) -> np.ndarray | None:
+    if pics is None:
+        return None
+    return as_image(getattr(pics, part)[index], pics.low, pics.high)
 
 
 def _show(ax: Axes, image: np.ndarray | None, title: str, color: str = "black") -> None:
     if image is not None:
-        ax.imshow(image, cmap="gray" if image.ndim == 2 else None, interpolation="nearest")
+        ax.imshow(image, cmap="gray" if image.ndim == 2 else None, vmin=0.0, vmax=1.0, interpolation="nearest")
     ax.set_xticks([])
     ax.set_yticks([])
     ax.set_title(title, fontsize=8, color=color)
     for spine in ax.spines.values():
         spine.set_edgecolor(color)
-
-
-def _is_image_data(data: dict, image_shape: Sequence[int] | None) -> bool:
-    return len(data["X_train"]) > 0 and as_image(data["X_train"][0], image_shape) is not None
 
 
 def influencer_gallery(
@@ -46,22 +75,21 @@ def influencer_gallery(
     *,
     target_ids: np.ndarray,
     k: int,
-    image_shape: Sequence[int] | None,
+    pics: Pictures | None,
 ) -> Figure:
     """Per target: the target, its top-k helpers (green) and top-k harmers (red), with weights.
 
     ``influencers`` holds (target index, helper indices, harmer indices) per row of the
-    gallery; ``weight`` [n, T] the datamodels, ``data`` the arrays of ``data.npz``.
+    gallery; ``weight`` [n, T] the datamodels, ``data`` the arrays of ``data.npz`` (labels),
+    ``pics`` the images (None: titles only).
     """
-    images = _is_image_data(data, image_shape)
     rows = max(len(influencers), 1)
     fig = Figure(figsize=(1.3 * (1 + 2 * k), 1.55 * rows))
     axes = fig.subplots(rows, 1 + 2 * k, squeeze=False)
     for r, (t, helpers, harmers) in enumerate(influencers):
-        x_t = data["X_target"][t]
         _show(
             axes[r, 0],
-            as_image(x_t, image_shape) if images else None,
+            _picture(pics, "target", t),
             f"target {int(target_ids[t])}\nlabel {int(data['y_target'][t])}",
             "blue",
         )
@@ -72,7 +100,7 @@ def influencer_gallery(
                     i = idx[j]
                     _show(
                         ax,
-                        as_image(data["X_train"][i], image_shape) if images else None,
+                        _picture(pics, "train", i),
                         f"y={int(data['y_train'][i])} w={weight[i, t]:+.3f}",
                         color,
                     )
@@ -84,12 +112,11 @@ def influencer_gallery(
     return fig
 
 
-def pair_gallery(pairs: pd.DataFrame, data: dict, image_shape: Sequence[int] | None) -> Figure:
-    """Leakage candidates (rows of the leakage table): target beside its dominant training example, ranked by score."""
-    images = _is_image_data(data, image_shape)
+def pair_gallery(pairs: pd.DataFrame, pics: Pictures | None) -> Figure:
+    """Leakage candidates (rows of the leakage table): each target beside its candidate training example, by rank."""
     cols = 5
     rows = max(1, -(-len(pairs) // cols))
-    fig = Figure(figsize=(2.6 * cols, 1.7 * rows))
+    fig = Figure(figsize=(2.8 * cols, 2.0 * rows))
     axes = fig.subplots(rows, 2 * cols, squeeze=False)
     for ax in axes.flat:
         ax.axis("off")
@@ -100,17 +127,21 @@ def pair_gallery(pairs: pd.DataFrame, data: dict, image_shape: Sequence[int] | N
         b.axis("on")
         _show(
             a,
-            as_image(data["X_target"][row.target], image_shape) if images else None,
-            f"#{row.rank} target {row.target_id}\ny={row.target_label}",
+            _picture(pics, "target", row.target),
+            f"#{row.rank} score {row.score:.2f}\ntarget {row.target_id}\ny={row.target_label}",
             "blue",
         )
         _show(
             b,
-            as_image(data["X_train"][row.train_index], image_shape) if images else None,
-            f"train {row.train_id} y={row.train_label}\nw={row.weight:.2f} share={row.share:.2f}",
+            _picture(pics, "train", row.train_index),
+            f"train {row.train_id} y={row.train_label}\nsim {row.similarity:.3f}\nw {row.weight:+.2f} (#{row.weight_rank})",
             "green",
         )
-    fig.suptitle("Leakage candidates: target (blue) and its dominant training example (green)", fontsize=10)
+    fig.suptitle(
+        "Leakage candidates by score: target (blue) and training example (green)\n"
+        "sim = input-space similarity, w = datamodel weight (#its rank among the target's weights)",
+        fontsize=10,
+    )
     return fig
 
 
@@ -134,9 +165,8 @@ def embedding_scatter(table: pd.DataFrame, ratio: np.ndarray) -> Figure:
     return fig
 
 
-def component_ends_gallery(ends: pd.DataFrame, data: dict, image_shape: Sequence[int] | None) -> Figure:
+def component_ends_gallery(ends: pd.DataFrame, pics: Pictures | None) -> Figure:
     """For each component, the training examples at its negative and positive ends (the component-ends table)."""
-    images = _is_image_data(data, image_shape)
     comps = sorted(ends.component.unique())
     k = int(ends["rank"].max()) if len(ends) else 1
     fig = Figure(figsize=(1.2 * 2 * k, 1.5 * len(comps)))
@@ -148,7 +178,7 @@ def component_ends_gallery(ends: pd.DataFrame, data: dict, image_shape: Sequence
         for col, row in enumerate(list(neg.itertuples()) + list(pos.itertuples())):
             _show(
                 axes[r, col],
-                as_image(data["X_train"][row.train_index], image_shape) if images else None,
+                _picture(pics, "train", row.train_index),
                 f"PC{comp} y={row.train_label}\n{row.loading:+.3f}",
                 "red" if row.end == "negative" else "green",
             )

@@ -4,6 +4,7 @@ questions from the datamodels; ``summary`` writes ``summary.md`` from a finished
 from __future__ import annotations
 
 import json
+import logging
 from collections.abc import Sequence
 from pathlib import Path
 
@@ -15,8 +16,31 @@ from dmflow.analysis import influence
 from dmflow.analysis import leakage as leak
 from dmflow.core.io import atomic_path, load_npz, save_figure, write_table
 from dmflow.core.layout import Layout
+from dmflow.data.prepare import as_images, source_features
 from dmflow.evaluation.metrics import MIN_CEILING
 from dmflow.plots import galleries
+
+log = logging.getLogger(__name__)
+
+
+def _source_images(arrays: dict[str, np.ndarray], image_shape: Sequence[int] | None) -> tuple:
+    """(training, target) samples in the source's values as images [N, C, H, W], or (None, None)."""
+    train, target = source_features(arrays)
+    if "X_train_raw" not in arrays:
+        log.warning("data.npz has no X_train_raw (written by an older dmflow): showing the standardised features")
+    images = as_images(train, image_shape), as_images(target, image_shape)
+    return images if images[0] is not None and images[1] is not None else (None, None)
+
+
+def leakage_ranking(
+    weight: np.ndarray, arrays: dict[str, np.ndarray], target_ids: np.ndarray, *, image_shape: Sequence[int] | None
+) -> pd.DataFrame:
+    """The leakage table of datamodels ``weight`` and the arrays of ``data.npz`` (the leakage rule's, and the API's)."""
+    train, target = _source_images(arrays, image_shape)
+    images = train is not None
+    if not images:
+        train, target = source_features(arrays)
+    return leak.leakage_table(weight, arrays, target_ids, x_train=train, x_target=target, images=images)
 
 
 def influencers(
@@ -39,10 +63,9 @@ def influencers(
         (int(t), *influence.top_influencers(weight, int(t), gallery_k))
         for t in influence.gallery_targets(weight, gallery_targets)
     ]
+    pics = galleries.pictures(*_source_images(arrays, image_shape))
     save_figure(
-        galleries.influencer_gallery(
-            shown, weight, arrays, target_ids=dm["target_ids"], k=gallery_k, image_shape=image_shape
-        ),
+        galleries.influencer_gallery(shown, weight, arrays, target_ids=dm["target_ids"], k=gallery_k, pics=pics),
         figure,
     )
     return rows
@@ -53,9 +76,10 @@ def leakage(
 ) -> pd.DataFrame:
     """Write the ranked leakage table (every target) and a gallery of the top ``pairs``."""
     dm, arrays = load_npz(datamodels), load_npz(data)
-    ranked = leak.leakage_table(dm["weight"], arrays, dm["target_ids"])
+    ranked = leakage_ranking(dm["weight"], arrays, dm["target_ids"], image_shape=image_shape)
     write_table(ranked, table)
-    save_figure(galleries.pair_gallery(ranked.head(pairs), arrays, image_shape), figure)
+    pics = galleries.pictures(*_source_images(arrays, image_shape))
+    save_figure(galleries.pair_gallery(ranked.head(pairs), pics), figure)
     return ranked
 
 
@@ -85,7 +109,8 @@ def embeddings(
     extremes = emb.component_ends(loadings, arrays["y_train"], arrays["train_ids"], k=ends)
     write_table(extremes, ends_table)
     save_figure(galleries.embedding_scatter(points, ratio), figure)
-    save_figure(galleries.component_ends_gallery(extremes, arrays, image_shape), ends_figure)
+    pics = galleries.pictures(*_source_images(arrays, image_shape))
+    save_figure(galleries.component_ends_gallery(extremes, pics), ends_figure)
     return points
 
 
@@ -141,9 +166,14 @@ def _alpha_section(layout: Layout, alpha: str) -> list[str]:
     leak_table = Path(layout.leakage_table(alpha))
     if leak_table.exists():
         top = pd.read_csv(leak_table).head(5)
-        lines += ["Top leakage candidates (target id -> training id, score, share, input similarity rank):", ""]
         lines += [
-            f"- {r.target_id} -> {r.train_id}: score {r.score:.3f}, share {r.share:.2f}, similarity rank {r.similarity_rank}"
+            "Top leakage candidates (target id -> training id: score, input similarity and its rank, "
+            "datamodel evidence, weight rank):",
+            "",
+        ]
+        lines += [
+            f"- {r.target_id} -> {r.train_id}: score {r.score:.3f}, similarity {r.similarity:.3f} "
+            f"(rank {r.similarity_rank}), evidence {r.evidence:.2f}, weight rank {r.weight_rank}"
             for r in top.itertuples()
         ]
         lines += [
