@@ -158,6 +158,46 @@ def cmd_evaluate(args: argparse.Namespace) -> None:
     evaluate(args.datamodels, args.eval_store, table=args.table, summary=args.summary, figure=args.figure)
 
 
+def cmd_score_attribution(args: argparse.Namespace) -> None:
+    from dmflow.stages.evaluate import score_run_attribution
+
+    score_run_attribution(args.run, args.scores, alpha=args.alpha, name=args.name, transpose=args.transpose)
+
+
+def cmd_import_store(args: argparse.Namespace) -> None:
+    from dmflow.stages.collect import import_store
+
+    files = {}
+    for name in ("masks", "margins", "status", "seeds"):
+        path = getattr(args, name)
+        if path is None and args.source is not None and (args.source / f"{name}.npy").is_file():
+            path = args.source / f"{name}.npy"
+        files[name] = path
+    for name in ("masks", "margins"):
+        if files[name] is None:
+            raise StoreError(f"no {name}: give --{name} FILE, or --source DIR holding {name}.npy")
+    import_store(
+        files["masks"],
+        files["margins"],
+        args.out_dir,
+        alpha=args.alpha,
+        split=args.split,
+        status=files["status"],
+        seeds=files["seeds"],
+        max_diverged_fraction=args.max_diverged_fraction,
+    )
+
+
+def cmd_export(args: argparse.Namespace) -> None:
+    from dmflow.core.layout import Layout, alpha_dir
+    from dmflow.stages.fit import export_datamodels
+
+    if args.datamodels is None and (args.run is None or args.alpha is None):
+        raise StoreError("give --run and --alpha, or --datamodels FILE")
+    datamodels = args.datamodels or Layout(args.run).datamodels(alpha_dir(args.alpha))
+    export_datamodels(Path(datamodels), args.out, format=args.format)
+
+
 def cmd_learning_curve(args: argparse.Namespace) -> None:
     from dmflow.lasso.path import FitSettings
     from dmflow.stages.evaluate import learning_curve
@@ -340,7 +380,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.set_defaults(func=cmd_fit_block)
 
     p = sub.add_parser("merge-fit", help="merge fitted blocks into one datamodels file")
-    p.add_argument("--data", type=Path, required=True)
+    p.add_argument("--data", type=Path, default=None, help="data.npz (target and training ids; else 0..T-1, 0..n-1)")
     p.add_argument("--blocks", type=Path, nargs="+", required=True)
     p.add_argument("--out", type=Path, required=True)
     p.set_defaults(func=cmd_merge_fit)
@@ -352,6 +392,47 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--summary", type=Path, required=True, help="summary.json")
     p.add_argument("--figure", type=Path, required=True, help="predicted-vs-actual figure (.png)")
     p.set_defaults(func=cmd_evaluate)
+
+    p = sub.add_parser(
+        "score-attribution", help="score any attribution [n, T] on a run's eval store, as the datamodels are"
+    )
+    p.add_argument("--run", type=Path, required=True, help="the run's results folder")
+    p.add_argument("--alpha", type=float, required=True)
+    p.add_argument(
+        "--scores", type=Path, required=True, help=".npy, int or float [n, T]: example i's score for target t"
+    )
+    p.add_argument("--name", required=True, help="the method's name: evaluation/{alpha}/methods/{name}.csv and .json")
+    p.add_argument(
+        "--transpose",
+        action=argparse.BooleanOptionalAction,
+        default=None,
+        help="the scores are [T, n] (--no-transpose: [n, T]; neither: [n, T] when it fits, else [T, n])",
+    )
+    p.set_defaults(func=cmd_score_attribution)
+
+    p = sub.add_parser("import-store", help="write a store from masks and margins trained elsewhere (.npy files)")
+    p.add_argument(
+        "--source", type=Path, default=None, help="folder of masks.npy, margins.npy [, status.npy, seeds.npy]"
+    )
+    p.add_argument("--masks", type=Path, default=None, help="bool or 0/1 [m, n]")
+    p.add_argument("--margins", type=Path, default=None, help="float [m, T] or [m, R, T]")
+    p.add_argument(
+        "--status", type=Path, default=None, help="0 ok / 1 diverged [m, R] (default: non-finite = diverged)"
+    )
+    p.add_argument("--seeds", type=Path, default=None, help="int [m, R] (default: -1, unknown)")
+    p.add_argument("--alpha", type=float, required=True, help="every mask row holds round(alpha * n) ones")
+    p.add_argument("--split", choices=("fit", "eval"), required=True)
+    p.add_argument("--max-diverged-fraction", type=float, default=0.05)
+    p.add_argument("--out-dir", type=Path, required=True, help="the store folder, e.g. results/x/store/0.5/fit")
+    p.set_defaults(func=cmd_import_store)
+
+    p = sub.add_parser("export", help="write a run's datamodels in another tool's format")
+    p.add_argument("--format", choices=("madrylab",), required=True, help="madrylab: torch .pt {weight, bias, lam}")
+    p.add_argument("--run", type=Path, default=None, help="the run's results folder (with --alpha)")
+    p.add_argument("--alpha", type=float, default=None)
+    p.add_argument("--datamodels", type=Path, default=None, help="a datamodels .npz instead of --run and --alpha")
+    p.add_argument("--out", type=Path, required=True)
+    p.set_defaults(func=cmd_export)
 
     p = sub.add_parser("learning-curve", help="refit on fractions of the fit models and score each")
     p.add_argument("--fit-store", type=Path, required=True)

@@ -13,6 +13,7 @@ that the stages use to find their share.
 from __future__ import annotations
 
 import os
+import re
 from dataclasses import dataclass
 
 import numpy as np
@@ -45,6 +46,21 @@ def block_targets(block: int, targets_per_job: int, num_targets: int) -> np.ndar
     if start >= num_targets:
         raise ValueError(f"block {block} is past the last target ({num_targets} targets, {targets_per_job} per job)")
     return np.arange(start, min(start + targets_per_job, num_targets))
+
+
+METHOD_NAME = re.compile(r"[A-Za-z0-9][A-Za-z0-9_.-]{0,63}")
+"""A scored attribution method's name, which names its files: 1-64 letters, digits, ``_``, ``-``, ``.``,
+starting with a letter or a digit (no path separators, no hidden files, no ``..``)."""
+
+
+def method_name_problem(name: str) -> str | None:
+    """Why ``name`` cannot name a scored method's files (None: it can)."""
+    if not isinstance(name, str) or not METHOD_NAME.fullmatch(name) or ".." in name:
+        return (
+            f"method name {name!r} is not a safe file name: use 1-64 letters, digits, '_', '-' or '.', "
+            "starting with a letter or a digit"
+        )
+    return None
 
 
 @dataclass(frozen=True)
@@ -116,6 +132,13 @@ class Layout:
     def curve_figure(self, alpha: str) -> str:
         return self._path("evaluation", alpha, "learning_curve.png")
 
+    # any attribution method scored on the eval store (``dmflow score-attribution``), by its name
+    def method_table(self, alpha: str, name: str) -> str:
+        return self._path("evaluation", alpha, "methods", f"{_method(name)}.csv")
+
+    def method_summary(self, alpha: str, name: str) -> str:
+        return self._path("evaluation", alpha, "methods", f"{_method(name)}.json")
+
     # counterfactuals: one chunk of masks (split "counterfactual"), trained like any chunk
     def cf_masks(self, alpha: str) -> str:
         return self.masks(alpha, "counterfactual", "00000")
@@ -177,3 +200,10 @@ class Layout:
         """One job's log: ``logs/<rule>/<wildcards...>.log``."""
         *folders, last = (rule, *wildcards) if wildcards else ("", rule)
         return self._path("logs", *[f for f in folders if f], f"{last}.log")
+
+
+def _method(name: str) -> str:
+    problem = method_name_problem(name)
+    if problem:
+        raise ValueError(problem)
+    return name

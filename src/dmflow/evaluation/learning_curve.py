@@ -29,14 +29,15 @@ def _refit_and_predict(
     settings: FitSettings,
     targets_per_pass: int,
 ) -> np.ndarray:
-    """Fit every target on the given rows (their moments once, then passes of targets) and predict the eval masks."""
+    """Fit every target on the given rows (their moments once, then passes of targets) and predict the eval masks
+    without the bias (no correlation depends on it; as ``evaluate`` correlates them)."""
     num_targets = fit_store.manifest["num_targets"]
     fit, val = count_moments(fit_store.masks, fit_store.margins[:, 0, :], [fit_rows, val_rows])
     pred = np.empty((eval_store.masks.shape[0], num_targets), dtype=np.float32)
     for start in range(0, num_targets, targets_per_pass):
         cols = slice(start, min(start + targets_per_pass, num_targets))
         fitted = fit_from_moments(fit.select(cols), val.select(cols), settings=settings)
-        pred[:, cols] = predict(eval_store.masks, fitted["weight"], fitted["bias"])
+        pred[:, cols] = predict(eval_store.masks, fitted["weight"], np.zeros(fitted["weight"].shape[1], np.float32))
     return pred
 
 
@@ -65,7 +66,7 @@ def learning_curve(
             rows, settings.val_fraction, seed=seed, alpha=fit_store.manifest["alpha"]
         )
         if fraction == 1.0 and datamodels is not None:
-            pred = predict(eval_store.masks, datamodels["weight"], datamodels["bias"])
+            pred = predict(eval_store.masks, datamodels["weight"], np.zeros(datamodels["weight"].shape[1], np.float32))
         else:
             pred = _refit_and_predict(fit_store, eval_store, fit_rows, val_rows, settings, targets_per_pass)
         scores = score(pred, eval_store)

@@ -81,8 +81,37 @@ def seed_mean(margins: np.ndarray, ok: np.ndarray) -> np.ndarray:
         return np.nansum(np.where(ok[:, :, None], margins, 0.0), axis=1) / ok.sum(1)[:, None]
 
 
-def score(pred: np.ndarray, store: Store) -> dict[str, np.ndarray]:
-    """Per-target scores [T] of predictions [m, T] against an eval store's margins [m, R, T]."""
+CORRELATIONS = ("pearson_single", "lds_single", "pearson_mean", "lds_mean")
+"""Per-target correlations of a prediction with the eval margins (one seed, the seed mean)."""
+ERRORS = ("mse_single", "mse_mean")
+"""Per-target mean squared errors: only for predictions on the margins' scale (datamodels, with their bias)."""
+CEILINGS = ("replicate_corr", "ceiling_single", "ceiling_mean")
+"""Per-target noise ceilings of the eval store, the same for every predictor."""
+
+
+def score(pred: np.ndarray, store: Store, *, bias: np.ndarray | None = None) -> dict[str, np.ndarray]:
+    """Per-target scores [T] of predictions [m, T] against an eval store's margins [m, R, T].
+
+    The one implementation behind the evaluate stage, the learning curve and the scoring
+    of any attribution method. Correlations (``CORRELATIONS``) and ceilings
+    (``CEILINGS``) depend on ``pred`` only up to a constant per target, so ``pred`` may
+    leave out a bias; given ``bias`` (float [T]), the errors (``ERRORS``) of
+    ``pred + bias`` are added.
+
+    Parameters
+    ----------
+    pred : float [m, T]
+        One prediction per eval mask and target.
+    store : Store
+        The eval store: margins float32 [m, R, T], status uint8 [m, R].
+    bias : float [T], optional
+        Added to ``pred`` for the mean squared errors only.
+
+    Returns
+    -------
+    dict of str to float64 [T]
+        ``CORRELATIONS``, then ``ERRORS`` (with ``bias`` only), then ``CEILINGS``.
+    """
     ok = store.ok
     margins = np.asarray(store.margins, dtype=np.float64)
     single = np.where(ok[:, :1], margins[:, 0], np.nan)
@@ -90,17 +119,47 @@ def score(pred: np.ndarray, store: Store) -> dict[str, np.ndarray]:
     rows_single, rows_mean = ok[:, 0], ok.any(1)
     agreement = replicate_agreement(margins, ok)
     ceil_single, ceil_mean = ceilings(agreement, margins.shape[1])
-    return {
+    out = {
         "pearson_single": pearson(pred[rows_single], single[rows_single]),
         "lds_single": spearman(pred[rows_single], single[rows_single]),
         "pearson_mean": pearson(pred[rows_mean], mean[rows_mean]),
         "lds_mean": spearman(pred[rows_mean], mean[rows_mean]),
-        "mse_single": np.mean((pred[rows_single] - single[rows_single]) ** 2, axis=0),
-        "mse_mean": np.mean((pred[rows_mean] - mean[rows_mean]) ** 2, axis=0),
-        "replicate_corr": agreement,
-        "ceiling_single": ceil_single,
-        "ceiling_mean": ceil_mean,
     }
+    if bias is not None:
+        full = pred + np.asarray(bias, dtype=pred.dtype)
+        out["mse_single"] = np.mean((full[rows_single] - single[rows_single]) ** 2, axis=0)
+        out["mse_mean"] = np.mean((full[rows_mean] - mean[rows_mean]) ** 2, axis=0)
+    out.update(replicate_corr=agreement, ceiling_single=ceil_single, ceiling_mean=ceil_mean)
+    return out
+
+
+def score_table(
+    pred: np.ndarray, store: Store, *, target_ids: np.ndarray, bias: np.ndarray | None = None
+) -> tuple[pd.DataFrame, dict]:
+    """Per-target table and summary of predictions [m, T] on an eval store (``score``, then ``summarise``).
+
+    Parameters
+    ----------
+    pred : float [m, T]
+        One prediction per eval mask and target (a bias may be left out: see ``score``).
+    store : Store
+        The eval store.
+    target_ids : int64 [T]
+        Each target's id, the table's ``target_id`` column.
+    bias : float [T], optional
+        With it, the table and summary also hold the mean squared errors of ``pred + bias``.
+
+    Returns
+    -------
+    table : DataFrame
+        One row per target: ``target``, ``target_id`` and every key of ``score``.
+    summary : dict
+        ``summarise``'s headline numbers.
+    """
+    table = pd.DataFrame({"target": np.arange(pred.shape[1]), "target_id": np.asarray(target_ids)})
+    for key, values in score(pred, store, bias=bias).items():
+        table[key] = values
+    return table, summarise(table, store)
 
 
 def _stats(values: np.ndarray) -> dict[str, float]:
@@ -113,21 +172,11 @@ def fraction_of_ceiling(score: float, ceiling: float) -> float | None:
 
 
 def summarise(table: pd.DataFrame, store: Store) -> dict:
-    """Headline numbers of an evaluation table (means, medians, fractions of the ceiling, counts)."""
-    out = {
-        key: _stats(table[key].to_numpy())
-        for key in (
-            "pearson_single",
-            "lds_single",
-            "pearson_mean",
-            "lds_mean",
-            "mse_single",
-            "mse_mean",
-            "replicate_corr",
-            "ceiling_single",
-            "ceiling_mean",
-        )
-    }
+    """Headline numbers of an evaluation table (means, medians, fractions of the ceiling, counts).
+
+    The errors are summarised where the table has them (datamodels; not attributions).
+    """
+    out = {key: _stats(table[key].to_numpy()) for key in (*CORRELATIONS, *ERRORS, *CEILINGS) if key in table}
     out["fraction_of_ceiling"] = {
         "pearson_single": fraction_of_ceiling(np.nanmean(table.pearson_single), np.nanmean(table.ceiling_single)),
         "pearson_mean": fraction_of_ceiling(np.nanmean(table.pearson_mean), np.nanmean(table.ceiling_mean)),
@@ -146,11 +195,101 @@ def evaluate(dm: dict[str, np.ndarray], store: Store) -> tuple[pd.DataFrame, dic
     """Score datamodels on an eval store: (per-target table, summary, predictions float32 [m, T]).
 
     ``dm`` holds the arrays of ``datamodels/{alpha}.npz`` (weight [n, T], bias, lam,
-    nnz, flags, target_ids [T]).
+    nnz, flags, target_ids [T]). The correlations are those of ``mask @ weight``,
+    exactly as ``score_attribution`` scores ``weight`` as an attribution; the
+    predictions returned and the errors add the bias (``predict``).
     """
-    pred = predict(store.masks, dm["weight"], dm["bias"])
-    table = pd.DataFrame({"target": np.arange(dm["weight"].shape[1]), "target_id": dm["target_ids"]})
-    for key, values in score(pred, store).items():
-        table[key] = values
+    linear = predict(store.masks, dm["weight"], np.zeros(dm["weight"].shape[1], dtype=np.float32))
+    table, summary = score_table(linear, store, target_ids=dm["target_ids"], bias=dm["bias"])
     table["nnz"], table["lam"], table["flags"] = dm["nnz"], dm["lam"], dm["flags"]
-    return table, summarise(table, store), pred
+    return table, summary, linear + dm["bias"]
+
+
+def attribution_problem(shape: tuple[int, ...], dtype: np.dtype, *, n: int, num_targets: int) -> str | None:
+    """Why a score matrix of this shape and dtype cannot be an attribution of n training examples to
+    ``num_targets`` targets (None: it can, as [n, T] or as [T, n]); from a ``.npy`` header, before loading."""
+    dtype = np.dtype(dtype)
+    if dtype.kind not in "iuf":
+        return f"dtype {dtype} is not a real number type; scores must be integers or floats"
+    if len(shape) != 2 or sorted(shape) != sorted((n, num_targets)):
+        return (
+            f"shape {list(shape)} does not fit this run: scores must be [n, T] = [{n}, {num_targets}] "
+            f"(training examples x targets) or [T, n] = [{num_targets}, {n}]"
+        )
+    return None
+
+
+def orient_attribution(scores: np.ndarray, *, n: int, num_targets: int, transpose: bool | None = None) -> np.ndarray:
+    """float32 [n, T]: an attribution's scores, from [n, T] or [T, n], checked; raises ValueError in one line.
+
+    Parameters
+    ----------
+    scores : int or float [n, T] or [T, n]
+        ``scores[i, t]``: training example i's attribution to target t (the larger, the more
+        i is predicted to raise t's margin), or its transpose.
+    n, num_targets : int
+        The run's training examples and targets.
+    transpose : bool, optional
+        True: ``scores`` is [T, n]. False: it is [n, T]. None (default): [n, T] when that
+        fits (always, when n == T), else [T, n] when that fits.
+
+    Returns
+    -------
+    float32 [n, T]
+        Finite scores, for ``predict`` (the prediction of a mask is ``mask @ scores``).
+    """
+    scores = np.asarray(scores)
+    problem = attribution_problem(scores.shape, scores.dtype, n=n, num_targets=num_targets)
+    if problem:
+        raise ValueError(problem)
+    if transpose is None:
+        transpose = scores.shape != (n, num_targets)
+    want = (num_targets, n) if transpose else (n, num_targets)
+    if scores.shape != want:
+        layout = "[T, n]" if transpose else "[n, T]"
+        raise ValueError(f"shape {list(scores.shape)} is not {layout} = {list(want)} (n={n}, T={num_targets})")
+    with np.errstate(over="ignore", invalid="ignore"):  # beyond float32's range: inf, refused below
+        out = np.ascontiguousarray((scores.T if transpose else scores).astype(np.float32))
+    bad = ~np.isfinite(out)
+    if bad.any():
+        i, t = np.argwhere(bad)[0]
+        raise ValueError(
+            f"{int(bad.sum())} scores are NaN, infinite or beyond float32's range (the first: "
+            f"training example {i}, target {t}: {(scores.T if transpose else scores)[i, t]}); every score must be finite"
+        )
+    return out
+
+
+def score_attribution(
+    scores: np.ndarray, store: Store, *, target_ids: np.ndarray, transpose: bool | None = None
+) -> tuple[pd.DataFrame, dict]:
+    """Score any data attribution on an eval store exactly as ``evaluate`` scores the datamodels.
+
+    An attribution's prediction for a mask is ``mask @ scores`` (``predict`` without a
+    bias: no correlation depends on one), scored by ``score_table``: LDS and Pearson
+    against one seed and the seed mean, the noise ceilings and the fraction of the
+    ceiling, per target and as a summary. No mean squared errors: an attribution has no
+    scale.
+
+    Parameters
+    ----------
+    scores : int or float [n, T] or [T, n]
+        The attribution (``orient_attribution``).
+    store : Store
+        The eval store, masks bool [m, n] and margins float32 [m, R, T].
+    target_ids : int64 [T]
+        Each target's id.
+    transpose : bool, optional
+        See ``orient_attribution``.
+
+    Returns
+    -------
+    table : DataFrame
+        One row per target: ``target``, ``target_id``, ``CORRELATIONS``, ``CEILINGS``.
+    summary : dict
+        Means and medians, the fraction of the ceiling, counts.
+    """
+    n, num_targets = store.masks.shape[1], store.margins.shape[2]
+    weight = orient_attribution(scores, n=n, num_targets=num_targets, transpose=transpose)
+    pred = predict(store.masks, weight, np.zeros(num_targets, dtype=np.float32))
+    return score_table(pred, store, target_ids=target_ids)

@@ -1,5 +1,6 @@
 """Rule of ``rules/collect.smk``: ``collect`` checks a split's trained chunks and writes its store;
-``open_store`` reads a store back (memory-mapped, checksums verified).
+``open_store`` reads a store back (memory-mapped, checksums verified). ``import_store`` (``dmflow
+import-store``, no rule) writes a store of the same format from arrays trained elsewhere.
 
 The store's arrays are ``dmflow.store.schema.STORE_ARRAYS``. They go to temporary
 files first and the manifest is written last, so a store without ``manifest.json`` is
@@ -13,7 +14,7 @@ import logging
 import os
 import re
 import zipfile
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from contextlib import ExitStack
 from dataclasses import dataclass
 from pathlib import Path
@@ -24,7 +25,15 @@ from dmflow.core.codes import STATUS_OK
 from dmflow.core.io import atomic_path, atomic_save_json, sha256_file
 from dmflow.core.seeds import chunk_seeds
 from dmflow.store.masks import PackedMasks, pack
-from dmflow.store.schema import CHUNK_ARRAYS, STORE_ARRAYS, Store, StoreError, check_chunk
+from dmflow.store.schema import (
+    CHUNK_ARRAYS,
+    STORE_ARRAYS,
+    Store,
+    StoreError,
+    check_chunk,
+    check_imported,
+    check_imported_rows,
+)
 
 log = logging.getLogger(__name__)
 
@@ -63,6 +72,66 @@ def _load_masks(path: Path) -> np.ndarray:
         raise StoreError(f"{path}: unreadable mask file ({exc})") from None
 
 
+def _write_arrays(
+    out_dir: Path,
+    fill: Callable[[dict[str, np.ndarray]], None],
+    *,
+    m: int,
+    n: int,
+    num_targets: int,
+    replicates: int,
+    max_diverged_fraction: float,
+    fields: dict,
+) -> dict:
+    """Write a store: every array of ``STORE_ARRAYS`` to a temporary memmap that ``fill`` fills (it may
+    raise StoreError: nothing is written then), the diverged limit, then ``manifest.json`` last with
+    ``fields`` and each array's shape, dtype and sha256; returns the manifest. The one store writer of
+    ``collect`` and ``import_store``."""
+    out_dir = Path(out_dir)
+    out_dir.mkdir(parents=True, exist_ok=True)
+    shapes = {spec.name: spec.shape(m=m, n=n, replicates=replicates, targets=num_targets) for spec in STORE_ARRAYS}
+    with ExitStack() as renames:
+        outs = {}
+        for spec in STORE_ARRAYS:
+            tmp = renames.enter_context(atomic_path(out_dir / f"{spec.name}.npy", ".npy"))
+            outs[spec.name] = np.lib.format.open_memmap(tmp, mode="w+", dtype=spec.dtype, shape=shapes[spec.name])
+        fill(outs)
+        diverged = int((outs["status"] != STATUS_OK).sum())
+        if diverged > max_diverged_fraction * outs["status"].size:
+            raise StoreError(
+                f"{out_dir}: {diverged} of {outs['status'].size} models diverged ({100 * diverged / outs['status'].size:.1f}%, "
+                f"more than train.max_diverged_fraction={max_diverged_fraction}); no store was written: check the "
+                "training settings (lr, optimizer, precision), or raise train.max_diverged_fraction to fit the rest"
+            )
+        for array in outs.values():
+            array.flush()
+        del outs
+        (out_dir / "manifest.json").unlink(missing_ok=True)
+    total = m * replicates
+    manifest = {
+        "format": MANIFEST_FORMAT,
+        **fields,
+        "num_models": m,
+        "num_train": n,
+        "num_targets": num_targets,
+        "replicates": replicates,
+        "diverged": diverged,
+        "diverged_fraction": diverged / total,
+        "arrays": {
+            spec.name: {
+                "shape": list(shapes[spec.name]),
+                "dtype": spec.dtype.name,
+                "sha256": sha256_file(out_dir / f"{spec.name}.npy"),
+            }
+            for spec in STORE_ARRAYS
+        },
+    }
+    atomic_save_json(out_dir / "manifest.json", manifest)
+    if diverged:
+        log.info("%s: %d of %d models diverged; they are left out", out_dir, diverged, total)
+    return manifest
+
+
 def write_store(
     specs: Sequence[ChunkSpec],
     out_dir: Path,
@@ -84,15 +153,9 @@ def write_store(
     says so: the run fails here, not with meaningless datamodels. The chunks are kept.
     """
     specs = sorted(specs, key=lambda s: s.index)
-    out_dir = Path(out_dir)
-    out_dir.mkdir(parents=True, exist_ok=True)
-    m = chunk_size * len(specs)
-    shapes = {spec.name: spec.shape(m=m, n=n, replicates=replicates, targets=num_targets) for spec in STORE_ARRAYS}
-    with ExitStack() as renames:
-        outs = {}
-        for spec in STORE_ARRAYS:
-            tmp = renames.enter_context(atomic_path(out_dir / f"{spec.name}.npy", ".npy"))
-            outs[spec.name] = np.lib.format.open_memmap(tmp, mode="w+", dtype=spec.dtype, shape=shapes[spec.name])
+    chunks: list[dict] = []  # filled once every chunk has passed its checks
+
+    def fill(outs: dict[str, np.ndarray]) -> None:
         for i, spec in enumerate(specs):
             masks, arrays = _load_masks(spec.masks_path), _load_chunk(spec.train_path)
             check_chunk(
@@ -111,31 +174,7 @@ def write_store(
             outs["masks"][rows] = pack(masks)
             for array in CHUNK_ARRAYS:
                 outs[array.name][rows] = arrays[array.name]
-        diverged = int((outs["status"] != STATUS_OK).sum())
-        if diverged > max_diverged_fraction * outs["status"].size:
-            raise StoreError(
-                f"{out_dir}: {diverged} of {outs['status'].size} models diverged ({100 * diverged / outs['status'].size:.1f}%, "
-                f"more than train.max_diverged_fraction={max_diverged_fraction}); no store was written: check the "
-                "training settings (lr, optimizer, precision), or raise train.max_diverged_fraction to fit the rest"
-            )
-        for array in outs.values():
-            array.flush()
-        del outs
-        (out_dir / "manifest.json").unlink(missing_ok=True)
-    total = m * replicates
-    manifest = {
-        "format": MANIFEST_FORMAT,
-        "alpha": alpha,
-        "split": split,
-        "seed": seed,
-        "num_models": m,
-        "num_train": n,
-        "num_targets": num_targets,
-        "replicates": replicates,
-        "chunk_size": chunk_size,
-        "diverged": diverged,
-        "diverged_fraction": diverged / total,
-        "chunks": [
+        chunks.extend(
             {
                 "index": s.index,
                 "masks": os.fspath(s.masks_path),
@@ -144,20 +183,19 @@ def write_store(
                 "train_sha256": sha256_file(s.train_path),
             }
             for s in specs
-        ],
-        "arrays": {
-            spec.name: {
-                "shape": list(shapes[spec.name]),
-                "dtype": spec.dtype.name,
-                "sha256": sha256_file(out_dir / f"{spec.name}.npy"),
-            }
-            for spec in STORE_ARRAYS
-        },
-    }
-    atomic_save_json(out_dir / "manifest.json", manifest)
-    if diverged:
-        log.info("%s: %d of %d models diverged; they are left out", out_dir, diverged, total)
-    return manifest
+        )
+
+    fields = {"alpha": alpha, "split": split, "seed": seed, "chunk_size": chunk_size}
+    return _write_arrays(
+        out_dir,
+        fill,
+        m=chunk_size * len(specs),
+        n=n,
+        num_targets=num_targets,
+        replicates=replicates,
+        max_diverged_fraction=max_diverged_fraction,
+        fields={**fields, "chunks": chunks},
+    )
 
 
 def collect(
@@ -192,6 +230,109 @@ def collect(
         chunk_size=chunk_size,
         max_diverged_fraction=max_diverged_fraction,
     )
+
+
+IMPORT_SPLITS = ("fit", "eval")
+IMPORT_BLOCK_ROWS = 8192
+"""Rows checked, converted and written at a time by ``import_store``."""
+
+
+def _load_source(path: Path) -> np.ndarray:
+    """A ``.npy`` array trained elsewhere, memory-mapped (only the header is read here), never unpickled."""
+    try:
+        array = np.load(path, mmap_mode="r", allow_pickle=False)
+    except (ValueError, OSError, EOFError) as exc:
+        raise StoreError(f"{path}: not a readable .npy array ({type(exc).__name__}: {exc})") from None
+    if not isinstance(array, np.ndarray):
+        array.close()
+        raise StoreError(f"{path}: an .npz archive; give one .npy file per array")
+    return array
+
+
+def import_store(
+    masks: Path,
+    margins: Path,
+    out_dir: Path,
+    *,
+    alpha: float,
+    split: str,
+    status: Path | None = None,
+    seeds: Path | None = None,
+    max_diverged_fraction: float = 0.05,
+) -> dict:
+    """Write a store in dmflow's own format (bit-packed masks, float32 margins, status, seeds, manifest
+    with sha256) from arrays trained elsewhere, checked as strictly as dmflow's own chunks; returns
+    the manifest. The moments, fit, evaluate stages and the analyses read it like a collected store.
+
+    Shapes and dtypes are checked from the files' headers before any work, then every block of
+    rows as it is copied; each problem is one StoreError line naming the file (and row), and a
+    failed import leaves no file and any earlier store as it was.
+
+    Parameters
+    ----------
+    masks : Path
+        ``.npy`` bool or 0/1 integers [m, n]: model i trained on the examples where row i is 1;
+        every row must hold round(alpha * n) ones.
+    margins : Path
+        ``.npy`` integers or floats [m, T] (one replicate) or [m, R, T] (R retrainings of each mask),
+        stored as float32.
+    out_dir : Path
+        The store folder, e.g. ``results/x/store/0.5/fit`` (``Layout.store``).
+    alpha : float
+        The subset fraction (the folder's alpha; it also keys the fit's validation split).
+    split : str
+        ``fit`` or ``eval``.
+    status : Path, optional
+        ``.npy`` integers [m, R], 0 ok or 1 diverged; margins of ok models must be finite. Without
+        it, a model (row, replicate) with any NaN or infinite margin is marked diverged, as
+        dmflow's training marks its own, and the others ok.
+    seeds : Path, optional
+        ``.npy`` integers [m, R], recorded as each model's seed; without it, -1 (unknown).
+    max_diverged_fraction : float
+        Above this share of diverged models, no store is written (as ``collect``).
+    """
+    if split not in IMPORT_SPLITS:
+        raise StoreError(f"split {split!r}: a store is imported as split fit or eval")
+    paths = {"masks": Path(masks), "margins": Path(margins), "status": status, "seeds": seeds}
+    paths = {key: Path(value) for key, value in paths.items() if value is not None}
+    sources = {key: _load_source(path) for key, path in paths.items()}
+    names = {key: str(path) for key, path in paths.items()}
+    m, n, replicates, num_targets = check_imported(sources, alpha=alpha, names=names)
+    if split == "eval" and replicates < 2:
+        log.warning("%s: one replicate per eval mask: no noise ceiling can be measured", paths["margins"])
+
+    def fill(outs: dict[str, np.ndarray]) -> None:
+        for start in range(0, m, IMPORT_BLOCK_ROWS):
+            rows = slice(start, min(start + IMPORT_BLOCK_ROWS, m))
+            block_masks, block_margins, block_status = check_imported_rows(
+                np.asarray(sources["masks"][rows]),
+                np.asarray(sources["margins"][rows]),
+                None if "status" not in sources else np.asarray(sources["status"][rows]),
+                first_row=start,
+                alpha=alpha,
+                names=names,
+            )
+            outs["masks"][rows] = pack(block_masks)
+            outs["margins"][rows] = block_margins
+            outs["status"][rows] = block_status
+            outs["seeds"][rows] = np.asarray(sources["seeds"][rows]) if "seeds" in sources else -1
+            outs["acc_target"][rows] = np.nan
+            outs["acc_subset"][rows] = np.nan
+        imported.update({key: {"path": os.fspath(path), "sha256": sha256_file(path)} for key, path in paths.items()})
+
+    imported: dict[str, dict] = {}  # filled once every row has passed its checks
+    manifest = _write_arrays(
+        out_dir,
+        fill,
+        m=m,
+        n=n,
+        num_targets=num_targets,
+        replicates=replicates,
+        max_diverged_fraction=max_diverged_fraction,
+        fields={"alpha": alpha, "split": split, "seed": None, "chunk_size": None, "chunks": [], "imported": imported},
+    )
+    log.info("imported %s: %d models x %d replicates, n=%d, T=%d", out_dir, m, replicates, n, num_targets)
+    return manifest
 
 
 def open_store(path: Path, verify: bool = True) -> Store:

@@ -1,5 +1,6 @@
 """Rules of ``rules/fit.smk``: ``fit_block`` fits one block of targets from the fit store's moments;
-``merge_fit`` joins the blocks into ``datamodels/{alpha}.npz``."""
+``merge_fit`` joins the blocks into ``datamodels/{alpha}.npz``. ``export_datamodels`` (``dmflow
+export``, no rule) writes them in another tool's format."""
 
 from __future__ import annotations
 
@@ -12,7 +13,7 @@ import numpy as np
 import torch
 
 from dmflow.core.codes import FLAG_OK
-from dmflow.core.io import atomic_save_npz, load_npz
+from dmflow.core.io import atomic_path, atomic_save_npz, load_npz
 from dmflow.core.layout import block_targets
 from dmflow.lasso.path import FitSettings, fit_from_moments
 from dmflow.stages.moments import check_memory, fit_bytes, open_moments
@@ -27,8 +28,8 @@ PER_TARGET = ("weight", "bias", "lam", "val_mse", "nnz", "flags", "lams", "train
 def fit_moments_block(
     moments_dir: Path, block: int, *, targets_per_job: int, settings: FitSettings, store_manifest: Path | None = None
 ) -> dict:
-    """The datamodels of one block of targets (``fit_from_moments``' arrays, plus ``targets``) from the
-    store's moments; the masks are never read."""
+    """The datamodels of one block of targets (``fit_from_moments``' arrays, plus ``targets`` and the
+    store's ``num_targets``) from the store's moments; the masks are never read."""
     fit, val, manifest = open_moments(moments_dir, store_manifest=store_manifest)
     targets = block_targets(block, targets_per_job, manifest["num_targets"])
     if manifest["val_fraction"] != settings.val_fraction:
@@ -43,6 +44,7 @@ def fit_moments_block(
         all_rows_lip=manifest["top_eigenvalue"]["all"],
     )
     result["targets"] = targets
+    result["num_targets"] = np.int64(manifest["num_targets"])
     return result
 
 
@@ -76,11 +78,19 @@ def fit_block(
     return result
 
 
-def merge_fit(blocks: Sequence[Path], data: Path, out: Path) -> dict[str, np.ndarray]:
-    """Concatenate the blocks in target order into the datamodels file, with target and training ids."""
+def merge_fit(blocks: Sequence[Path], data: Path | None, out: Path) -> dict[str, np.ndarray]:
+    """Concatenate the blocks in target order into the datamodels file, with target and training ids
+    (from ``data.npz``; without it, for a store imported from elsewhere, 0..T-1 and 0..n-1, and the
+    blocks must cover every target of their moments)."""
     parts = sorted((load_npz(p) for p in blocks), key=lambda b: int(b["targets"][0]))
     targets = np.concatenate([b["targets"] for b in parts])
-    arrays = load_npz(data)
+    if data is not None:
+        arrays = load_npz(data)
+    else:
+        arrays = {
+            "target_ids": np.arange(int(parts[0]["num_targets"])),
+            "train_ids": np.arange(len(parts[0]["weight"])),
+        }
     if not np.array_equal(targets, np.arange(len(arrays["target_ids"]))):
         raise ValueError(
             f"blocks cover targets {targets.min()}..{targets.max()} ({len(targets)}), "
@@ -96,3 +106,37 @@ def merge_fit(blocks: Sequence[Path], data: Path, out: Path) -> dict[str, np.nda
     merged["num_val_rows"] = parts[0]["num_val_rows"]
     atomic_save_npz(Path(out), merged)
     return merged
+
+
+EXPORT_FORMATS = ("madrylab",)
+
+
+def export_datamodels(datamodels: Path, out: Path, *, format: str = "madrylab") -> dict[str, torch.Tensor]:
+    """Write the datamodels for other tools; returns what was written.
+
+    ``madrylab``: a ``torch.save`` dict as the official datamodels repository (MadryLab/datamodels)
+    hands out its datamodels, ``weight`` float32 [n, T], ``bias`` float32 [T] and ``lam`` float32
+    [T], plain CPU tensors that ``torch.load(out, weights_only=True)`` reads. The prediction for a
+    0/1 mask is ``mask @ weight + bias``, as in dmflow.
+
+    Parameters
+    ----------
+    datamodels : Path
+        ``datamodels/{alpha}.npz`` (weight float32 [n, T], bias [T], lam [T]).
+    out : Path
+        The ``.pt`` file, written atomically.
+    format : str
+        One of ``EXPORT_FORMATS``.
+    """
+    if format not in EXPORT_FORMATS:
+        raise StoreError(f"export format {format!r}: supported are {', '.join(EXPORT_FORMATS)}")
+    if not Path(datamodels).is_file():
+        raise StoreError(f"{datamodels}: no datamodels file (has the fit finished?)")
+    dm = load_npz(datamodels)
+    tensors = {
+        key: torch.from_numpy(np.ascontiguousarray(dm[key], dtype=np.float32)) for key in ("weight", "bias", "lam")
+    }
+    with atomic_path(Path(out), Path(out).suffix) as tmp:
+        torch.save(tensors, tmp)
+    log.info("exported %s as %s: weight %s", datamodels, out, list(tensors["weight"].shape))
+    return tensors
