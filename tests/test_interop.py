@@ -151,7 +151,7 @@ def test_bad_scores_or_names_are_refused_in_one_line_before_anything_is_written(
         "huge.npy": (np.full((n, t), 1e300), "300 scores are NaN, infinite or beyond float32's range"),
         "text.npy": (np.full((n, t), "a"), "dtype <U1 is not a real number type"),
         "complex.npy": (np.zeros((n, t), complex), "dtype complex128 is not a real number type"),
-        "objects.npy": (np.full((n, t), None, dtype=object), "not a readable .npy array of scores"),
+        "objects.npy": (np.full((n, t), None, dtype=object), "not a readable .npy array"),
         "3d.npy": (np.zeros((n, t, 1)), "shape [50, 6, 1] does not fit"),
     }
     for file, (array, message) in cases.items():

@@ -33,6 +33,7 @@ from dmflow.store.schema import (
     check_chunk,
     check_imported,
     check_imported_rows,
+    open_npy,
 )
 
 log = logging.getLogger(__name__)
@@ -237,18 +238,6 @@ IMPORT_BLOCK_ROWS = 8192
 """Rows checked, converted and written at a time by ``import_store``."""
 
 
-def _load_source(path: Path) -> np.ndarray:
-    """A ``.npy`` array trained elsewhere, memory-mapped (only the header is read here), never unpickled."""
-    try:
-        array = np.load(path, mmap_mode="r", allow_pickle=False)
-    except (ValueError, OSError, EOFError) as exc:
-        raise StoreError(f"{path}: not a readable .npy array ({type(exc).__name__}: {exc})") from None
-    if not isinstance(array, np.ndarray):
-        array.close()
-        raise StoreError(f"{path}: an .npz archive; give one .npy file per array")
-    return array
-
-
 def import_store(
     masks: Path,
     margins: Path,
@@ -295,7 +284,7 @@ def import_store(
         raise StoreError(f"split {split!r}: a store is imported as split fit or eval")
     paths = {"masks": Path(masks), "margins": Path(margins), "status": status, "seeds": seeds}
     paths = {key: Path(value) for key, value in paths.items() if value is not None}
-    sources = {key: _load_source(path) for key, path in paths.items()}
+    sources = {key: open_npy(path, key) for key, path in paths.items()}
     names = {key: str(path) for key, path in paths.items()}
     m, n, replicates, num_targets = check_imported(sources, alpha=alpha, names=names)
     if split == "eval" and replicates < 2:

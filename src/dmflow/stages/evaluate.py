@@ -21,7 +21,7 @@ from dmflow.evaluation import metrics
 from dmflow.lasso.path import FitSettings
 from dmflow.plots import figures
 from dmflow.stages.collect import open_store
-from dmflow.store.schema import StoreError
+from dmflow.store.schema import StoreError, open_npy
 
 log = logging.getLogger(__name__)
 
@@ -65,18 +65,6 @@ def learning_curve(
     write_table(rows, table)
     save_figure(figures.learning_curve_figure(rows), figure)
     return rows
-
-
-def _read_scores(path: Path) -> np.ndarray:
-    """A score matrix from a ``.npy`` file, memory-mapped (only its header is read here), never unpickled."""
-    try:
-        scores = np.load(path, mmap_mode="r", allow_pickle=False)
-    except (ValueError, OSError, EOFError) as exc:
-        raise StoreError(f"{path}: not a readable .npy array of scores ({type(exc).__name__}: {exc})") from None
-    if not isinstance(scores, np.ndarray):
-        scores.close()
-        raise StoreError(f"{path}: an .npz archive; scores must be one .npy array [n, T]")
-    return scores
 
 
 def score_attribution(
@@ -128,7 +116,7 @@ def score_attribution(
     manifest = json.loads(manifest_path.read_text())
     n, num_targets = manifest["num_train"], manifest["num_targets"]
     source = Path(scores) if isinstance(scores, str | Path) else None
-    array = _read_scores(source) if source is not None else np.asarray(scores)
+    array = open_npy(source, "the scores [n, T]") if source is not None else np.asarray(scores)
     where = source if source is not None else "scores"
     problem = metrics.attribution_problem(array.shape, array.dtype, n=n, num_targets=num_targets)
     if problem:

@@ -52,6 +52,19 @@ class StoreError(ValueError):
     """A chunk or store that fails validation; the message names the file and the problem."""
 
 
+def open_npy(path: Path, what: str) -> np.ndarray:
+    """One ``.npy`` array from outside dmflow (``what`` it should be, for the message), memory-mapped: only
+    its header is read here, and it is never unpickled. A StoreError names the file when it is not one."""
+    try:
+        array = np.load(path, mmap_mode="r", allow_pickle=False)
+    except (ValueError, OSError, EOFError) as exc:
+        raise StoreError(f"{path}: not a readable .npy array ({type(exc).__name__}: {exc})") from None
+    if not isinstance(array, np.ndarray):
+        array.close()
+        raise StoreError(f"{path}: an .npz archive; give {what} as one .npy array")
+    return array
+
+
 def check_chunk(
     masks: np.ndarray,
     arrays: dict[str, np.ndarray],
