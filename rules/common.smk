@@ -84,7 +84,8 @@ def moments_mem_mb():
 def fit_mem_mb(targets=None):
     """Memory of one fit job (dmflow.stages.moments.fit_bytes), plus the interpreter's."""
     t = min(targets or config["fit"]["targets_per_job"], NUM_TARGETS)
-    return int(PROCESS_MB + fit_bytes(NUM_TRAIN, t, threads=config["fit"]["threads"], device=config["fit"]["device"]) / 2**20)
+    fit = config["fit"]
+    return int(PROCESS_MB + fit_bytes(NUM_TRAIN, t, threads=fit["threads"], device=fit["device"]) / 2**20)
 
 
 def image_shape_arg():
