@@ -147,15 +147,16 @@ def test_fit_settings_refit_without_retraining(tiny_run, tmp_path):
     run.write_config(cfg)
     planned = run.planned_jobs()
     assert planned["fit_block"] == 2 and planned["train_chunk"] == 1  # only the counterfactual chunk
-    run.run()
-    # the counterfactual chunk follows the datamodels; fit and eval models are not retrained
+    datamodels, curve = "results/datamodels/0.5.npz", "results/evaluation/0.5/learning_curve.csv"
+    run.run(datamodels, curve)  # (the counterfactual chunk follows the datamodels; not run here)
+    # fit and eval models are not retrained
     assert {k: v for k, v in run.mtimes("results/train/**/*.npz").items() if "counterfactual" not in k} == trained
     assert np.load(run.results / "datamodels" / "0.5.npz")["lams"].shape == (5, 30)
     fitted = run.mtimes("results/fit/**/*.npz")
     cfg["evaluate"]["learning_curve"] = [0.25, 1.0]
     run.write_config(cfg)
-    assert run.planned_jobs() == {"learning_curve": 1, "summary": 1, "all": 1}
-    run.run()
+    assert run.planned_jobs(datamodels, curve) == {"learning_curve": 1}
+    run.run(curve)
     assert run.mtimes("results/fit/**/*.npz") == fitted
 
 
