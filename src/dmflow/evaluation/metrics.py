@@ -249,7 +249,7 @@ def orient_attribution(scores: np.ndarray, *, n: int, num_targets: int, transpos
         layout = "[T, n]" if transpose else "[n, T]"
         raise ValueError(f"shape {list(scores.shape)} is not {layout} = {list(want)} (n={n}, T={num_targets})")
     with np.errstate(over="ignore", invalid="ignore"):  # beyond float32's range: inf, refused below
-        out = np.ascontiguousarray((scores.T if transpose else scores).astype(np.float32))
+        out = np.ascontiguousarray((scores.T if transpose else scores).astype(np.float32, copy=False))
     bad = ~np.isfinite(out)
     if bad.any():
         i, t = np.argwhere(bad)[0]
