@@ -27,6 +27,7 @@ from dmflow.core.seeds import chunk_seeds
 from dmflow.store.masks import PackedMasks, pack
 from dmflow.store.schema import (
     CHUNK_ARRAYS,
+    CHUNK_SECONDS,
     STORE_ARRAYS,
     Store,
     StoreError,
@@ -155,6 +156,8 @@ def write_store(
     """
     specs = sorted(specs, key=lambda s: s.index)
     chunks: list[dict] = []  # filled once every chunk has passed its checks
+    seconds: list[float | None] = []
+    fields = {"alpha": alpha, "split": split, "seed": seed, "chunk_size": chunk_size, "chunks": chunks}
 
     def fill(outs: dict[str, np.ndarray]) -> None:
         for i, spec in enumerate(specs):
@@ -175,6 +178,7 @@ def write_store(
             outs["masks"][rows] = pack(masks)
             for array in CHUNK_ARRAYS:
                 outs[array.name][rows] = arrays[array.name]
+            seconds.append(float(arrays[CHUNK_SECONDS]) if CHUNK_SECONDS in arrays else None)
         chunks.extend(
             {
                 "index": s.index,
@@ -185,8 +189,8 @@ def write_store(
             }
             for s in specs
         )
+        fields["train_seconds"] = _total_seconds(seconds)
 
-    fields = {"alpha": alpha, "split": split, "seed": seed, "chunk_size": chunk_size}
     return _write_arrays(
         out_dir,
         fill,
@@ -195,8 +199,13 @@ def write_store(
         num_targets=num_targets,
         replicates=replicates,
         max_diverged_fraction=max_diverged_fraction,
-        fields={**fields, "chunks": chunks},
+        fields=fields,
     )
+
+
+def _total_seconds(seconds: Sequence[float | None]) -> float | None:
+    """The chunks' training wall-seconds summed; None when a chunk did not record them."""
+    return None if not seconds or any(s is None for s in seconds) else float(sum(seconds))
 
 
 def collect(
