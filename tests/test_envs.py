@@ -23,7 +23,19 @@ def test_conda_env_matches_pyproject_dependencies():
     assert "conda-forge" in env["channels"]
     conda = dict(_split(d) for d in env["dependencies"] if isinstance(d, str) and not d.startswith("python "))
     conda.pop("python", None)
+    conda.pop("pip", None)
     assert conda == wanted
+
+
+def test_conda_env_pip_section_is_the_baselines_extra():
+    """The rules run in envs/dmflow.yaml: its pip section installs the [baselines] extra, pinned the same."""
+    pyproject = tomllib.loads((REPO / "pyproject.toml").read_text())
+    env = yaml.safe_load((REPO / "envs" / "dmflow.yaml").read_text())
+    pip = [d["pip"] for d in env["dependencies"] if isinstance(d, dict) and "pip" in d]
+    assert "pip" in env["dependencies"] and len(pip) == 1
+    assert dict(_split(r) for r in pip[0]) == dict(
+        _split(r) for r in pyproject["project"]["optional-dependencies"]["baselines"]
+    )
 
 
 def test_the_user_asked_for_packages_are_all_there():
