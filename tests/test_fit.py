@@ -251,14 +251,28 @@ def test_the_active_set_path_gives_the_reference_paths_datamodels(options, dtype
     np.testing.assert_allclose(fast["val_mse_path"], reference["val_mse_path"], rtol=1e-4, atol=1e-12)
 
 
-@pytest.mark.parametrize("solver", ["padded proximal (GPU)", "coordinate descent reading the Gram in place"])
+@pytest.mark.parametrize(
+    "solver",
+    [
+        "padded proximal (GPU)",
+        "coordinate descent reading the Gram in place",
+        "coordinate descent, copies in many batches",
+        "only sparse products and quadratic forms",
+    ],
+)
 def test_every_working_set_solver_gives_the_reference_paths_datamodels(solver, monkeypatch):
-    """The working sets' other solvers: the GPU's batched proximal one (run here on the CPU), and
-    coordinate descent on sets too large to copy G[A, A] (reading each Gram row where it is stored)."""
+    """The working sets' other solvers: the GPU's batched proximal one (run here on the CPU),
+    coordinate descent on sets too large to copy G[A, A] (reading each Gram row where it is stored)
+    or with room for a few copies at a time; and every product G W and w^T G w from the supports."""
     if solver.startswith("padded"):
         monkeypatch.setattr(lasso_path, "COORDINATE_DESCENT", False)
-    else:
+    elif solver.endswith("in place"):
         monkeypatch.setattr(lasso_path, "CD_BUFFER_ENTRIES", 1)
+    elif solver.endswith("batches"):
+        monkeypatch.setattr(lasso_path, "CD_BUFFER_ENTRIES", 300)
+    else:
+        monkeypatch.setattr(lasso_path, "SPARSE_PRODUCT_SHARE", 1.0)
+        monkeypatch.setattr(lasso_path, "QUADRATIC_SHARE", 1.0)
     x, y, _ = planted_problem(n=60, m=2000, t=7)
     rows = split_validation_rows(np.arange(len(x)), 0.2, seed=0, alpha=0.5)
     settings = FitSettings(**{**F64.__dict__, "dtype": "float32", "tol": 1e-6, "l2": 0.05})
@@ -268,6 +282,24 @@ def test_every_working_set_solver_gives_the_reference_paths_datamodels(solver, m
     np.testing.assert_allclose(fast["weight"], reference["weight"], atol=1e-4)
     np.testing.assert_allclose(fast["lam"], reference["lam"], rtol=1e-5)
     np.testing.assert_array_equal(fast["flags"], reference["flags"])
+
+
+@pytest.mark.parametrize("rows", ["one row set", "fit and validation rows joined (two Grams and a shift)"])
+def test_sparse_products_and_quadratic_forms_equal_the_dense_ones(rows, monkeypatch):
+    """G W from the non-zeros of W, and w^T G w from the supports' Gram entries, on the moments as stored."""
+    x, y, _ = planted_problem(n=48, m=900, t=9)
+    fit, val = count_moments(x, y, [np.arange(0, 900, 3), np.arange(1, 900, 3)], block_rows=200)
+    mom = fit if rows == "one row set" else fit.combine(val)
+    rng = np.random.default_rng(0)
+    w = torch.from_numpy(rng.normal(size=(48, 9)) * (rng.random((48, 9)) < np.linspace(0, 0.9, 9))).float()
+    gram = torch.from_numpy(mom.sxx(slice(None)) / mom.count)
+    problem = lasso_path._ActiveSet(mom, None, FitSettings(device="cpu"), lasso_path.CentredGram(mom, FitSettings()))
+    for share in (0.0, 0.3, 1.0):  # dense only; targets split by their non-zeros; sparse only
+        monkeypatch.setattr(lasso_path, "SPARSE_PRODUCT_SHARE", share)
+        monkeypatch.setattr(lasso_path, "QUADRATIC_SHARE", share)
+        np.testing.assert_allclose(problem._product(w).numpy(), (gram @ w.double()).numpy(), atol=1e-5)
+        quad = ((gram @ w.double()) * w.double()).sum(0).numpy()
+        np.testing.assert_allclose(problem._quadratic(w, mom).numpy(), quad, rtol=1e-5, atol=1e-8)
 
 
 def test_count_moments_are_the_centred_sums_of_the_exact_counts():

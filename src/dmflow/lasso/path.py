@@ -216,8 +216,8 @@ COORDINATE_DESCENT = True
 """On the CPU, working sets are solved by coordinate descent (``kernels.working_set_cd``): measured on an n = 8000
 block of 400 targets, 1.8x faster than the padded proximal solver and 1 GB less memory (benchmarks/RESULTS.md)."""
 CD_BUFFER_ENTRIES = 2**24
-"""float64 entries of a target's G[A, A] that coordinate descent copies before its epochs (128 MB: working
-sets up to 4096 features); a larger set reads its Gram rows in place."""
+"""float64 entries of the copies G[A_t, A_t] that coordinate descent holds at once (128 MB), for a batch of targets
+whose Gram rows are read once for all of them; a set beyond 4096 features reads its Gram rows in place."""
 MAX_ROUNDS = 50
 DENSE_SHARE = 0.25
 """A target whose working set holds more than this share of the features is solved on the dense Gram."""
@@ -276,9 +276,41 @@ class _ActiveSet:
         self.strong = max(0.0, 2 - 1 / ratio)
 
     def _product(self, w: torch.Tensor, mom: CountMoments | None = None) -> torch.Tensor:
-        """[n, t]: G W (G of ``mom``, the problem's rows by default), over the rows where some weight is non-zero,
-        ``GATHER_ROWS`` of G's rows at a time."""
+        """[n, t]: G W (G of ``mom``, the problem's rows by default). On the CPU in float32, the targets with at
+        most ``SPARSE_PRODUCT_SHARE`` of n non-zero weights take the sparse product (``kernels.sparse_gram_product``:
+        cost non-zeros x n); the others a dense one over the rows where some weight is non-zero."""
         mom = mom or self.mom
+        n, t = w.shape
+        nnz = (w != 0).sum(0)
+        sparse = nnz <= SPARSE_PRODUCT_SHARE * n
+        if self.device != "cpu" or self.dtype != torch.float32 or len(mom.grams) > 2 or not sparse.any():
+            return self._dense_product(w, mom)
+        out = torch.zeros((t, n), dtype=self.dtype)  # target-major, as the solvers' arrays
+        cols = torch.nonzero(sparse).squeeze(1)
+        part = np.zeros((len(cols), n), dtype=np.float32)
+        w_s = w[:, cols].cpu()
+        feats, targets = np.nonzero(w_s.numpy())  # by feature, then target
+        grams = [np.asarray(g) for g in mom.grams]
+        kernels.sparse_gram_product(
+            grams[0],
+            grams[-1],
+            len(grams) > 1,
+            *_csr(feats, targets, n),
+            w_s.numpy()[feats, targets],
+            part,
+        )
+        part_t = torch.from_numpy(part)
+        for coef, v in mom.shifts:  # the rank-one terms: coef v (v . w)
+            v_t = torch.from_numpy(v)
+            part_t.add_(torch.outer(v_t @ w_s.double(), v_t).float(), alpha=coef)
+        out[cols] = part_t.mul_(1.0 / mom.count)
+        if not sparse.all():
+            rest = torch.nonzero(~sparse).squeeze(1)
+            out[rest] = self._dense_product(w[:, rest], mom).T
+        return out.T
+
+    def _dense_product(self, w: torch.Tensor, mom: CountMoments) -> torch.Tensor:
+        """[n, t]: G W over the rows where some weight is non-zero, ``GATHER_ROWS`` of G's rows at a time."""
         out = torch.zeros(w.shape, dtype=self.dtype, device=self.device)
         support = torch.nonzero((w != 0).any(1)).squeeze(1).cpu()
         for start in range(0, len(support), GATHER_ROWS):
@@ -336,30 +368,31 @@ class _ActiveSet:
         size = sets.sum(0).cpu().numpy().astype(np.int64)
         w_set = _pick(w, idx).T.double().contiguous()
         grad = (_pick(gw, idx) - _pick(c, idx)).T.double().contiguous()
-        shifts, grams = self.mom.shifts, [np.asarray(g) for g in self.mom.grams]
-        assert len(grams) <= 2, "a Gram sum of more than two row sets"
-        shift_v = np.array([v for _, v in shifts], dtype=np.float64).reshape(len(shifts), n)
         converged, epochs = np.zeros(len(size), dtype=np.bool_), np.zeros(len(size), dtype=np.int64)
-        kernels.working_set_cd(
-            grams[0],
-            grams[-1],
-            len(grams) > 1,
-            shift_v,
-            np.array([coef for coef, _ in shifts], dtype=np.float64),
-            1.0 / self.mom.count,
-            idx.numpy(),
-            size,
-            w_set.numpy(),
-            grad.numpy(),
-            lam.double().numpy(),
-            (s.tol * scale).double().numpy(),
-            float(s.l2),
-            bool(s.nonneg),
-            int(s.max_iter),
-            converged,
-            epochs,
-            np.empty(min(int(size.max(initial=1)) ** 2, CD_BUFFER_ENTRIES)),
-        )
+        terms, idx_np, w_np, grad_np = _gram_terms(self.mom), idx.numpy(), w_set.numpy(), grad.numpy()
+        lam_np, tol_np = lam.double().numpy(), (s.tol * scale).double().numpy()
+        buf = np.empty(max(1, min(int((size**2).sum()), CD_BUFFER_ENTRIES)), dtype=np.float32)
+        for batch in _copy_batches(size, CD_BUFFER_ENTRIES):  # targets whose copies fit in buf together
+            held = size[batch] ** 2 <= CD_BUFFER_ENTRIES
+            offset = np.where(held, np.cumsum(np.where(held, size[batch] ** 2, 0)) - size[batch] ** 2, -1)
+            kernels.working_set_cd(
+                *terms,
+                1.0 / self.mom.count,
+                idx_np[batch],
+                size[batch],
+                w_np[batch],
+                grad_np[batch],
+                lam_np[batch],
+                tol_np[batch],
+                float(s.l2),
+                bool(s.nonneg),
+                int(s.max_iter),
+                converged[batch],
+                epochs[batch],
+                buf,
+                offset,
+                *kernels.copy_plan(idx_np[batch], size[batch], held),
+            )
         out = torch.zeros((len(size), n + 1), dtype=c.dtype).scatter_(1, idx, w_set.to(c.dtype))
         return out[:, :n].T, torch.from_numpy(converged)
 
@@ -485,12 +518,72 @@ class _ActiveSet:
     def val_mse(self, targets, w):
         fit, val, t = self.mom, self.val, targets.cpu().numpy()
         w64 = w.double()
-        quad = (w64 * self._product(w, val).double()).sum(0)  # w^T G_val w, G_val = Xc^T Xc / m_val
+        quad = self._quadratic(w, val)  # w^T G_val w, G_val = Xc^T Xc / m_val
         cross = torch.from_numpy(np.asarray(val.cross)[t]).to(w.device)  # [t, n]
         dx = torch.from_numpy(val.mean_x - fit.mean_x).to(w.device)
         offset = torch.from_numpy(val.mean_y[t] - fit.mean_y[t]).to(w.device) - dx @ w64
         syy = torch.from_numpy(val.syy[t]).to(w.device)
         return (quad + (syy - 2 * (cross.T * w64).sum(0)) / val.count + offset**2).cpu()
+
+    def _quadratic(self, w: torch.Tensor, mom: CountMoments) -> torch.Tensor:
+        """float64 [t]: w_t^T G w_t for each column of w [n, t]. On the CPU, a target with at most
+        ``QUADRATIC_SHARE`` of n non-zeros reads G on its support only (``kernels.quadratic_forms``: support^2 / 2
+        entries); the others go through G W (``_product``: n x support)."""
+        nnz = (w != 0).sum(0)
+        small = nnz <= QUADRATIC_SHARE * w.shape[0]
+        out = torch.zeros(w.shape[1], dtype=torch.float64, device=w.device)
+        if self.device != "cpu" or len(mom.grams) > 2:
+            small[:] = False
+        if not small.all():
+            rest = torch.nonzero(~small).squeeze(1)
+            out[rest] = (w[:, rest].double() * self._product(w[:, rest], mom).double()).sum(0)
+        if small.any():
+            cols = torch.nonzero(small).squeeze(1)
+            w_s = w[:, cols].cpu()
+            idx = _set_indices(w_s != 0, w.shape[0])
+            quad = np.zeros(len(cols))
+            w_set = _pick(w_s, idx).T.double().contiguous()
+            size = nnz[cols].cpu().numpy().astype(np.int64)
+            kernels.quadratic_forms(*_gram_terms(mom), idx.numpy(), size, w_set.numpy(), quad)
+            out[cols] = torch.from_numpy(quad / mom.count).to(w.device)
+        return out
+
+
+SPARSE_PRODUCT_SHARE = 1 / 8
+"""A target with at most this share of n non-zero weights gets G w from the sparse product (``_ActiveSet._product``):
+at n = 8000 it ran at ~15 GFLOP/s, the dense product over 4300 rows at ~46, so it wins below ~|rows| / 3 non-zeros."""
+QUADRATIC_SHARE = 1 / 20
+"""A target with at most this share of n non-zero weights gets w^T G w from its support's Gram entries alone."""
+
+
+def _gram_terms(mom: CountMoments) -> tuple[np.ndarray, np.ndarray, bool, np.ndarray, np.ndarray]:
+    """The kernels' view of a centred Gram sum: (g1, g2, two, shift_v [k, n], shift_c [k])."""
+    grams = [np.asarray(g) for g in mom.grams]
+    assert len(grams) <= 2, "a Gram sum of more than two row sets"
+    n = mom.n
+    shift_v = np.array([v for _, v in mom.shifts], dtype=np.float64).reshape(len(mom.shifts), n)
+    shift_c = np.array([coef for coef, _ in mom.shifts], dtype=np.float64)
+    return grams[0], grams[-1], len(grams) > 1, shift_v, shift_c
+
+
+def _copy_batches(size: np.ndarray, budget: int) -> list[slice]:
+    """Consecutive targets whose copies G[A_t, A_t] (size^2 entries each) fit in ``budget`` entries together; a
+    target beyond it alone (it reads the Gram in place)."""
+    batches, start, used = [], 0, 0
+    for i, k2 in enumerate(size.astype(np.int64) ** 2):
+        if i > start and used + k2 > budget:
+            batches.append(slice(start, i))
+            start, used = i, 0
+        used += k2
+    return [*batches, slice(start, len(size))] if len(size) else batches
+
+
+def _csr(feats: np.ndarray, targets: np.ndarray, n: int) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """(features, pointers, targets): the non-zeros (feats[p], targets[p]), sorted by feature, grouped by it."""
+    present, counts = np.unique(feats, return_counts=True)
+    ptr = np.zeros(len(present) + 1, dtype=np.int64)
+    np.cumsum(counts, out=ptr[1:])
+    return present.astype(np.int64), ptr, targets.astype(np.int64)
 
 
 MIN_GROWTH = 10
@@ -499,9 +592,13 @@ MIN_GROWTH = 10
 
 def _set_indices(sets: torch.Tensor, n: int) -> torch.Tensor:
     """[t, K]: each target's features (column of the mask [n, t]) in increasing order, padded with n."""
-    width = max(1, int(sets.sum(0).max().item()))
-    order = torch.argsort((~sets).to(torch.int8), dim=0, stable=True)[:width].T  # the set's rows first, in order
-    return torch.where(torch.gather(sets.T, 1, order), order, torch.full_like(order, n))
+    counts = sets.sum(0).cpu()
+    width = max(1, int(counts.max().item())) if len(counts) else 1
+    out = torch.full((sets.shape[1], width), n, dtype=torch.long)
+    target, feature = torch.nonzero(sets.T.cpu(), as_tuple=True)  # by target, then feature
+    start = torch.cumsum(counts, 0) - counts
+    out[target, torch.arange(len(target)) - start[target]] = feature
+    return out.to(sets.device)
 
 
 def _step_bounds(grams: torch.Tensor, lip: float, l2: float) -> torch.Tensor:
