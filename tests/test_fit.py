@@ -271,7 +271,7 @@ def test_every_working_set_solver_gives_the_reference_paths_datamodels(solver, m
     elif solver.endswith("batches"):
         monkeypatch.setattr(lasso_path, "CD_BUFFER_ENTRIES", 300)
     else:
-        monkeypatch.setattr(lasso_path, "SPARSE_PRODUCT_SHARE", 1.0)
+        monkeypatch.setattr(lasso_path, "SPARSE_COST", 0.0)
         monkeypatch.setattr(lasso_path, "QUADRATIC_SHARE", 1.0)
     x, y, _ = planted_problem(n=60, m=2000, t=7)
     rows = split_validation_rows(np.arange(len(x)), 0.2, seed=0, alpha=0.5)
@@ -294,12 +294,26 @@ def test_sparse_products_and_quadratic_forms_equal_the_dense_ones(rows, monkeypa
     w = torch.from_numpy(rng.normal(size=(48, 9)) * (rng.random((48, 9)) < np.linspace(0, 0.9, 9))).float()
     gram = torch.from_numpy(mom.sxx(slice(None)) / mom.count)
     problem = lasso_path._ActiveSet(mom, None, FitSettings(device="cpu"), lasso_path.CentredGram(mom, FitSettings()))
-    for share in (0.0, 0.3, 1.0):  # dense only; targets split by their non-zeros; sparse only
-        monkeypatch.setattr(lasso_path, "SPARSE_PRODUCT_SHARE", share)
+    for cost, share in ((1e9, 0.0), (3.0, 0.3), (0.0, 1.0)):  # dense only; split by non-zeros; sparse only
+        monkeypatch.setattr(lasso_path, "SPARSE_COST", cost)
         monkeypatch.setattr(lasso_path, "QUADRATIC_SHARE", share)
         np.testing.assert_allclose(problem._product(w).numpy(), (gram @ w.double()).numpy(), atol=1e-5)
         quad = ((gram @ w.double()) * w.double()).sum(0).numpy()
         np.testing.assert_allclose(problem._quadratic(w, mom).numpy(), quad, rtol=1e-5, atol=1e-8)
+
+
+def test_the_sparse_product_takes_the_targets_with_the_fewest_non_zeros():
+    nonzero = torch.zeros((100, 4), dtype=torch.bool)
+    nonzero[:2, 0] = nonzero[:90, 1] = nonzero[:3, 2] = nonzero[5:95, 3] = True
+    # dense for the two broad targets costs 95 rows x 2; sparse 3 x 180 non-zeros: split them
+    assert lasso_path._sparse_targets(nonzero).tolist() == [True, False, True, False]
+    # narrow targets on different rows: sparse (3 x 20 non-zeros), not dense (20 rows x 10); one
+    # target's dense product costs as many rows as its non-zeros, so one may stay dense
+    narrow = torch.zeros((100, 10), dtype=torch.bool)
+    narrow[torch.arange(20), torch.arange(20) // 2] = True
+    assert lasso_path._sparse_targets(narrow).sum() >= 9
+    # a few narrow targets on the same rows: the dense product over those rows is cheaper
+    assert not lasso_path._sparse_targets(nonzero[:, [0, 2]]).any()
 
 
 def test_count_moments_are_the_centred_sums_of_the_exact_counts():

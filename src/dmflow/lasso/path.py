@@ -276,13 +276,12 @@ class _ActiveSet:
         self.strong = max(0.0, 2 - 1 / ratio)
 
     def _product(self, w: torch.Tensor, mom: CountMoments | None = None) -> torch.Tensor:
-        """[n, t]: G W (G of ``mom``, the problem's rows by default). On the CPU in float32, the targets with at
-        most ``SPARSE_PRODUCT_SHARE`` of n non-zero weights take the sparse product (``kernels.sparse_gram_product``:
-        cost non-zeros x n); the others a dense one over the rows where some weight is non-zero."""
+        """[n, t]: G W (G of ``mom``, the problem's rows by default). On the CPU in float32, the targets with the
+        fewest non-zeros take the sparse product (``kernels.sparse_gram_product``: cost non-zeros x n), the others
+        a dense one over the rows where one of their weights is non-zero (``_sparse_targets`` splits them)."""
         mom = mom or self.mom
         n, t = w.shape
-        nnz = (w != 0).sum(0)
-        sparse = nnz <= SPARSE_PRODUCT_SHARE * n
+        sparse = _sparse_targets(w != 0)
         if self.device != "cpu" or self.dtype != torch.float32 or len(mom.grams) > 2 or not sparse.any():
             return self._dense_product(w, mom)
         out = torch.zeros((t, n), dtype=self.dtype)  # target-major, as the solvers' arrays
@@ -549,9 +548,29 @@ class _ActiveSet:
         return out
 
 
-SPARSE_PRODUCT_SHARE = 1 / 8
-"""A target with at most this share of n non-zero weights gets G w from the sparse product (``_ActiveSet._product``):
-at n = 8000 it ran at ~15 GFLOP/s, the dense product over 4300 rows at ~46, so it wins below ~|rows| / 3 non-zeros."""
+SPARSE_COST = 3.0
+"""The sparse product's cost per non-zero weight, in columns of the dense product (rows x targets): at n = 8000 the
+sparse one ran at ~15 GFLOP/s, the dense one over 4300 rows at ~46."""
+
+
+def _sparse_targets(nonzero: torch.Tensor) -> torch.Tensor:
+    """bool [t]: the targets (columns of the non-zero mask [n, t]) whose G w the sparse product computes.
+
+    The split by number of non-zeros that minimises ``SPARSE_COST`` x (the sparse targets' non-zeros) +
+    (rows in the other targets' supports) x (their number).
+    """
+    nnz = nonzero.sum(0).cpu()
+    order = torch.argsort(nnz, descending=True)  # the dense candidates first
+    union = (torch.cumsum(nonzero.cpu()[:, order].to(torch.int32), dim=1) > 0).sum(0)  # rows of the first d + 1
+    rest = nnz[order].flip(0).cumsum(0).flip(0)  # non-zeros of targets d, d + 1, ...
+    dense_cost = torch.cat([torch.zeros(1), union * torch.arange(1, len(nnz) + 1)]).double()
+    sparse_cost = SPARSE_COST * torch.cat([rest, torch.zeros(1, dtype=rest.dtype)]).double()
+    d = int(torch.argmin(dense_cost + sparse_cost))
+    sparse = torch.ones(len(nnz), dtype=torch.bool)
+    sparse[order[:d]] = False
+    return sparse.to(nonzero.device)
+
+
 QUADRATIC_SHARE = 1 / 20
 """A target with at most this share of n non-zero weights gets w^T G w from its support's Gram entries alone."""
 
