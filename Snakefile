@@ -1,6 +1,7 @@
 # dmflow: datamodels as a Snakemake workflow. See README.md and docs/.
 from snakemake.utils import min_version
 
+from dmflow.attribution import BASELINE_METHODS
 from dmflow.core.seeds import SPLITS
 
 min_version("9.0")
@@ -24,6 +25,7 @@ wildcard_constraints:
     split="|".join(SPLITS),
     chunk=r"\d+",
     block=r"\d+",
+    method="|".join(BASELINE_METHODS),
 
 
 include: "rules/data.smk"
@@ -35,6 +37,7 @@ include: "rules/fit.smk"
 include: "rules/evaluate.smk"
 include: "rules/counterfactual.smk"
 include: "rules/analysis.smk"
+include: "rules/baselines.smk"
 
 
 rule all:

@@ -31,6 +31,7 @@ SEED = config["seed"]
 ALPHAS = [alpha_dir(a) for a in config["masks"]["alphas"]]
 NUM_TRAIN, NUM_TARGETS = dataset_sizes(config["dataset"], config["seed"])
 CONDA_ENV = "../envs/dmflow.yaml"
+BASELINES = config["baselines"]["methods"] if config["baselines"]["enabled"] else []
 
 # The rules run `dmflow <stage>`, the command of the active environment (the README's
 # venv). With --sdm conda the jobs run in envs/dmflow.yaml, which holds dmflow's
@@ -116,4 +117,6 @@ def final_outputs(summary=True):
             out.append(L.curve_table(alpha))
         if config["counterfactual"]["enabled"]:
             out.append(L.cf_summary(alpha))
+        if BASELINES:
+            out.append(L.compare_table(alpha))
     return out

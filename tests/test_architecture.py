@@ -2,7 +2,7 @@
 no cycles, stage files written only by the stages, keyword-only arguments past the third.
 
 Layers, top to bottom: ``cli``/``api``/``config`` -> ``stages`` -> the computation packages
-(``data``, ``store``, ``training``, ``lasso``, ``evaluation``, ``analysis``, ``plots``) -> ``core``.
+(``data``, ``store``, ``training``, ``lasso``, ``evaluation``, ``analysis``, ``attribution``, ``plots``) -> ``core``.
 """
 
 from __future__ import annotations
@@ -25,11 +25,12 @@ ALLOWED = {
     "lasso": {"core"},
     "evaluation": {"core", "store", "lasso"},
     "analysis": {"core"},
+    "attribution": {"core", "training"},
     "plots": set(),
-    "stages": {"core", "data", "store", "training", "lasso", "evaluation", "analysis", "plots"},
-    "config": {"core", "data", "store", "training"},
+    "stages": {"core", "data", "store", "training", "lasso", "evaluation", "analysis", "attribution", "plots"},
+    "config": {"core", "data", "store", "training", "attribution"},
     "api": {"core", "store", "evaluation", "analysis", "stages"},
-    "cli": {"__init__", "core", "data", "store", "training", "lasso", "stages", "config"},
+    "cli": {"__init__", "core", "data", "store", "training", "lasso", "stages", "config", "attribution"},
     "__main__": {"cli"},
     "__init__": {"api"},
 }

@@ -26,9 +26,10 @@ UMASK = 0o022
 
 @pytest.fixture(scope="module")
 def tiny_run(tmp_path_factory) -> Workflow:
-    """The tiny config run once, under umask 022, with a relative results folder (so the run can be copied)."""
+    """The tiny config run once, under umask 022, with a relative results folder (so the run can be copied),
+    with the baselines (TRAK on 2 models)."""
     run = Workflow(tmp_path_factory.mktemp("tiny"))
-    run.write_config(tiny_config("results"))
+    run.write_config(tiny_config("results", baselines={"enabled": True, "trak_models": 2}))
     old = os.umask(UMASK)
     try:
         run.run()
@@ -88,6 +89,7 @@ def test_analyses_summary_and_figures(tiny_run):
     layout = Layout(str(tiny_run.results))
     summary_md = open(layout.summary()).read()
     assert "LDS (Spearman)" in summary_md and "Counterfactual retraining" in summary_md
+    assert "| trak | 2 |" in summary_md and "Datamodels vs baselines" in summary_md
     for link in re.findall(r"\]\(([^)]+)\)", summary_md):
         assert (tiny_run.results / link).is_file(), link  # every link of summary.md resolves
     influencers = pd.read_parquet(layout.influencers_table("0.5"))
@@ -96,7 +98,28 @@ def test_analyses_summary_and_figures(tiny_run):
         and (np.sign(influencers.weight) == np.where(influencers.direction == "helps", 1, -1)).all()
     )
     figures = sorted(tiny_run.results.glob("**/*.png"))
-    assert len(figures) == 8 and all(p.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n" for p in figures)
+    assert len(figures) == 9 and all(p.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n" for p in figures)
+
+
+def test_baselines_are_scored_beside_the_datamodels_by_compute(tiny_run):
+    layout = Layout(str(tiny_run.results))
+    table = pd.read_csv(layout.compare_table("0.5"))
+    assert list(table.method) == ["datamodels (40 models)", "datamodels", "trak", "input_similarity"]
+    assert list(table.models_trained) == [40, 80, 2, 0]
+    assert np.isfinite(table[["seconds", "lds_single", "lds_mean"]].to_numpy()).all() and (table.seconds > 0).all()
+    fit = json.loads(open(layout.manifest("0.5", "fit")).read())
+    assert table.seconds[1] == pytest.approx(fit["train_seconds"]) and table.seconds[0] == pytest.approx(
+        fit["train_seconds"] / 2
+    )
+    trak = json.loads(open(layout.baseline_info("trak")).read())
+    assert trak["proj_dim"] == 16 and trak["projector"] == "BasicProjector"  # auto: n = 100 -> 16
+    for name in ("trak", "input_similarity"):
+        scored = json.loads(open(layout.method_summary("0.5", name)).read())
+        assert (
+            scored["method"]["name"] == name
+            and scored["lds_mean"]["mean"] == table.lds_mean[table.method == name].item()
+        )
+        assert len(pd.read_csv(layout.method_table("0.5", name))) == 30
 
 
 def test_the_report_holds_every_figure_and_table(tiny_run):
@@ -107,6 +130,7 @@ def test_the_report_holds_every_figure_and_table(tiny_run):
         "leakage.csv",
         "learning_curve.csv",
         "flips.csv",
+        "compare.csv",
     ]:
         assert name in html, name
 

@@ -16,6 +16,7 @@ import warnings
 from pathlib import Path
 
 from dmflow import __version__
+from dmflow.attribution import BASELINE_METHODS
 from dmflow.config import ConfigError, config_markdown, load_config
 from dmflow.core.device import DeviceError
 from dmflow.core.seeds import SPLITS
@@ -162,6 +163,28 @@ def cmd_score_attribution(args: argparse.Namespace) -> None:
     from dmflow.stages.evaluate import score_run_attribution
 
     score_run_attribution(args.run, args.scores, alpha=args.alpha, name=args.name, transpose=args.transpose)
+
+
+def cmd_baseline_scores(args: argparse.Namespace) -> None:
+    from dmflow.stages.baselines import baseline_scores
+    from dmflow.training.settings import TrainSettings
+
+    baseline_scores(
+        args.data,
+        method=args.method,
+        settings=TrainSettings.from_config(args.model, args.train),
+        baselines=args.baselines,
+        seed=args.seed,
+        scores=args.scores,
+        info=args.info,
+        threads=args.threads,
+    )
+
+
+def cmd_compare_methods(args: argparse.Namespace) -> None:
+    from dmflow.stages.baselines import compare_methods
+
+    compare_methods(args.run, alpha=args.alpha, methods=args.methods, table=args.table, figure=args.figure)
 
 
 def cmd_import_store(args: argparse.Namespace) -> None:
@@ -409,6 +432,30 @@ def build_parser() -> argparse.ArgumentParser:
         help="the scores are [T, n] (--no-transpose: [n, T]; neither: [n, T] when it fits, else [T, n])",
     )
     p.set_defaults(func=cmd_score_attribution)
+
+    p = sub.add_parser(
+        "baseline-scores", help="one baseline attribution [n, T] (TRAK, input similarity) and its record"
+    )
+    p.add_argument("--data", type=Path, required=True)
+    p.add_argument("--method", choices=BASELINE_METHODS, required=True)
+    p.add_argument("--model", type=_json, required=True, help="the config's model section as JSON")
+    p.add_argument("--train", type=_json, required=True, help="the config's train section as JSON")
+    p.add_argument("--baselines", type=_json, required=True, help="the config's baselines section as JSON")
+    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--threads", type=int, default=1)
+    p.add_argument("--scores", type=Path, required=True, help="where to write the scores, float32 [n, T] (.npy)")
+    p.add_argument("--info", type=Path, required=True, help="where to write the record (.json)")
+    p.set_defaults(func=cmd_baseline_scores)
+
+    p = sub.add_parser(
+        "compare-methods", help="score the baselines on a run's eval store and compare every method by compute"
+    )
+    p.add_argument("--run", type=Path, required=True, help="the run's results folder")
+    p.add_argument("--alpha", required=True)
+    p.add_argument("--methods", nargs="+", choices=BASELINE_METHODS, required=True)
+    p.add_argument("--table", type=Path, required=True)
+    p.add_argument("--figure", type=Path, required=True)
+    p.set_defaults(func=cmd_compare_methods)
 
     p = sub.add_parser("import-store", help="write a store from masks and margins trained elsewhere (.npy files)")
     p.add_argument(

@@ -18,6 +18,7 @@ from typing import Any
 import jsonschema
 import yaml
 
+from dmflow.attribution import MISSING_TRAKER, traker_installed
 from dmflow.core.schema import builtin_architectures, load_schema, validator
 from dmflow.core.seeds import alpha_key
 from dmflow.data.sources import DataError, DataWarning, dataset_info
@@ -39,6 +40,8 @@ def _describe(error: jsonschema.ValidationError) -> str:
     if key == "model.arch":
         choices = ", ".join(map(repr, builtin_architectures()))
         return f"model.arch={error.instance!r} is not allowed; choose one of {choices} or a custom model as 'package.module:factory'"
+    if key == "baselines.trak_proj_dim":
+        return f"baselines.trak_proj_dim={error.instance!r} is not allowed; use 'auto' or an integer of at least 8"
     if error.validator == "enum":
         return f"{key}={error.instance!r} is not allowed; choose one of {', '.join(map(repr, error.validator_value))}"
     return f"{key}={error.instance!r}: {error.message}"
@@ -81,7 +84,7 @@ def _check_alphas(alphas: list[float], n: int) -> None:
 
 def _check_devices(cfg: dict) -> None:
     """``cuda`` only where torch sees a GPU (``auto`` finds one wherever a job runs)."""
-    asked = [key for key in ("train", "fit") if cfg[key]["device"] == "cuda"]
+    asked = [key for key in ("train", "fit", "baselines") if cfg[key]["device"] == "cuda"]
     if not asked:
         return
     import torch  # heavy; only when a config asks for CUDA
@@ -116,6 +119,20 @@ def _check_model(model: dict, feature_shape: tuple[int, ...], num_classes: int) 
         raise ConfigError(f"model.arch={arch!r} is not a model factory: {exc}") from None
 
 
+def _check_baselines(baselines: dict, n: int) -> None:
+    """TRAK needs traker, and a projection dimension below n (else its kernel is singular)."""
+    if not baselines["enabled"] or "trak" not in baselines["methods"]:
+        return
+    if not traker_installed():
+        raise ConfigError(MISSING_TRAKER)
+    k = baselines["trak_proj_dim"]
+    if k != "auto" and k >= n:
+        raise ConfigError(
+            f"baselines.trak_proj_dim={k} is not below the {n} training examples: TRAK's kernel would be singular "
+            f"(rank <= {n}); use 'auto' or an integer from 8 to {n - 1}"
+        )
+
+
 def validate_config(config: dict[str, Any]) -> dict[str, Any]:
     """Return the config with defaults filled in, or raise ConfigError (one line).
 
@@ -139,6 +156,7 @@ def validate_config(config: dict[str, Any]) -> dict[str, Any]:
         warnings.warn(note, DataWarning, stacklevel=2)
     _check_alphas(cfg["masks"]["alphas"], info.num_train)
     _check_devices(cfg)
+    _check_baselines(cfg["baselines"], info.num_train)
     _check_model(cfg["model"], info.feature_shape, info.num_classes)
     if cfg["fit"]["cvxpy_solver"] and cfg["fit"]["solver"] == "cvxpy":
         import cvxpy  # heavy; only when the cvxpy solver is asked for

@@ -139,6 +139,20 @@ class Layout:
     def method_summary(self, alpha: str, name: str) -> str:
         return self._path("evaluation", alpha, "methods", f"{_method(name)}.json")
 
+    # baselines (``baselines`` config section): each method's scores [n, T], once per run, and its record
+    def baseline_scores(self, method: str) -> str:
+        return self._path("baselines", f"{method}.npy")
+
+    def baseline_info(self, method: str) -> str:
+        return self._path("baselines", f"{method}.json")
+
+    # every method side by side: datamodels (with their learning curve) and the baselines
+    def compare_table(self, alpha: str) -> str:
+        return self._path("evaluation", alpha, "compare.csv")
+
+    def compare_figure(self, alpha: str) -> str:
+        return self._path("evaluation", alpha, "compare.png")
+
     # counterfactuals: one chunk of masks (split "counterfactual"), trained like any chunk
     def cf_masks(self, alpha: str) -> str:
         return self.masks(alpha, "counterfactual", "00000")

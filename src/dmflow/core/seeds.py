@@ -41,3 +41,19 @@ def chunk_seeds(seed: int, alpha: float, split: str, *, chunk: int, rows: int, r
         ],
         dtype=np.int64,
     )
+
+
+PURPOSE_BASELINE_MODELS = 102
+"""Seed key of the full-data models that the baselines (TRAK) train."""
+
+
+def baseline_seeds(seed: int, models: int) -> np.ndarray:
+    """int64 [models]: the seeds of the baselines' full-data models, from (seed, PURPOSE_BASELINE_MODELS, i)."""
+    return np.array(
+        [
+            int(np.random.SeedSequence((int(seed), PURPOSE_BASELINE_MODELS, i)).generate_state(1, dtype=np.uint64)[0])
+            & ((1 << 63) - 1)
+            for i in range(int(models))
+        ],
+        dtype=np.int64,
+    )

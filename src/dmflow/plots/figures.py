@@ -99,3 +99,39 @@ def brittleness_figure(brittleness: pd.DataFrame, ks: Sequence[int]) -> Figure:
     ax.set_ylabel("targets (correct on the base subset)")
     ax.set_title("Data support (brittleness)")
     return fig
+
+
+def comparison_figure(table: pd.DataFrame, *, ceiling: float | None = None) -> Figure:
+    """LDS vs the seed mean against compute: the datamodels' learning curve (line) and each
+    baseline (a point), over training wall-seconds where every row has them, else models trained.
+
+    ``table``: the comparison table (``dmflow.evaluation.compare.COLUMNS``); rows whose method
+    starts with ``datamodels`` form the curve.
+    """
+    by_seconds = bool(np.isfinite(table.seconds.to_numpy(dtype=float)).all())
+    x_key = "seconds" if by_seconds else "models_trained"
+    fig = Figure(figsize=(6, 4.2))
+    ax = fig.subplots()
+    dm = table[table.method.str.startswith("datamodels")].sort_values(x_key)
+    ax.plot(dm[x_key], dm.lds_mean, "o-", color="C0", label="datamodels (learning curve)")
+    for i, r in enumerate(table[~table.method.str.startswith("datamodels")].itertuples()):
+        ax.plot([r[table.columns.get_loc(x_key) + 1]], [r.lds_mean], "s", ms=8, color=f"C{i + 1}", label=r.method)
+        ax.annotate(
+            f"{r.method}: {r.models_trained} models",
+            (r[table.columns.get_loc(x_key) + 1], r.lds_mean),
+            textcoords="offset points",
+            xytext=(6, 4),
+            fontsize=8,
+        )
+    if ceiling is not None:
+        ax.axhline(ceiling, color="grey", ls="--", lw=1, label="noise ceiling (seed mean)")
+    if by_seconds:
+        ax.set_xscale("log")
+        ax.set_xlabel("training wall-seconds (all models; baselines: training + scoring)")
+    else:
+        ax.set_xscale("symlog", linthresh=1)
+        ax.set_xlabel("models trained")
+    ax.set_ylabel("mean LDS over targets (vs seed mean)")
+    ax.set_title("Datamodels vs baselines: LDS against compute")
+    ax.legend(fontsize=8, loc="lower right")
+    return fig

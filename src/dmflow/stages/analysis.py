@@ -118,6 +118,21 @@ def _fmt(x: float | None) -> str:
     return f"n/a (ceiling < {MIN_CEILING})" if x is None else f"{x:.3f}"
 
 
+def _compare_lines(table: pd.DataFrame) -> list[str]:
+    """The comparison table (``evaluation/{alpha}/compare.csv``) as markdown lines."""
+    lines = [
+        "| method | models trained | seconds | LDS vs one seed | LDS vs seed mean | fraction of ceiling |",
+        "|---|---|---|---|---|---|",
+    ]
+    for r in table.itertuples():
+        seconds = "n/a" if pd.isna(r.seconds) else f"{r.seconds:.1f}"
+        frac = None if pd.isna(r.fraction_of_ceiling) else float(r.fraction_of_ceiling)
+        lines.append(
+            f"| {r.method} | {r.models_trained} | {seconds} | {_fmt(r.lds_single)} | {_fmt(r.lds_mean)} | {_fmt(frac)} |"
+        )
+    return lines
+
+
 def _alpha_section(layout: Layout, alpha: str) -> list[str]:
     """The markdown lines of one alpha (the files it reads are optional but the evaluation's summary)."""
     link = layout.relative
@@ -148,6 +163,15 @@ def _alpha_section(layout: Layout, alpha: str) -> list[str]:
             "Learning curve (LDS vs seed mean): "
             + ", ".join(f"{int(r.num_models)} models {_fmt(r.lds_mean)}" for r in lc.itertuples())
             + f" ([figure]({link(layout.curve_figure(alpha))})).",
+            "",
+        ]
+    compare = Path(layout.compare_table(alpha))
+    if compare.exists():
+        lines += [
+            "Datamodels vs baselines, by compute (seconds: training wall-seconds; fraction of ceiling: Pearson vs "
+            f"seed mean) ([figure]({link(layout.compare_figure(alpha))}), [table]({link(str(compare))})):",
+            "",
+            *_compare_lines(pd.read_csv(compare)),
             "",
         ]
     cf = Path(layout.cf_summary(alpha))

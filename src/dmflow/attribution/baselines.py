@@ -1,0 +1,226 @@
+"""Baseline attribution methods to put beside the datamodels (arrays in, arrays out).
+
+- ``trak``: TRAK (Park et al. 2023) through MadryLab's ``traker`` package (the optional
+  ``[baselines]`` extra), on K models of the run's own architecture and training
+  settings, each trained on the whole training set.
+- ``input_similarity``: a floor that trains nothing: the cosine similarity of each
+  training example to each target in the (standardised) feature space, counted positive
+  when their labels agree and negative when they differ.
+
+Each returns scores float32 [n, T] (``scores[i, t]``: training example i's attribution
+to target t), which the evaluate stage's ``score_attribution`` scores like the datamodels.
+"""
+
+from __future__ import annotations
+
+import logging
+import tempfile
+import time
+from collections.abc import Sequence
+from dataclasses import replace
+
+import numpy as np
+import torch
+from torch import nn
+
+from dmflow.attribution import MISSING_TRAKER, traker_installed
+from dmflow.core.seeds import baseline_seeds
+from dmflow.training.models import VECTOR_ARCHITECTURES, build_stacked_model
+from dmflow.training.settings import TrainSettings
+from dmflow.training.train import train_stack
+
+log = logging.getLogger(__name__)
+
+TRAK_MAX_PROJ_DIM = 2048
+"""traker's default projection dimension, the most ``auto`` chooses."""
+
+
+def resolve_proj_dim(setting: int | str, *, n: int, num_params: int) -> int:
+    """TRAK's projection dimension: ``setting`` itself, or for ``"auto"`` the largest power of two
+    at most n / 4, within [8, 2048] and at most the model's parameter count.
+
+    TRAK's kernel is the k x k matrix Phi^T Phi of the projected gradients of n training
+    examples: with k >= n it has rank at most n and is singular (the scores turn to noise).
+    k well below n keeps it well conditioned; on the default (n = 1000) ``auto`` gives 128
+    (docs/configuration.md, ``baselines.trak_proj_dim``, says what was measured).
+    """
+    if setting != "auto":
+        return int(setting)
+    k = 2 ** int(np.floor(np.log2(max(n / 4, 8))))
+    return int(max(8, min(k, TRAK_MAX_PROJ_DIM, num_params)))
+
+
+def input_similarity(
+    x_train: np.ndarray, y_train: np.ndarray, *, x_target: np.ndarray, y_target: np.ndarray
+) -> np.ndarray:
+    """float32 [n, T]: cosine similarity of each training example to each target in feature space,
+    signed by label agreement (+ same label, - different label).
+
+    Parameters
+    ----------
+    x_train : float [n, ...]
+        Training features (any shape past the first axis; flattened).
+    y_train : int [n]
+    x_target : float [T, ...]
+    y_target : int [T]
+    """
+    a = np.asarray(x_train, dtype=np.float64).reshape(len(x_train), -1)
+    b = np.asarray(x_target, dtype=np.float64).reshape(len(x_target), -1)
+    a = a / np.maximum(np.linalg.norm(a, axis=1, keepdims=True), 1e-12)
+    b = b / np.maximum(np.linalg.norm(b, axis=1, keepdims=True), 1e-12)
+    sign = np.where(np.asarray(y_train)[:, None] == np.asarray(y_target)[None, :], 1.0, -1.0)
+    return (a @ b.T * sign).astype(np.float32)
+
+
+class SingleModel(nn.Module):
+    """One model of a stack of one as a plain classifier: x [B, ...] -> logits [B, classes] (what traker takes)."""
+
+    def __init__(self, net: nn.Module) -> None:
+        super().__init__()
+        self.net = net
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.net(x.unsqueeze(0)).squeeze(0)
+
+
+def _inputs(data: dict[str, np.ndarray], arch: str) -> tuple[np.ndarray, np.ndarray]:
+    x_train, x_target = data["X_train"], data["X_target"]
+    if arch not in VECTOR_ARCHITECTURES and x_train.ndim == 3:
+        x_train, x_target = x_train[:, None], x_target[:, None]
+    return x_train, x_target
+
+
+def full_data_models(
+    data: dict[str, np.ndarray], seeds: Sequence[int], *, settings: TrainSettings
+) -> list[dict[str, torch.Tensor]]:
+    """Train K = len(seeds) models on every training example; one state dict of a ``SingleModel`` each.
+
+    MLPs and logistic regressions train as one stack of K (their stacked weights are
+    sliced per model); other architectures as K stacks of one.
+    """
+    n = data["X_train"].shape[0]
+    everything = np.arange(n)[None]
+    seeds = np.asarray(seeds, dtype=np.int64)
+    if settings.arch in VECTOR_ARCHITECTURES:
+        stacked = train_stack(data, np.repeat(everything, len(seeds), 0), seeds, settings=settings, keep_state=True)
+        states = [{k: v[i : i + 1] for k, v in stacked.state.items()} for i in range(len(seeds))]
+    else:
+        states = [
+            train_stack(data, everything, seeds[i : i + 1], settings=settings, keep_state=True).state
+            for i in range(len(seeds))
+        ]
+    return [{f"net.{k}": v for k, v in state.items()} for state in states]
+
+
+def _single_model(data: dict[str, np.ndarray], settings: TrainSettings, seed: int) -> SingleModel:
+    x_train, _ = _inputs(data, settings.arch)
+    net = build_stacked_model(
+        settings.arch,
+        [int(seed)],
+        x_train.shape[1:],
+        num_classes=int(data["num_classes"]),
+        hidden=settings.hidden,
+        width=settings.width,
+        stacking=settings.stacking,
+    )
+    return SingleModel(net)
+
+
+def trak_scores(
+    data: dict[str, np.ndarray],
+    *,
+    settings: TrainSettings,
+    models: int,
+    proj_dim: int | str = "auto",
+    seed: int = 0,
+    device: str = "cpu",
+    batch_size: int = 200,
+) -> tuple[np.ndarray, dict]:
+    """TRAK scores float32 [n, T] from ``models`` full-data models of the run's architecture.
+
+    The models train with dmflow's own code and ``settings`` (on ``settings.device``);
+    traker featurises the training examples and scores the targets on ``device`` with
+    its margin output function for classification, in float32. traker picks its
+    projector: ``BasicProjector`` (normal) on the CPU, ``CudaProjector`` (Rademacher)
+    on CUDA when ``fast_jl`` is installed (``traker[fast]``), else ``BasicProjector``.
+
+    Parameters
+    ----------
+    data : dict
+        The arrays of ``data.npz`` (``X_train`` [n, ...], ``y_train`` [n], ``X_target`` [T, ...],
+        ``y_target`` [T], ``num_classes``).
+    settings : TrainSettings
+        The run's model and training settings.
+    models : int
+        K, the number of full-data models (checkpoints) TRAK averages over.
+    proj_dim : int or "auto"
+        The projection dimension (``resolve_proj_dim``).
+    seed : int
+        The run's seed; the models' seeds derive from it (``dmflow.core.seeds.baseline_seeds``).
+    device : str
+        ``cpu`` or ``cuda``, where traker computes.
+    batch_size : int
+        Examples per per-sample-gradient batch.
+
+    Returns
+    -------
+    scores : float32 [n, T]
+    info : dict
+        ``models``, ``proj_dim``, ``projector`` and the wall-seconds of ``train_seconds`` and
+        ``trak_seconds`` (featurising and scoring).
+    """
+    if not traker_installed():
+        raise RuntimeError(MISSING_TRAKER)
+    from trak import TRAKer  # the optional [baselines] extra: imported only when TRAK runs
+
+    start = time.perf_counter()
+    seeds = baseline_seeds(seed, models)
+    states = full_data_models(data, seeds, settings=replace(settings, stack_size=max(models, 1)))
+    trained = time.perf_counter()
+    x_train, x_target = _inputs(data, settings.arch)
+    n, num_targets = len(x_train), len(x_target)
+    model = _single_model(data, settings, seeds[0]).to(device)
+    num_params = sum(p.numel() for p in model.parameters())
+    k = resolve_proj_dim(proj_dim, n=n, num_params=num_params)
+    xs = torch.as_tensor(x_train, dtype=torch.float32)
+    ys = torch.as_tensor(data["y_train"], dtype=torch.long)
+    xt = torch.as_tensor(x_target, dtype=torch.float32)
+    yt = torch.as_tensor(data["y_target"], dtype=torch.long)
+    for name in ("TRAK", "STORE"):
+        logging.getLogger(name).setLevel(logging.WARNING)
+    with tempfile.TemporaryDirectory(prefix="dmflow-trak-") as save_dir:
+        traker = TRAKer(
+            model=model,
+            task="image_classification",
+            train_set_size=n,
+            save_dir=save_dir,
+            device=device,
+            proj_dim=k,
+            use_half_precision=False,
+            logging_level=logging.WARNING,
+        )
+        projector = type(traker.projector).__name__
+        for model_id, state in enumerate(states):
+            traker.load_checkpoint(state, model_id=model_id)
+            for s in range(0, n, batch_size):
+                batch = (xs[s : s + batch_size].to(device), ys[s : s + batch_size].to(device))
+                traker.featurize(batch=batch, num_samples=len(batch[1]))
+        traker.finalize_features()
+        for model_id, state in enumerate(states):
+            traker.start_scoring_checkpoint(
+                exp_name="targets", checkpoint=state, model_id=model_id, num_targets=num_targets
+            )
+            for s in range(0, num_targets, batch_size):
+                batch = (xt[s : s + batch_size].to(device), yt[s : s + batch_size].to(device))
+                traker.score(batch=batch, num_samples=len(batch[1]))
+        scores = np.array(traker.finalize_scores(exp_name="targets"), dtype=np.float32)
+    done = time.perf_counter()
+    info = {
+        "models": int(models),
+        "proj_dim": k,
+        "projector": projector,
+        "num_params": int(num_params),
+        "train_seconds": trained - start,
+        "trak_seconds": done - trained,
+    }
+    return scores, info
