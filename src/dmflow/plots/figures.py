@@ -114,11 +114,19 @@ def comparison_figure(table: pd.DataFrame, *, ceiling: float | None = None) -> F
     ax = fig.subplots()
     dm = table[table.method.str.startswith("datamodels")].sort_values(x_key)
     ax.plot(dm[x_key], dm.lds_mean, "o-", color="C0", label="datamodels (learning curve)")
+    for r in dm.itertuples():
+        ax.annotate(
+            f"{r.models_trained}",
+            (getattr(r, x_key), r.lds_mean),
+            textcoords="offset points",
+            xytext=(-8, 6),
+            fontsize=7,
+        )
     for i, r in enumerate(table[~table.method.str.startswith("datamodels")].itertuples()):
-        ax.plot([r[table.columns.get_loc(x_key) + 1]], [r.lds_mean], "s", ms=8, color=f"C{i + 1}", label=r.method)
+        ax.plot([getattr(r, x_key)], [r.lds_mean], "s", ms=8, color=f"C{i + 1}", label=r.method)
         ax.annotate(
             f"{r.method}: {r.models_trained} models",
-            (r[table.columns.get_loc(x_key) + 1], r.lds_mean),
+            (getattr(r, x_key), r.lds_mean),
             textcoords="offset points",
             xytext=(6, 4),
             fontsize=8,

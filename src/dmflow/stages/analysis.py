@@ -125,7 +125,7 @@ def _compare_lines(table: pd.DataFrame) -> list[str]:
         "|---|---|---|---|---|---|",
     ]
     for r in table.itertuples():
-        seconds = "n/a" if pd.isna(r.seconds) else f"{r.seconds:.1f}"
+        seconds = "n/a" if pd.isna(r.seconds) else f"{r.seconds:.1f}" if r.seconds >= 1 else f"{r.seconds:.2g}"
         frac = None if pd.isna(r.fraction_of_ceiling) else float(r.fraction_of_ceiling)
         lines.append(
             f"| {r.method} | {r.models_trained} | {seconds} | {_fmt(r.lds_single)} | {_fmt(r.lds_mean)} | {_fmt(frac)} |"
