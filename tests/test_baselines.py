@@ -49,6 +49,10 @@ def test_trak_and_input_similarity_beat_random_scores_on_real_models(tiny_data, 
         for name, s in (("trak", trak), ("similarity", similarity), ("random", random))
     }
     assert abs(lds["random"]) < 0.1
+    one, _ = trak_scores(tiny_data, settings=SETTINGS, models=1, proj_dim=16)  # traker frees its one-model projector
+    assert (
+        np.isfinite(one).all() and score_attribution(one, tiny_eval_store, target_ids=ids)[1]["lds_mean"]["mean"] > 0.1
+    )
     assert lds["trak"] > lds["random"] + 0.15 and lds["similarity"] > lds["random"] + 0.1, lds
 
 

@@ -206,6 +206,11 @@ def trak_scores(
                 batch = (xs[s : s + batch_size].to(device), ys[s : s + batch_size].to(device))
                 traker.featurize(batch=batch, num_samples=len(batch[1]))
         traker.finalize_features()
+        projector_ = traker.projector
+        if getattr(projector_, "proj_matrix_available", True) is False and getattr(projector_, "num_blocks", 0) == 1:
+            # traker 0.3.2 frees a one-block BasicProjector's matrix here and remakes it only when
+            # the model id changes, which it never does with one model: remake it for scoring
+            projector_.generate_sketch_matrix(projector_.generator_states[0])
         for model_id, state in enumerate(states):
             traker.start_scoring_checkpoint(
                 exp_name="targets", checkpoint=state, model_id=model_id, num_targets=num_targets
