@@ -3,7 +3,8 @@ rule train_chunk:
         data=L.data(),
         masks=L.masks("{alpha}", "{split}", "{chunk}"),
     output:
-        L.trained("{alpha}", "{split}", "{chunk}"),
+        chunk=L.trained("{alpha}", "{split}", "{chunk}"),
+        seconds=L.trained_seconds("{alpha}", "{split}", "{chunk}"),
     log:
         L.log("train_chunk", "{alpha}", "{split}", "{chunk}"),
     conda:
@@ -21,4 +22,4 @@ rule train_chunk:
         "dmflow train-chunk --data {input.data:q} --masks {input.masks:q} --alpha {wildcards.alpha}"
         " --split {wildcards.split} --chunk {wildcards.chunk} --seed {params.seed}"
         " --replicates {params.replicates} --model {params.model:q} --train {params.train:q}"
-        " --threads {threads} --out {output:q} 2> {log:q}"
+        " --threads {threads} --out {output.chunk:q} --seconds {output.seconds:q} 2> {log:q}"

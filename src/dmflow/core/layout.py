@@ -48,6 +48,15 @@ def block_targets(block: int, targets_per_job: int, num_targets: int) -> np.ndar
     return np.arange(start, min(start + targets_per_job, num_targets))
 
 
+def seconds_path(trained: str | os.PathLike) -> str:
+    """The record of a trained chunk's training time, beside it: ``{chunk}.npz`` -> ``{chunk}.seconds.json``.
+
+    Kept out of the chunk file, whose bytes depend on the config alone (a rerun writes the same file).
+    """
+    path = os.fspath(trained)
+    return (path[: -len(".npz")] if path.endswith(".npz") else path) + ".seconds.json"
+
+
 METHOD_NAME = re.compile(r"[A-Za-z0-9][A-Za-z0-9_.-]{0,63}")
 """A scored attribution method's name, which names its files: 1-64 letters, digits, ``_``, ``-``, ``.``,
 starting with a letter or a digit (no path separators, no hidden files, no ``..``)."""
@@ -90,6 +99,9 @@ class Layout:
 
     def trained(self, alpha: str, split: str, chunk: str) -> str:
         return self._path("train", alpha, split, f"{chunk}.npz")
+
+    def trained_seconds(self, alpha: str, split: str, chunk: str) -> str:
+        return seconds_path(self.trained(alpha, split, chunk))
 
     def store(self, alpha: str, split: str) -> str:
         return self._path("store", alpha, split)

@@ -23,11 +23,11 @@ import numpy as np
 
 from dmflow.core.codes import STATUS_OK
 from dmflow.core.io import atomic_path, atomic_save_json, sha256_file
+from dmflow.core.layout import seconds_path
 from dmflow.core.seeds import chunk_seeds
 from dmflow.store.masks import PackedMasks, pack
 from dmflow.store.schema import (
     CHUNK_ARRAYS,
-    CHUNK_SECONDS,
     STORE_ARRAYS,
     Store,
     StoreError,
@@ -178,7 +178,7 @@ def write_store(
             outs["masks"][rows] = pack(masks)
             for array in CHUNK_ARRAYS:
                 outs[array.name][rows] = arrays[array.name]
-            seconds.append(float(arrays[CHUNK_SECONDS]) if CHUNK_SECONDS in arrays else None)
+            seconds.append(_chunk_seconds(spec.train_path))
         chunks.extend(
             {
                 "index": s.index,
@@ -201,6 +201,14 @@ def write_store(
         max_diverged_fraction=max_diverged_fraction,
         fields=fields,
     )
+
+
+def _chunk_seconds(train_path: Path) -> float | None:
+    """A chunk's training wall-seconds from the record beside it (``seconds_path``); None without one."""
+    try:
+        return float(json.loads(Path(seconds_path(train_path)).read_text())["train_seconds"])
+    except (OSError, ValueError, KeyError, TypeError):
+        return None
 
 
 def _total_seconds(seconds: Sequence[float | None]) -> float | None:

@@ -10,9 +10,8 @@ import numpy as np
 import torch
 
 from dmflow.core.codes import STATUS_OK
-from dmflow.core.io import atomic_save_npz, load_npz
+from dmflow.core.io import atomic_save_json, atomic_save_npz, load_npz
 from dmflow.core.seeds import chunk_seeds
-from dmflow.store.schema import CHUNK_SECONDS
 from dmflow.training.settings import TrainSettings
 from dmflow.training.train import train_chunk as train_models
 
@@ -31,19 +30,23 @@ def train_chunk(
     replicates: int,
     settings: TrainSettings,
     threads: int = 1,
+    seconds: Path | None = None,
 ) -> dict[str, np.ndarray]:
     """Train the chunk's masks ``replicates`` times each (seeds from (seed, alpha, split, chunk, row,
-    replicate)) on ``threads`` torch threads; write the trained chunk file atomically, with the
-    training's wall-seconds (``CHUNK_SECONDS``)."""
+    replicate)) on ``threads`` torch threads; write the trained chunk file atomically, then, where
+    ``seconds`` is given (``dmflow.core.layout.seconds_path``), the training's wall-seconds as
+    ``{"train_seconds": s, "models": rows x replicates}``."""
     torch.set_num_threads(max(1, int(threads)))
     arrays = load_npz(data)
     mask_rows = np.load(masks, allow_pickle=False)
     seeds = chunk_seeds(seed, alpha, split, chunk=chunk, rows=mask_rows.shape[0], replicates=replicates)
     start = time.perf_counter()
     result = train_models(arrays, mask_rows, seeds, settings=settings)
-    result[CHUNK_SECONDS] = np.float64(time.perf_counter() - start)
+    elapsed = time.perf_counter() - start
     diverged = int((result["status"] != STATUS_OK).sum())
     if diverged:
         log.warning("%d of %d models diverged in %s", diverged, result["status"].size, out)
     atomic_save_npz(Path(out), result)
+    if seconds is not None:
+        atomic_save_json(Path(seconds), {"train_seconds": elapsed, "models": int(seeds.size)})
     return result

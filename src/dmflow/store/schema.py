@@ -46,10 +46,6 @@ STORE_ARRAYS = (
 STORE_NAMES = tuple(spec.name for spec in STORE_ARRAYS)
 CHUNK_ARRAYS = tuple(spec for spec in STORE_ARRAYS if spec.name != "masks")
 """The arrays of a trained chunk file."""
-CHUNK_SECONDS = "train_seconds"
-"""A trained chunk file's float64 scalar: the wall-seconds its training took. Optional (chunks of an
-older dmflow lack it); ``collect`` sums it into the store manifest's ``train_seconds`` (null when a
-chunk lacks it, and in an imported store)."""
 
 
 class StoreError(ValueError):
