@@ -3,8 +3,7 @@ rule train_chunk:
         data=L.data(),
         masks=L.masks("{alpha}", "{split}", "{chunk}"),
     output:
-        chunk=L.trained("{alpha}", "{split}", "{chunk}"),
-        seconds=L.trained_seconds("{alpha}", "{split}", "{chunk}"),
+        L.trained("{alpha}", "{split}", "{chunk}"),
     log:
         L.log("train_chunk", "{alpha}", "{split}", "{chunk}"),
     conda:
@@ -22,4 +21,4 @@ rule train_chunk:
         "dmflow train-chunk --data {input.data:q} --masks {input.masks:q} --alpha {wildcards.alpha}"
         " --split {wildcards.split} --chunk {wildcards.chunk} --seed {params.seed}"
         " --replicates {params.replicates} --model {params.model:q} --train {params.train:q}"
-        " --threads {threads} --out {output.chunk:q} --seconds {output.seconds:q} 2> {log:q}"
+        " --threads {threads} --out {output:q} 2> {log:q}"

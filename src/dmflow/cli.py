@@ -98,7 +98,6 @@ def cmd_train_chunk(args: argparse.Namespace) -> None:
         replicates=args.replicates,
         settings=TrainSettings.from_config(args.model, args.train),
         threads=args.threads,
-        seconds=args.seconds,
     )
 
 
@@ -365,7 +364,6 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--train", type=_json, required=True, help="the config's train section as JSON")
     p.add_argument("--threads", type=int, default=1)
     p.add_argument("--out", type=Path, required=True)
-    p.add_argument("--seconds", type=Path, default=None, help="where to write the training's wall-seconds (.json)")
     p.set_defaults(func=cmd_train_chunk)
 
     p = sub.add_parser("collect", help="validate a split's chunks and write its store")

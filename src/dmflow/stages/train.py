@@ -11,6 +11,7 @@ import torch
 
 from dmflow.core.codes import STATUS_OK
 from dmflow.core.io import atomic_save_json, atomic_save_npz, load_npz
+from dmflow.core.layout import seconds_path
 from dmflow.core.seeds import chunk_seeds
 from dmflow.training.settings import TrainSettings
 from dmflow.training.train import train_chunk as train_models
@@ -30,12 +31,12 @@ def train_chunk(
     replicates: int,
     settings: TrainSettings,
     threads: int = 1,
-    seconds: Path | None = None,
 ) -> dict[str, np.ndarray]:
     """Train the chunk's masks ``replicates`` times each (seeds from (seed, alpha, split, chunk, row,
-    replicate)) on ``threads`` torch threads; write the trained chunk file atomically, then, where
-    ``seconds`` is given (``dmflow.core.layout.seconds_path``), the training's wall-seconds as
-    ``{"train_seconds": s, "models": rows x replicates}``."""
+    replicate)) on ``threads`` torch threads; write the trained chunk file atomically, then beside it
+    (``dmflow.core.layout.seconds_path``) the training's wall-seconds as ``{"train_seconds": s, "models":
+    rows x replicates}``: not in the chunk, whose bytes depend on the config alone, and not a rule output,
+    so that chunks trained before it existed are not retrained."""
     torch.set_num_threads(max(1, int(threads)))
     arrays = load_npz(data)
     mask_rows = np.load(masks, allow_pickle=False)
@@ -47,6 +48,5 @@ def train_chunk(
     if diverged:
         log.warning("%d of %d models diverged in %s", diverged, result["status"].size, out)
     atomic_save_npz(Path(out), result)
-    if seconds is not None:
-        atomic_save_json(Path(seconds), {"train_seconds": elapsed, "models": int(seeds.size)})
+    atomic_save_json(Path(seconds_path(out)), {"train_seconds": elapsed, "models": int(seeds.size)})
     return result
