@@ -138,6 +138,7 @@ def comparison_figure(table: pd.DataFrame, *, ceiling: float | None = None) -> F
         ax.set_xlabel("training wall-seconds (all models; baselines: training + scoring)")
     else:
         ax.set_xscale("symlog", linthresh=1)
+        ax.set_xlim(left=-0.3, right=table.models_trained.max() * 3)
         ax.set_xlabel("models trained")
     ax.set_ylabel("mean LDS over targets (vs seed mean)")
     ax.set_title("Datamodels vs baselines: LDS against compute")
