@@ -69,12 +69,9 @@ def main() -> None:
     parser.add_argument("--models", type=int, nargs="+", default=[10])
     parser.add_argument("--proj-dims", nargs="+", default=["auto"])
     parser.add_argument("--threads", type=int, default=2)
-    parser.add_argument("--record", action="store_true")
-    parser.add_argument("--results-file", type=Path, default=None)
+    record.add_arguments(parser)
     args = parser.parse_args()
-    if args.results_file and not args.record:
-        parser.error("--results-file needs --record")
-    results_file = args.results_file or record.RESULTS
+    results_file = record.results_file(parser, args)
     if args.record:
         record.check_section(results_file, "baselines.py", HEADER)
     logging.disable(logging.INFO)

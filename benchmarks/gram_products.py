@@ -14,7 +14,6 @@ from __future__ import annotations
 
 import argparse
 import time
-from pathlib import Path
 
 import numpy as np
 import torch
@@ -51,12 +50,9 @@ def main() -> None:
     parser.add_argument("--sizes", type=int, nargs="+", default=[2000, 4000, 8000])
     parser.add_argument("--rows", type=int, default=8192)
     parser.add_argument("--threads", type=int, default=2)
-    parser.add_argument("--record", action="store_true")
-    parser.add_argument("--results-file", type=Path, default=None)
+    record.add_arguments(parser)
     args = parser.parse_args()
-    if args.results_file and not args.record:
-        parser.error("--results-file needs --record")
-    results_file = args.results_file or record.RESULTS
+    results_file = record.results_file(parser, args)
     if args.record:
         record.check_section(results_file, "gram_products.py", HEADER)
     torch.set_num_threads(args.threads)

@@ -153,14 +153,9 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
         default=0,
         help="use only the first this many rows (fewer rows: a worse-conditioned Gram matrix)",
     )
-    p.add_argument("--record", action="store_true", help="append the main figures as one row to --results-file")
-    p.add_argument(
-        "--results-file", type=Path, default=None, help=f"markdown file --record appends to (default {record.RESULTS})"
-    )
+    record.add_arguments(p)
     args = p.parse_args(argv)
-    if args.results_file is not None and not args.record:
-        p.error("--results-file needs --record")
-    args.results_file = args.results_file or record.RESULTS
+    args.results_file = record.results_file(p, args)
     if args.quick:
         args.synthetic = True
         args.n, args.m, args.targets = 200, 2000, 50

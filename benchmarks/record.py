@@ -12,6 +12,7 @@ benchmarks/ first on sys.path.
 
 from __future__ import annotations
 
+import argparse
 import os
 import platform
 import subprocess
@@ -49,6 +50,21 @@ rather than rates of different runs. `-` marks a figure the run did not measure.
 
 class RecordError(ValueError):
     """RESULTS.md cannot take the row: its section's table has another header."""
+
+
+def add_arguments(parser: argparse.ArgumentParser) -> None:
+    """``--record`` and ``--results-file``, as every benchmark takes them."""
+    parser.add_argument("--record", action="store_true", help="append the figures as rows to --results-file")
+    parser.add_argument(
+        "--results-file", type=Path, default=None, help=f"markdown file --record appends to (default {RESULTS})"
+    )
+
+
+def results_file(parser: argparse.ArgumentParser, args: argparse.Namespace) -> Path:
+    """The file ``--record`` appends to (``RESULTS`` unless ``--results-file``); a usage error without ``--record``."""
+    if args.results_file is not None and not args.record:
+        parser.error("--results-file needs --record")
+    return args.results_file or RESULTS
 
 
 def _run(*cmd: str) -> str | None:

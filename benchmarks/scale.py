@@ -254,14 +254,11 @@ def main() -> None:
     parser.add_argument("--threads", type=int, default=2)
     parser.add_argument("--max-old-n", type=int, default=8000, help="run today's path up to this n")
     parser.add_argument("--quick", action="store_true")
-    parser.add_argument("--record", action="store_true")
-    parser.add_argument("--results-file", type=Path, default=None)
+    record.add_arguments(parser)
     args = parser.parse_args()
-    if args.results_file and not args.record:
-        parser.error("--results-file needs --record")
     if args.quick:
         args.sizes, args.targets, args.targets_per_job, args.support = [200, 400], 40, 16, 5
-    results_file = args.results_file or record.RESULTS
+    results_file = record.results_file(parser, args)
     if args.record:
         record.check_section(results_file, "scale.py", HEADER)
     machine = record.machine_cells()

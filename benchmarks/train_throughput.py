@@ -181,14 +181,9 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p.add_argument("--arch", choices=("mlp", "cnn", "resnet9"), default="mlp")
     p.add_argument("--width", type=float, default=1.0, help="conv nets: channel multiplier")
     p.add_argument("--quick", action="store_true", help="tiny sizes: only checks that the script runs")
-    p.add_argument("--record", action="store_true", help="append the figures as one row to --results-file")
-    p.add_argument(
-        "--results-file", type=Path, default=None, help=f"markdown file --record appends to (default {record.RESULTS})"
-    )
+    record.add_arguments(p)
     args = p.parse_args(argv)
-    if args.results_file is not None and not args.record:
-        p.error("--results-file needs --record")
-    args.results_file = args.results_file or record.RESULTS
+    args.results_file = record.results_file(p, args)
     if args.arch != "mlp":  # conv nets: smaller defaults (minutes, not hours, on 2 cores)
         args.single = 4 if args.single == 16 else args.single
         args.stack_size = 16 if args.stack_size == 250 else args.stack_size
