@@ -216,7 +216,7 @@ def working_set_cd(
     Target i's working set is idx[i, :size[i]] (features, increasing); w[i, :] its
     weights there (in/out) and grad[i, :] = (G w - c) there on entry (updated in place), both
     float64. First every target's G[set, set] with offset[i] >= 0 is copied into
-    buf[offset[i]:offset[i] + size^2] (float64; offset[i] < 0: the Gram rows are read in
+    buf[offset[i]:offset[i] + size^2] (float32; offset[i] < 0: the Gram rows are read in
     place at every update), a Gram row at a time: row rows[u] (increasing) is read once and
     gives row pair_position[p] of the copy of target pair_target[p], p in ptr[u]:ptr[u + 1]
     (``copy_plan``). Then the epochs run in cache. Measured on the solves of an n = 8000
@@ -290,16 +290,22 @@ def working_set_cd(
                         grad[i, b] += dc * _gram_entry(g1, g2, two, shift_v, shift_c, j, idx[i, b])
 
 
+def group_by_row(rows: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """The grouping the kernels take: (present, ptr, order), the distinct values of ``rows`` (int64,
+    increasing), and ``order`` such that rows[order][ptr[u]:ptr[u + 1]] all equal present[u]."""
+    order = np.argsort(rows, kind="stable")
+    present, counts = np.unique(rows[order], return_counts=True)
+    ptr = np.zeros(len(present) + 1, dtype=np.int64)
+    np.cumsum(counts, out=ptr[1:])
+    return present.astype(np.int64), ptr, order
+
+
 def copy_plan(idx: np.ndarray, size: np.ndarray, held: np.ndarray):
     """``working_set_cd``'s copy plan for the targets with ``held`` copies: (rows, ptr, pair_target,
     pair_position), the pairs (target i, position a) with idx[i, a] = rows[u] grouped by row, rows increasing."""
     target, position = np.nonzero((np.arange(idx.shape[1]) < size[:, None]) & held[:, None])
-    feature = idx[target, position]
-    order = np.argsort(feature, kind="stable")
-    rows, counts = np.unique(feature[order], return_counts=True)
-    ptr = np.zeros(len(rows) + 1, dtype=np.int64)
-    np.cumsum(counts, out=ptr[1:])
-    return rows.astype(np.int64), ptr, target[order].astype(np.int64), position[order].astype(np.int64)
+    rows, ptr, order = group_by_row(idx[target, position])
+    return rows, ptr, target[order].astype(np.int64), position[order].astype(np.int64)
 
 
 @nb.njit(cache=True, nogil=True, fastmath={"reassoc", "contract", "nsz"})

@@ -216,7 +216,7 @@ COORDINATE_DESCENT = True
 """On the CPU, working sets are solved by coordinate descent (``kernels.working_set_cd``): measured on an n = 8000
 block of 400 targets, 1.8x faster than the padded proximal solver and 1 GB less memory (benchmarks/RESULTS.md)."""
 CD_BUFFER_ENTRIES = 2**24
-"""float64 entries of the copies G[A_t, A_t] that coordinate descent holds at once (128 MB), for a batch of targets
+"""float32 entries of the copies G[A_t, A_t] that coordinate descent holds at once (64 MB), for a batch of targets
 whose Gram rows are read once for all of them; a set beyond 4096 features reads its Gram rows in place."""
 MAX_ROUNDS = 50
 DENSE_SHARE = 0.25
@@ -288,16 +288,10 @@ class _ActiveSet:
         cols = torch.nonzero(sparse).squeeze(1)
         part = np.zeros((len(cols), n), dtype=np.float32)
         w_s = w[:, cols].cpu()
-        feats, targets = np.nonzero(w_s.numpy())  # by feature, then target
-        grams = [np.asarray(g) for g in mom.grams]
-        kernels.sparse_gram_product(
-            grams[0],
-            grams[-1],
-            len(grams) > 1,
-            *_csr(feats, targets, n),
-            w_s.numpy()[feats, targets],
-            part,
-        )
+        feats, targets = np.nonzero(w_s.numpy())
+        rows, ptr, order = kernels.group_by_row(feats)
+        feats, targets = feats[order], targets[order]
+        kernels.sparse_gram_product(*_gram_terms(mom)[:3], rows, ptr, targets, w_s.numpy()[feats, targets], part)
         part_t = torch.from_numpy(part)
         for coef, v in mom.shifts:  # the rank-one terms: coef v (v . w)
             v_t = torch.from_numpy(v)
@@ -595,14 +589,6 @@ def _copy_batches(size: np.ndarray, budget: int) -> list[slice]:
             start, used = i, 0
         used += k2
     return [*batches, slice(start, len(size))] if len(size) else batches
-
-
-def _csr(feats: np.ndarray, targets: np.ndarray, n: int) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
-    """(features, pointers, targets): the non-zeros (feats[p], targets[p]), sorted by feature, grouped by it."""
-    present, counts = np.unique(feats, return_counts=True)
-    ptr = np.zeros(len(present) + 1, dtype=np.int64)
-    np.cumsum(counts, out=ptr[1:])
-    return present.astype(np.int64), ptr, targets.astype(np.int64)
 
 
 MIN_GROWTH = 10
