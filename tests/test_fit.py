@@ -11,7 +11,7 @@ import dmflow.lasso.path as lasso_path
 from dmflow.core.codes import FLAG_CONSTANT, FLAG_OK
 from dmflow.core.io import atomic_save_npz
 from dmflow.core.layout import block_targets
-from dmflow.lasso.moments import add_gram, count_moments, row_moments, top_eigenvalue
+from dmflow.lasso.moments import add_gram, bottom_eigenvalue, count_moments, row_moments, top_eigenvalue
 from dmflow.lasso.path import (
     MIN_GROUP_WORK,
     FitSettings,
@@ -354,6 +354,29 @@ def test_top_eigenvalue_is_the_centred_grams_largest_with_or_without_rank_one_sh
     exact = np.linalg.eigvalsh(xc.T @ xc / len(rows))[-1]
     assert top_eigenvalue(mom) == pytest.approx(exact, rel=1e-4)
     assert top_eigenvalue(fit.combine(val)) == pytest.approx(exact, rel=1e-4)  # two Grams and a shift
+
+
+@pytest.mark.parametrize(("n", "fixed_size"), [(60, True), (60, False), (8, True)])
+def test_bottom_eigenvalue_is_the_smallest_non_null_one_within_one_percent(n, fixed_size):
+    """The plain steps' mu: fixed-size masks make the all-ones vector a null direction of G, which carries
+    no gradient and is skipped; Lanczos (n > 16) or an exact solve (tiny n) finds the next one."""
+    rng = np.random.default_rng(n)
+    m = 1500
+    if fixed_size:  # every row exactly n/2 ones, like a real alpha = 0.5 store
+        x = rng.permuted(np.tile(np.arange(n) < n // 2, (m, 1)), axis=1)
+    else:
+        x = rng.random((m, n)) < 0.5
+    y = rng.standard_normal((m, 2)).astype(np.float32)
+    rows = np.arange(m)
+    fit, val = count_moments(x, y, [rows[:1200], rows[1200:]], block_rows=256)
+    every = fit.combine(val)  # two Grams and a shift
+    xc = x.astype(float) - x.mean(0)
+    values = np.linalg.eigvalsh(xc.T @ xc / m)
+    assert (values[0] < 1e-9 * values[-1]) == fixed_size
+    top = top_eigenvalue(every)
+    assert bottom_eigenvalue(every, top) == pytest.approx(values[values > 1e-6 * values[-1]][0], rel=0.01)
+    (ones,) = count_moments(np.ones((m, n), dtype=bool), y, [rows])  # G = 0: every direction is null
+    assert bottom_eigenvalue(ones, 0.0) == 0.0
 
 
 def test_the_fit_refuses_moments_that_do_not_match_their_store_or_were_changed(tmp_path):

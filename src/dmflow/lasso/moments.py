@@ -144,6 +144,7 @@ class CountMoments:
     cross: np.ndarray  # [T, n], target-major: X^T (Y - mean_y) = the centred cross moments Xc^T Yc
     syy: np.ndarray  # float64 [T]: ||Y - mean_y||^2
     lip: float | None = None  # the largest eigenvalue of Xc^T Xc / count, when known (``top_eigenvalue``)
+    mu: float | None = None  # its smallest non-null one, when known (``bottom_eigenvalue``)
     shifts: tuple[tuple[float, np.ndarray], ...] = ()  # rank-one terms (coef, float64 [n]) of the Gram sum
 
     @property
@@ -207,9 +208,9 @@ class CountMoments:
             syy=self.syy[targets],
         )
 
-    def combine(self, other: CountMoments, *, lip: float | None = None) -> CountMoments:
+    def combine(self, other: CountMoments, *, lip: float | None = None, mu: float | None = None) -> CountMoments:
         """The moments of the union of two disjoint row sets (Chan et al.'s pairwise update);
-        ``lip``: the union's largest eigenvalue, when known."""
+        ``lip``, ``mu``: the union's largest and smallest non-null eigenvalues, when known."""
         n = self.count + other.count
         f = self.count * other.count / n
         dx, dy = other.mean_x - self.mean_x, other.mean_y - self.mean_y
@@ -222,7 +223,8 @@ class CountMoments:
             cross,
             self.syy + other.syy + f * dy * dy,
             lip,
-            self.shifts + other.shifts + ((f, dx),),
+            mu,
+            shifts=self.shifts + other.shifts + ((f, dx),),
         )
 
 
@@ -302,18 +304,13 @@ def _centre(gram: np.ndarray, mean_x: np.ndarray, count: int, *, block_rows: int
         g[rows] = g[rows].double().addr_(mu[rows], mu, alpha=-count).float()
 
 
-def top_eigenvalue(mom: CountMoments) -> float:
-    """The largest eigenvalue of G = Xc^T Xc / count, by Lanczos iterations (``scipy.sparse.linalg.eigsh``).
+def _operator(mom: CountMoments):
+    """G = Xc^T Xc / count as a scipy ``LinearOperator``: one matrix-vector product per Gram in its stored
+    float32, not float64 copies of it (the rounding, ~1e-7, is far below the tolerance 1e-4 and the solvers'
+    1% margin), plus the rank-one shifts in float64."""
+    from scipy.sparse.linalg import LinearOperator  # a heavy import, needed once per row set
 
-    By Cauchy's interlacing theorem it bounds the largest eigenvalue of every principal
-    submatrix G[A, A]: one step size serves every working set. Each iteration is one
-    matrix-vector product per Gram in its stored float32, not float64 copies of it (the
-    rounding, ~1e-7, is far below the tolerance 1e-4 and the solvers' 1% margin), plus
-    the rank-one shifts in float64.
-    """
-    from scipy.sparse.linalg import LinearOperator, eigsh  # a heavy import, needed once per row set
-
-    n, grams = mom.n, mom._tensors()
+    grams = mom._tensors()
 
     def matvec(v: np.ndarray) -> np.ndarray:
         v = np.asarray(v, dtype=np.float64).ravel()
@@ -323,5 +320,49 @@ def top_eigenvalue(mom: CountMoments) -> float:
             out += coef * x * (x @ v)
         return out / mom.count
 
-    op = LinearOperator((n, n), matvec=matvec, dtype=np.float64)
+    return LinearOperator((mom.n, mom.n), matvec=matvec, dtype=np.float64)
+
+
+def top_eigenvalue(mom: CountMoments) -> float:
+    """The largest eigenvalue of G = Xc^T Xc / count, by Lanczos iterations (``scipy.sparse.linalg.eigsh``).
+
+    By Cauchy's interlacing theorem it bounds the largest eigenvalue of every principal
+    submatrix G[A, A]: one step size serves every working set.
+    """
+    from scipy.sparse.linalg import eigsh
+
+    n = mom.n
+    op = _operator(mom)
     return float(eigsh(op, k=1, which="LA", tol=1e-4, v0=np.ones(n) / np.sqrt(n), return_eigenvectors=False)[0])
+
+
+NULL_SHARE = 1e-6
+"""Eigenvalues below this share of the largest are null directions of G (``bottom_eigenvalue``)."""
+
+
+def bottom_eigenvalue(mom: CountMoments, top: float) -> float:
+    """The smallest eigenvalue of G = Xc^T Xc / count above ``NULL_SHARE`` x ``top``, within ~1%; 0.0 if
+    the three smallest are all null.
+
+    The solvers' plain steps are 2/(L + mu) long with it (``problem.plain_step``): at n = 8000
+    they took 23% fewer matrix products than 1/L (benchmarks/RESULTS.md). The gradient lies in
+    the range of G, so null directions (with fixed-size masks, the all-ones vector) do not
+    limit the rate; and any mu in [0, L) gives a step below 2/L, which converges, so an
+    estimate a little high (Lanczos approaches it from above) is safe. Lanczos
+    (``eigsh``, which="SA") starts in the range of G; tiny G are solved exactly.
+    """
+    from scipy.sparse.linalg import ArpackNoConvergence, eigsh
+
+    if top <= 0:  # G = 0
+        return 0.0
+    if mom.n <= 16:  # ARPACK needs k < n
+        values = np.linalg.eigvalsh(mom.sxx(slice(None)) / mom.count)
+    else:
+        op = _operator(mom)
+        start = op.matvec(np.random.default_rng(0).standard_normal(mom.n))
+        try:
+            values = eigsh(op, k=3, which="SA", tol=1e-2, v0=start, return_eigenvectors=False)
+        except ArpackNoConvergence as err:  # pragma: no cover - the converged ones, maybe none
+            values = err.eigenvalues.real
+    positive = values[values > NULL_SHARE * top]
+    return float(positive.min()) if positive.size else 0.0

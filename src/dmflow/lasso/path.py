@@ -24,7 +24,7 @@ from dmflow.core.schema import defaults
 from dmflow.core.seeds import PURPOSE_VALIDATION_ROWS, alpha_key
 from dmflow.lasso import kernels
 from dmflow.lasso.cvxpy_solver import solve_cvxpy
-from dmflow.lasso.moments import CountMoments, Moments, row_moments, top_eigenvalue
+from dmflow.lasso.moments import CountMoments, Moments, bottom_eigenvalue, row_moments, top_eigenvalue
 from dmflow.lasso.problem import GREEDY_STEP, curvature, lambda_max, mse_from_moments
 from dmflow.lasso.solvers import solve_batched
 from dmflow.lasso.torch_solver import PaddedGrams, proximal_loop
@@ -246,7 +246,7 @@ class CentredGram:
                     rows = torch.arange(start, min(start + GATHER_ROWS, n))
                     gram[start : start + len(rows)] = self.mom.centred_rows(rows, dtype)
                 l2 = self.settings.l2
-                self.bounds = curvature(gram, l2) if n <= 4096 else (self.mom.lip * 1.01 + l2, l2)
+                self.bounds = curvature(gram, l2) if n <= 4096 else (self.mom.lip * 1.01 + l2, self.mom.mu + l2)
                 self._gram = gram
             return self._gram, self.bounds
 
@@ -633,6 +633,7 @@ def fit_from_moments(
     workers: int = 0,
     method: str = "auto",
     all_rows_lip: float | None = None,
+    all_rows_mu: float | None = None,
 ) -> dict[str, np.ndarray]:
     """``fit_targets``' datamodels, from the moments of the fit and validation rows, with working sets.
 
@@ -650,10 +651,11 @@ def fit_from_moments(
         a row block at a time). ``dense``: the reference path on the dense centred Gram
         (n^2 in memory; GEMMs over all features). ``auto``: dense up to ``DENSE_MAX_N``
         features, where it is the faster, active beyond.
-    all_rows_lip : float, optional
-        The top eigenvalue of the centred Gram of fit and validation rows together (the
-        refit's step bound; ``top_eigenvalue``), when known; ``fit.lip`` likewise. The
-        ``moments`` stage stores both; missing ones are computed (Lanczos, a few passes
+    all_rows_lip, all_rows_mu : float, optional
+        The largest and smallest non-null eigenvalues of the centred Gram of fit and
+        validation rows together (the refit's step lengths; ``top_eigenvalue``,
+        ``bottom_eigenvalue``), when known; ``fit.lip`` and ``fit.mu`` likewise. The
+        ``moments`` stage stores them; missing ones are computed (Lanczos, a few passes
         over the Grams).
 
     Returns
@@ -669,10 +671,7 @@ def fit_from_moments(
             _dense_moments(fit, settings), _dense_moments(val, settings), settings=settings, workers=workers or 1
         )
     device, dtype = settings.torch_device, settings.torch_dtype
-    if fit.lip is None:
-        fit = replace(fit, lip=top_eigenvalue(fit))
-    every = fit.combine(val)
-    every = replace(every, lip=all_rows_lip if all_rows_lip is not None else top_eigenvalue(every))
+    fit, every = _with_spectrum(fit), _with_spectrum(fit.combine(val, lip=all_rows_lip, mu=all_rows_mu))
     constant = _constant(fit) | _constant(every)
 
     def target_major(mom: CountMoments) -> torch.Tensor:
@@ -702,6 +701,12 @@ def fit_from_moments(
         return torch.from_numpy(every.mean_y - every.mean_x @ weight.double().cpu().numpy())
 
     return _result(parts, path, torch.from_numpy(constant), bias_of, num_fit_rows=fit.count, num_val_rows=val.count)
+
+
+def _with_spectrum(mom: CountMoments) -> CountMoments:
+    """``mom`` with its largest and smallest non-null eigenvalues (``lip``, ``mu``), computed where missing."""
+    lip = mom.lip if mom.lip is not None else top_eigenvalue(mom)
+    return replace(mom, lip=lip, mu=mom.mu if mom.mu is not None else bottom_eigenvalue(mom, lip))
 
 
 def _dense_moments(mom: CountMoments, settings: FitSettings) -> Moments:

@@ -42,6 +42,7 @@ def fit_moments_block(
         val.select(targets),
         settings=settings,
         all_rows_lip=manifest["top_eigenvalue"]["all"],
+        all_rows_mu=manifest.get("bottom_eigenvalue", {}).get("all"),
     )
     result["targets"] = targets
     result["num_targets"] = np.int64(manifest["num_targets"])

@@ -6,8 +6,10 @@ The folder ``moments/{alpha}/`` holds one ``.npy`` per entry of ``MOMENT_ARRAYS`
 (the centred Gram sums Xc^T Xc [n, n] and cross moments [T, n] float32, the per-target
 means and sums of squares float64 [T], the masks' column sums float64 [n]) and ``manifest.json``, written last: the store's
 manifest sha256, the validation split (seed, ``fit.val_fraction``), shapes, dtypes and
-the sha256 of every array, and the top eigenvalue of the centred Gram of the fit rows and of
-all rows (``top_eigenvalue``: the solvers' step bounds, computed once here, not in every job).
+the sha256 of every array, and the largest and smallest non-null eigenvalues of the centred Gram
+of the fit rows and of all rows (``top_eigenvalue``, ``bottom_eigenvalue``: the solvers' step
+lengths, computed once here, not in every job; a manifest without the smallest ones, from an
+older dmflow, has them computed in each fit job).
 """
 
 from __future__ import annotations
@@ -22,7 +24,7 @@ import numpy as np
 import torch
 
 from dmflow.core.io import atomic_path, atomic_save_json, sha256_file
-from dmflow.lasso.moments import GRAM_COLS, CountMoments, count_moments, top_eigenvalue
+from dmflow.lasso.moments import GRAM_COLS, CountMoments, bottom_eigenvalue, count_moments, top_eigenvalue
 from dmflow.lasso.path import BUCKET_BYTES, CD_BUFFER_ENTRIES, DENSE_MAX_N, UNION_BYTES, split_validation_rows
 from dmflow.stages.collect import open_store
 from dmflow.store.schema import StoreError, usable_rows
@@ -101,7 +103,9 @@ def moments(
         raise StoreError(f"{store}: only {len(rows)} usable rows (every other model diverged); nothing to fit")
     fit_rows, val_rows = split_validation_rows(rows, val_fraction, seed=seed, alpha=view.manifest["alpha"])
     parts = dict(zip(PARTS, count_moments(view.masks, view.margins[:, 0, :], [fit_rows, val_rows])))
-    lips = {"fit": top_eigenvalue(parts["fit"]), "all": top_eigenvalue(parts["fit"].combine(parts["val"]))}
+    every = {"fit": parts["fit"], "all": parts["fit"].combine(parts["val"])}
+    lips = {key: top_eigenvalue(mom) for key, mom in every.items()}
+    mus = {key: bottom_eigenvalue(mom, lips[key]) for key, mom in every.items()}
     out_dir.mkdir(parents=True, exist_ok=True)
     (out_dir / "manifest.json").unlink(missing_ok=True)
     arrays = {}
@@ -129,6 +133,7 @@ def moments(
         "num_targets": t,
         "counts": {part: mom.count for part, mom in parts.items()},
         "top_eigenvalue": lips,
+        "bottom_eigenvalue": mus,
         "arrays": {
             name: {
                 "shape": list(np.load(out_dir / f"{name}.npy", mmap_mode="r").shape),
@@ -186,6 +191,7 @@ def open_moments(path: Path, *, store_manifest: Path | None = None) -> tuple[Cou
             arrays[f"cross_{part}"],
             np.asarray(arrays[f"syy_{part}"]),
             manifest["top_eigenvalue"]["fit"] if part == "fit" else None,
+            manifest.get("bottom_eigenvalue", {}).get("fit") if part == "fit" else None,
         )
         for part in PARTS
     )
