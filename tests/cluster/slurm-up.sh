@@ -1,6 +1,7 @@
 #!/usr/bin/env bash
 # Start a one-node SLURM cluster on this machine (Debian 12, as root, no systemd),
-# for the CI check tests/cluster/run.sh. Stop it with tests/cluster/slurm-down.sh.
+# for the CI check tests/cluster/run.sh. Stop it with tests/cluster/slurm-down.sh
+# (which also removes the /etc/slurm/slurm.conf written here).
 #
 # Installs slurm-wlm and munge with apt-get (skipped when already installed), writes
 # /etc/slurm/slurm.conf for one node 'localhost' with all CPUs and half the memory,
