@@ -6,6 +6,7 @@ from __future__ import annotations
 import json
 import os
 import shutil
+import signal
 import subprocess
 import sys
 from pathlib import Path
@@ -65,13 +66,16 @@ class Workflow:
         path.write_text(yaml.safe_dump(cfg))
         return path
 
+    @staticmethod
+    def env() -> dict[str, str]:
+        """The environment of the snakemake runs: this venv's ``dmflow`` first on PATH."""
+        return dict(os.environ, PATH=f"{Path(sys.executable).parent}{os.pathsep}{os.environ.get('PATH', '')}")
+
     def run(self, *args: str, check: bool = True, cores: int = 2) -> subprocess.CompletedProcess:
-        env = dict(os.environ)
-        env["PATH"] = f"{Path(sys.executable).parent}{os.pathsep}{env.get('PATH', '')}"
         proc = subprocess.run(
             [sys.executable, "-m", "snakemake", "--cores", str(cores), *args],
             cwd=self.root,
-            env=env,
+            env=self.env(),
             capture_output=True,
             text=True,
             timeout=900,
@@ -79,6 +83,36 @@ class Workflow:
         if check and proc.returncode != 0:
             raise AssertionError(f"snakemake failed ({proc.returncode}):\n{proc.stdout[-4000:]}\n{proc.stderr[-4000:]}")
         return proc
+
+    def start(self, *args: str, cores: int = 2) -> subprocess.Popen:
+        """``run`` in the background, its output in snakemake.log beside the Snakefile. ``finish`` waits for
+        it; ``stop`` (for a test's finalizer) kills it and its jobs if it still runs."""
+        with open(self.root / "snakemake.log", "wb") as log:
+            return subprocess.Popen(
+                [sys.executable, "-m", "snakemake", "--cores", str(cores), *args],
+                cwd=self.root,
+                env=self.env(),
+                stdout=log,
+                stderr=subprocess.STDOUT,
+                start_new_session=True,
+            )
+
+    @staticmethod
+    def stop(proc: subprocess.Popen) -> None:
+        if proc.poll() is None:
+            os.killpg(proc.pid, signal.SIGKILL)
+            proc.wait()
+
+    def finish(self, proc: subprocess.Popen) -> None:
+        """Wait for a ``start``ed run (as long as ``run`` would); fail as ``run`` does if it failed."""
+        try:
+            returncode = proc.wait(timeout=900)
+        except subprocess.TimeoutExpired:
+            self.stop(proc)
+            raise
+        if returncode != 0:
+            log = (self.root / "snakemake.log").read_text(errors="replace")
+            raise AssertionError(f"snakemake failed ({returncode}):\n{log[-8000:]}")
 
     def planned_jobs(self, *targets: str) -> dict[str, int]:
         """Job counts per rule of a dry run (the 'Job stats' table), of the whole workflow or of some targets."""

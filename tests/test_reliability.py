@@ -52,20 +52,22 @@ def _same_arrays(a, b):
 
 
 @pytest.mark.workflow
-def test_kill_9_then_rerun_incomplete_retrains_nothing_finished_and_matches_an_uninterrupted_run(tmp_path):
+def test_kill_9_then_rerun_incomplete_retrains_nothing_finished_and_matches_an_uninterrupted_run(tmp_path, request):
     cfg_overrides = {"masks.fit_models": 160}  # 4 fit chunks: time to kill between them
     ref = Workflow(tmp_path / "ref")
     targets = ("results/datamodels/0.5.npz", "results/evaluation/0.5/summary.json")  # what is compared
     ref.write_config(tiny_config("results", **cfg_overrides))
-    ref.run(*targets)
+    # The uninterrupted run, in its own folder, side by side with the killed one (threads are fixed by the
+    # config, so load cannot change a result); it is waited for before anything is compared.
+    ref_proc = ref.start(*targets)
+    request.addfinalizer(lambda: Workflow.stop(ref_proc))
 
     run = Workflow(tmp_path / "killed")
     run.write_config(tiny_config("results", **cfg_overrides))
-    env = dict(os.environ, PATH=f"{os.path.dirname(sys.executable)}{os.pathsep}{os.environ['PATH']}")
     proc = subprocess.Popen(
         [sys.executable, "-m", "snakemake", "--cores", "1", *targets],
         cwd=run.root,
-        env=env,
+        env=Workflow.env(),
         stdout=subprocess.DEVNULL,
         stderr=subprocess.DEVNULL,
         start_new_session=True,
@@ -86,6 +88,7 @@ def test_kill_9_then_rerun_incomplete_retrains_nothing_finished_and_matches_an_u
 
     run.run("--unlock")  # a killed snakemake leaves its lock behind
     run.run("--rerun-incomplete", *targets)
+    ref.finish(ref_proc)
     after = run.mtimes("results/train/**/*.npz")
     assert {k: after[k] for k in finished} == finished  # finished chunks were not retrained
     for rel in after:
