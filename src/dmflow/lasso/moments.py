@@ -22,6 +22,8 @@ from dataclasses import dataclass, replace
 import numpy as np
 import torch
 
+from dmflow.lasso.problem import NULL_SHARE
+
 EXACT_ROWS = 2**24
 """Row count up to which float32 accumulation of 0/1 products is exact."""
 
@@ -334,10 +336,6 @@ def top_eigenvalue(mom: CountMoments) -> float:
     n = mom.n
     op = _operator(mom)
     return float(eigsh(op, k=1, which="LA", tol=1e-4, v0=np.ones(n) / np.sqrt(n), return_eigenvectors=False)[0])
-
-
-NULL_SHARE = 1e-6
-"""Eigenvalues below this share of the largest are null directions of G (``bottom_eigenvalue``)."""
 
 
 def bottom_eigenvalue(mom: CountMoments, top: float) -> float:

@@ -26,6 +26,11 @@ def lambda_max(c: torch.Tensor, nonneg: bool = False) -> torch.Tensor:
     return c.clamp(min=0).amax(0) if nonneg else c.abs().amax(0)
 
 
+NULL_SHARE = 1e-6
+"""Eigenvalues of a Gram below this share of its largest are its null directions (``curvature``,
+``moments.bottom_eigenvalue``)."""
+
+
 def curvature(gram: torch.Tensor, l2: float = 0.0) -> tuple[float, float]:
     """(L, mu): the largest eigenvalue of the Gram matrix, with a small safety margin
     (the step size), and its smallest eigenvalue that is not ~0 (the convergence rate),
@@ -33,13 +38,13 @@ def curvature(gram: torch.Tensor, l2: float = 0.0) -> tuple[float, float]:
 
     The gradient G w - c always lies in the range of G (c = Xc^T yc / m does), so the
     null directions of G (with fixed-size masks, the all-ones vector) carry no
-    gradient and do not limit the rate: mu skips eigenvalues below 1e-6 L. Past 4096
+    gradient and do not limit the rate: mu skips eigenvalues below ``NULL_SHARE`` L. Past 4096
     features L comes from power iteration and mu is not computed (0.0).
     """
     if gram.shape[0] <= 4096:
         evals = torch.linalg.eigvalsh(gram.double())
         top = max(evals[-1].item(), 1e-12)
-        positive = evals[evals > 1e-6 * top]
+        positive = evals[evals > NULL_SHARE * top]
         return top * 1.01 + l2, positive[0].item() + l2 if positive.numel() else l2
     # power iteration from a fixed start (reproducible); it approaches the top
     # eigenvalue from below, hence the larger safety margin
