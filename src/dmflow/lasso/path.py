@@ -255,14 +255,12 @@ class _ActiveSet:
     """A lasso on ``CountMoments`` whose cost follows each target's active set, not n^2.
 
     Every target has its own working set A_t: its support at the warm start, the
-    features ever non-zero along its path, and the features whose gradient scores
-    highest, |g_j| / lambda, among those that pass the sequential strong rule (|g_j| >=
-    (2 - 1/r) lambda, r the path's ratio), up to twice the support (as skglm grows its
-    working sets). A solve runs a per-target solver on G[A_t, A_t] (on the CPU, coordinate
+    features ever non-zero along its path, and every feature that passes the sequential
+    strong rule, |g_j| >= (2 - 1/r) lambda, r the path's ratio (glmnet's strong set). A solve runs a per-target solver on G[A_t, A_t] (on the CPU, coordinate
     descent on each target's copy of it, ``kernels.working_set_cd``; elsewhere the batched
     proximal solver on padded Grams, ``_solve_sets_padded``), then checks the KKT
     conditions of every feature with one product G W over the rows where some weight is
-    non-zero; a target with violations gets a new, larger working set, and the solve
+    non-zero; a target with violations adds them to its working set, and the solve
     repeats. The Grams are read where they are stored (memory-mapped), already centred.
     The solution meets the same KKT tolerance on all features as the reference's, so the
     two agree to the solver's tolerance.
@@ -418,16 +416,6 @@ class _ActiveSet:
             converged[bucket] = res.converged.cpu()
         return out[:, :n].T, converged
 
-    def _grow(self, keep: torch.Tensor, grad: torch.Tensor, lam: torch.Tensor, eligible: torch.Tensor) -> torch.Tensor:
-        """Working sets [n, t]: ``keep`` (support and ever-active features), plus per target its highest-scoring
-        eligible features (|g| / lambda), as many as it keeps (at least ``MIN_GROWTH``)."""
-        score = torch.where(eligible & ~keep, grad.abs() / lam, torch.zeros_like(grad))
-        extra = torch.clamp(keep.sum(0), min=MIN_GROWTH)
-        top = int(min(extra.max().item(), keep.shape[0]))
-        values, rows = torch.topk(score, top, dim=0)
-        chosen = (values > 0) & (torch.arange(top, device=grad.device).unsqueeze(1) < extra)
-        return keep | torch.zeros_like(keep).scatter_(0, rows, chosen)
-
     def solve(self, targets, c, lam, w0, gram_w0):
         s = self.settings
         scale = lambda_max(c, s.nonneg)  # the tolerance's unit: all features' lambda_max, as in the reference
@@ -435,7 +423,7 @@ class _ActiveSet:
         if gram_w0 is None:
             gram_w0 = self._product(w0)
         grad = gram_w0 - c + s.l2 * w0 if s.l2 else gram_w0 - c
-        sets = self._grow(ever, grad, lam, grad.abs() >= self.strong * lam)
+        sets = ever | (grad.abs() >= self.strong * lam)  # glmnet's strong set: one round of solves, mostly
         dense = sets.sum(0) > DENSE_SHARE * c.shape[0]
         if dense.any():  # these targets' working sets are nearly everything: one shared Gram, all features
             w, converged, gw = self._solve_dense(targets, c, lam, w0, gram_w0, scale, dense)
@@ -500,8 +488,7 @@ class _ActiveSet:
             again = bad.any(0)
             if not again.any():
                 break
-            grown = self._grow(ever[:, todo] | (w_t != 0), grad, lam_t, bad | (sets_t & (w_t == 0)))
-            sets[:, todo[again]] = grown[:, again]
+            sets[:, todo[again]] = (sets_t | bad)[:, again]
             todo = todo[again]
         else:  # pragma: no cover - working sets that never settle
             converged[todo.cpu()] = False
@@ -589,10 +576,6 @@ def _copy_batches(size: np.ndarray, budget: int) -> list[slice]:
             start, used = i, 0
         used += k2
     return [*batches, slice(start, len(size))] if len(size) else batches
-
-
-MIN_GROWTH = 10
-"""A working set grows by at least this many features per target."""
 
 
 def _set_indices(sets: torch.Tensor, n: int) -> torch.Tensor:
