@@ -101,22 +101,26 @@ GRAM_COLS = 4096
 """Columns of X^T X per int8 product: its int32 result is [n, GRAM_COLS], not a second [n, n]."""
 
 
-def add_gram(gram: torch.Tensor, x: np.ndarray) -> None:
+def add_gram(gram: torch.Tensor, x: np.ndarray, *, scratch: GramScratch | None = None) -> None:
     """gram += x^T x for bool rows x [b, n]: integer counts, exact in float32 up to 2^24 rows in all.
 
     The product runs on 0/1 int8 with int32 sums (``torch._int_mm``: the CPU's int8
     matrix units, e.g. AMX or VNNI; benchmarks/gram_products.py measures it against
     float32), ``GRAM_COLS`` columns at a time, else in float32, where every partial sum
-    is an integer too.
+    is an integer too. ``scratch`` (for blocks of up to its rows) holds the temporaries
+    from one block to the next.
     """
     rows = torch.from_numpy(x.view(np.int8))
-    n = x.shape[1]
-    if len(x) > 16 and n % 8 == 0 and gram.device.type == "cpu":
-        lhs = rows.T.contiguous()
+    b, n = x.shape
+    scratch = scratch if scratch is not None and b <= scratch.block_rows else GramScratch(b, n)
+    if b > 16 and n % 8 == 0 and gram.device.type == "cpu":
+        lhs = scratch.take("lhs", (n, b)).copy_(rows.T)
         for start in range(0, n, GRAM_COLS):
             cols = slice(start, start + GRAM_COLS)
+            width = min(GRAM_COLS, n - start)
+            counts = scratch.take("counts", (n, width))
             try:
-                counts = torch._int_mm(lhs, rows[:, cols].contiguous())
+                torch._int_mm(lhs, scratch.take("rhs", (b, width)).copy_(rows[:, cols]), out=counts)
             except RuntimeError:  # pragma: no cover - a torch or CPU without int8 products
                 if start:
                     raise
@@ -124,8 +128,28 @@ def add_gram(gram: torch.Tensor, x: np.ndarray) -> None:
             gram[:, cols].add_(counts)
         else:
             return
-    dense = rows.to(torch.float32)
+    dense = scratch.take("rows", (b, n)).copy_(rows)
     gram.addmm_(dense.T, dense)
+
+
+class GramScratch:
+    """The temporaries of ``add_gram`` and ``count_moments`` for blocks of up to ``block_rows`` rows of n
+    features, allocated once: fresh ones for every block cost a page fault per 4 KB (at n = 8000, a
+    third of the moments job's time went to the kernel)."""
+
+    def __init__(self, block_rows: int, n: int) -> None:
+        self.block_rows = block_rows
+        width = min(GRAM_COLS, n)
+        self._flat = {  # x^T, a block of x's columns, their int32 counts, x as float32
+            "lhs": torch.empty(n * block_rows, dtype=torch.int8),
+            "rhs": torch.empty(block_rows * width, dtype=torch.int8),
+            "counts": torch.empty(n * width, dtype=torch.int32),
+            "rows": torch.empty(block_rows * n, dtype=torch.float32),
+        }
+
+    def take(self, name: str, shape: tuple[int, int]) -> torch.Tensor:
+        """A contiguous [shape] tensor on the named buffer (its contents undefined)."""
+        return self._flat[name][: shape[0] * shape[1]].view(shape)
 
 
 @dataclass(frozen=True)
@@ -248,7 +272,8 @@ def count_moments(
     row_sets : sequence of int arrays
         Disjoint sets of rows (e.g. the fit rows and the validation rows).
     block_rows : int
-        Rows in memory at once: they are unpacked to float32 [block_rows, n].
+        Rows in memory at once: they are unpacked to float32 [block_rows, n], in buffers
+        allocated once (``GramScratch``).
 
     Pass 1 reads the margins for the means; pass 2 adds each block's X^T X (exact
     counts, ``add_gram``) and X^T (Y - mean) (float32, the margins centred first, so no
@@ -264,12 +289,18 @@ def count_moments(
             raise ValueError(f"{len(rows)} rows: float32 counts are exact only up to 2^24 rows")
         member[np.asarray(rows)] = k
     counts = [len(rows) for rows in row_sets]
+    block_rows = max(1, min(block_rows, m))
+    scratch = GramScratch(block_rows, n)
+    x_buf = np.empty((block_rows, n), np.bool_)
+    y_buf = np.empty((block_rows, t), np.result_type(margins.dtype, np.float32))  # the margins, not rounded
+    yc_buf, y32_buf = np.empty((block_rows, t), np.float64), np.empty((block_rows, t), np.float32)
     sums_y = [np.zeros(t) for _ in row_sets]
     for start in range(0, m, block_rows):
         which = member[start : start + block_rows]
-        y = np.asarray(margins[start : start + block_rows], dtype=np.float64)
+        y_all = np.asarray(margins[start : start + block_rows], dtype=y_buf.dtype)
         for k in range(len(row_sets)):
-            sums_y[k] += y[which == k].sum(0)
+            y = np.take(y_all, np.flatnonzero(which == k), axis=0, out=y_buf[: np.count_nonzero(which == k)])
+            sums_y[k] += y.sum(0, dtype=np.float64)
     mean_y = [s / max(c, 1) for s, c in zip(sums_y, counts)]
     grams = [np.zeros((n, n), np.float32) for _ in row_sets]
     cross = [np.zeros((t, n), np.float32) for _ in row_sets]
@@ -279,16 +310,19 @@ def count_moments(
         if not (which >= 0).any():
             continue
         x_all = masks[start : start + block_rows]
-        y_all = np.asarray(margins[start : start + block_rows], dtype=np.float64)
+        y_all = np.asarray(margins[start : start + block_rows], dtype=y_buf.dtype)
         for k in range(len(row_sets)):
-            here = which == k
-            if not here.any():
+            here = np.flatnonzero(which == k)
+            if not len(here):
                 continue
-            x = np.ascontiguousarray(x_all[here])
-            yc = y_all[here] - mean_y[k]
-            syy[k] += (yc * yc).sum(0)
-            add_gram(torch.from_numpy(grams[k]), x)
-            torch.from_numpy(cross[k]).addmm_(torch.from_numpy(yc.astype(np.float32)).T, torch.from_numpy(x).float())
+            x = np.take(x_all, here, axis=0, out=x_buf[: len(here)])
+            yc = np.subtract(np.take(y_all, here, axis=0, out=y_buf[: len(here)]), mean_y[k], out=yc_buf[: len(here)])
+            syy[k] += np.einsum("ij,ij->j", yc, yc)
+            add_gram(torch.from_numpy(grams[k]), x, scratch=scratch)
+            y32 = y32_buf[: len(here)]
+            np.copyto(y32, yc, casting="same_kind")
+            x32 = scratch.take("rows", x.shape).copy_(torch.from_numpy(x))
+            torch.from_numpy(cross[k]).addmm_(torch.from_numpy(y32).T, x32)
     sums_x = [np.diagonal(g).astype(np.float64) for g in grams]  # x_i^2 = x_i: the diagonal counts the ones
     for g, c, sx in zip(grams, counts, sums_x):
         _centre(g, sx / max(c, 1), c)

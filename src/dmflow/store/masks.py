@@ -60,7 +60,7 @@ class PackedMasks:
 
     def __getitem__(self, index):
         rows, cols = index if isinstance(index, tuple) else (index, None)
-        unpacked = np.unpackbits(self.packed[rows], axis=-1, count=self.shape[1]).astype(np.bool_)
+        unpacked = np.unpackbits(self.packed[rows], axis=-1, count=self.shape[1]).view(np.bool_)
         return unpacked if cols is None else unpacked[..., cols]
 
     def __array__(self, dtype=None, copy=None) -> np.ndarray:
