@@ -228,27 +228,41 @@ DENSE_MAX_N = 5000
 
 
 class CentredGram:
-    """The dense centred Gram G = Xc^T Xc / m of a row set, built once (float32, centred in float64 a block of
-    rows at a time) when a target's working set is dense, and shared by the target groups' threads."""
+    """The dense centred Gram G = Xc^T Xc / m of a row set, for the targets whose working sets are dense,
+    shared by the target groups' threads: ``get`` returns a matrix M and a factor ``unit`` with G = unit M.
+
+    One row set's stored Gram Xc^T Xc (float32, on the CPU) is M itself, unit = 1/m: read in place from the
+    memory-mapped moments, so every fit job of a node shares the page cache's one copy. Else (fit and
+    validation rows joined, float64, another device) G is built once, a block of rows at a time, unit = 1.
+    """
 
     def __init__(self, mom: CountMoments, settings: FitSettings) -> None:
         self.mom, self.settings = mom, settings
         self._lock = threading.Lock()
         self._gram: torch.Tensor | None = None
+        self.unit = 1.0
         self.bounds = (0.0, 0.0)
 
-    def get(self) -> tuple[torch.Tensor, tuple[float, float]]:
+    def get(self) -> tuple[torch.Tensor, float, tuple[float, float]]:
+        """(M, unit, (L, mu)): G = unit M, and bounds of the spectrum of G + l2 I (the solvers' step lengths)."""
         with self._lock:
             if self._gram is None:
-                n, dtype = self.mom.n, self.settings.torch_dtype
-                gram = torch.empty((n, n), dtype=dtype, device=self.settings.torch_device)
-                for start in range(0, n, GATHER_ROWS):
-                    rows = torch.arange(start, min(start + GATHER_ROWS, n))
-                    gram[start : start + len(rows)] = self.mom.centred_rows(rows, dtype)
+                n, dtype, device = self.mom.n, self.settings.torch_dtype, self.settings.torch_device
+                if len(self.mom.grams) == 1 and not self.mom.shifts and dtype == torch.float32 and device == "cpu":
+                    gram, self.unit = self.mom._tensors()[0], 1.0 / self.mom.count
+                else:
+                    gram = torch.empty((n, n), dtype=dtype, device=device)
+                    for start in range(0, n, GATHER_ROWS):
+                        rows = torch.arange(start, min(start + GATHER_ROWS, n))
+                        gram[start : start + len(rows)] = self.mom.centred_rows(rows, dtype)
                 l2 = self.settings.l2
-                self.bounds = curvature(gram, l2) if n <= 4096 else (self.mom.lip * 1.01 + l2, self.mom.mu + l2)
+                if n <= 4096:
+                    lip, mu = curvature(gram.double() * self.unit, 0.0)
+                else:
+                    lip, mu = self.mom.lip * 1.01, self.mom.mu
+                self.bounds = (lip + l2, mu + l2)
                 self._gram = gram
-            return self._gram, self.bounds
+            return self._gram, self.unit, self.bounds
 
 
 class _ActiveSet:
@@ -445,24 +459,24 @@ class _ActiveSet:
 
     def _solve_dense(self, targets, c, lam, w0, gram_w0, scale, dense):
         s = self.settings
-        gram, (lip, mu) = self.dense.get()
+        gram, unit, (lip, mu) = self.dense.get()  # G = unit gram: the objective over unit has the same minimiser
         cols = torch.nonzero(dense).squeeze(1)
         res = solve_batched(
             gram,
-            _columns(c, cols),
-            lam[cols],
+            _columns(c, cols) / unit,
+            lam[cols] / unit,
             w0=_columns(w0, cols),
-            gram_w0=_columns(gram_w0, cols),
-            l2=s.l2,
+            gram_w0=_columns(gram_w0, cols) / unit,
+            l2=s.l2 / unit,
             nonneg=s.nonneg,
             tol=s.tol,
             max_iter=s.max_iter,
-            lip=lip,
-            mu=mu,
-            scale=scale[cols],
+            lip=lip / unit,
+            mu=mu / unit,
+            scale=scale[cols] / unit,
         )
         w, gw = torch.zeros_like(c), torch.zeros_like(c)
-        w[:, cols], gw[:, cols] = res.weight, res.gram_weight
+        w[:, cols], gw[:, cols] = res.weight, res.gram_weight * unit
         converged = torch.ones(c.shape[1], dtype=torch.bool)
         converged[cols.cpu()] = res.converged.cpu()
         self.ever[:, targets[cols.to(targets.device)].to(self.device)] |= res.weight != 0
