@@ -164,8 +164,16 @@ def _target_major(x: torch.Tensor) -> torch.Tensor:
 
 
 def _columns(x: torch.Tensor, idx: torch.Tensor | slice) -> torch.Tensor:
-    """Columns ``idx`` of a target-major [n, T] matrix, target-major too (a gather of whole rows; a view for a slice)."""
+    """Columns ``idx`` of a target-major [n, T] matrix, target-major too (a gather of whole rows; a view for a
+    slice; ``x`` itself for all columns in order: callers never write to it)."""
+    if isinstance(idx, torch.Tensor) and len(idx) == x.shape[1] and _in_order(idx):
+        return x
     return x.T[idx].T
+
+
+def _in_order(idx: torch.Tensor) -> bool:
+    """Whether idx is 0, 1, ..., len(idx) - 1."""
+    return bool((idx == torch.arange(len(idx), device=idx.device)).all())
 
 
 def _rows(x: torch.Tensor, idx: torch.Tensor) -> torch.Tensor:
@@ -296,7 +304,6 @@ class _ActiveSet:
         sparse = _sparse_targets(w != 0)
         if self.device != "cpu" or self.dtype != torch.float32 or len(mom.grams) > 2 or not sparse.any():
             return self._dense_product(w, mom)
-        out = torch.zeros((t, n), dtype=self.dtype)  # target-major, as the solvers' arrays
         cols = torch.nonzero(sparse).squeeze(1)
         part = np.zeros((len(cols), n), dtype=np.float32)
         w_s = w[:, cols].cpu()
@@ -308,7 +315,11 @@ class _ActiveSet:
         for coef, v in mom.shifts:  # the rank-one terms: coef v (v . w)
             v_t = torch.from_numpy(v)
             part_t.add_(torch.outer(v_t @ w_s.double(), v_t).float(), alpha=coef)
-        out[cols] = part_t.mul_(1.0 / mom.count)
+        part_t.mul_(1.0 / mom.count)
+        if len(cols) == t:
+            return part_t.T  # target-major, as the solvers' arrays
+        out = torch.zeros((t, n), dtype=self.dtype)
+        out[cols] = part_t
         if not sparse.all():
             rest = torch.nonzero(~sparse).squeeze(1)
             out[rest] = self._dense_product(w[:, rest], mom).T
@@ -554,9 +565,16 @@ def _sparse_targets(nonzero: torch.Tensor) -> torch.Tensor:
     The split by number of non-zeros that minimises ``SPARSE_COST`` x (the sparse targets' non-zeros) +
     (rows in the other targets' supports) x (their number).
     """
-    nnz = nonzero.sum(0).cpu()
+    nz = nonzero.cpu().numpy()
+    n, t = nz.shape
+    nnz = torch.from_numpy(nz.sum(0))
     order = torch.argsort(nnz, descending=True)  # the dense candidates first
-    union = (torch.cumsum(nonzero.cpu()[:, order].to(torch.int32), dim=1) > 0).sum(0)  # rows of the first d + 1
+    rank = np.empty(t, dtype=np.int64)
+    rank[order.numpy()] = np.arange(t)
+    feats, targets = np.nonzero(nz)  # by feature
+    starts = np.flatnonzero(np.diff(feats, prepend=-1))
+    first = np.minimum.reduceat(rank[targets], starts) if len(feats) else np.zeros(0, np.int64)
+    union = torch.from_numpy(np.cumsum(np.bincount(first, minlength=t)))  # rows of the first d + 1 in order
     rest = nnz[order].flip(0).cumsum(0).flip(0)  # non-zeros of targets d, d + 1, ...
     dense_cost = torch.cat([torch.zeros(1), union * torch.arange(1, len(nnz) + 1)]).double()
     sparse_cost = SPARSE_COST * torch.cat([rest, torch.zeros(1, dtype=rest.dtype)]).double()
