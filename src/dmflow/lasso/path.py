@@ -278,12 +278,13 @@ class _ActiveSet:
 
     Every target has its own working set A_t: its support at the warm start, the
     features ever non-zero along its path, and every feature that passes the sequential
-    strong rule, |g_j| >= (2 - 1/r) lambda, r the path's ratio (glmnet's strong set). A solve runs a per-target solver on G[A_t, A_t] (on the CPU, coordinate
-    descent on each target's copy of it, ``kernels.working_set_cd``; elsewhere the batched
-    proximal solver on padded Grams, ``_solve_sets_padded``), then checks the KKT
-    conditions of every feature with one product G W over the rows where some weight is
-    non-zero; a target with violations adds them to its working set, and the solve
-    repeats. The Grams are read where they are stored (memory-mapped), already centred.
+    strong rule, |g_j| >= (2 - 1/r) lambda, r the path's ratio (glmnet's strong set). A
+    solve runs a per-target solver on G[A_t, A_t] (on the CPU, coordinate descent on each
+    target's copy of it, ``kernels.working_set_cd``; elsewhere the batched proximal solver
+    on padded Grams, ``_solve_sets_padded``), then checks the KKT conditions of every
+    feature with one product G W over the rows where some weight is non-zero; a target
+    with violations adds them to its working set, and the solve repeats (one round
+    mostly settles it). The Grams are read where they are stored (memory-mapped), already centred.
     The solution meets the same KKT tolerance on all features as the reference's, so the
     two agree to the solver's tolerance.
     """

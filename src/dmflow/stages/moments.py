@@ -55,8 +55,9 @@ def moments_bytes(n: int, num_targets: int, *, block_rows: int = 8192) -> int:
 def fit_bytes(n: int, targets_per_job: int, *, threads: int = 1, device: str = "cpu") -> int:
     """Peak memory of a fit job at most. Up to ``DENSE_MAX_N`` features the dense reference path runs:
     float64 centred Grams of the fit, validation and all rows and float32 copies (~32 n^2 bytes). Beyond,
-    the working sets: both memory-mapped Grams, had every feature joined a working set (8 n^2), a float32
-    centred Gram once some target's working set passes ``DENSE_SHARE`` of the features (4 n^2), and per
+    the working sets: both memory-mapped Grams, had every feature joined a working set (8 n^2; the fit rows'
+    also serves their dense solves), a float32 centred Gram of all rows once some target's refit working set
+    passes ``DENSE_SHARE`` of the features (4 n^2), and per
     target group (up to one per thread) a target's G[A, A] for coordinate descent (``CD_BUFFER_ENTRIES``, on
     the CPU) or, on another ``device`` (or ``auto``: either), G[U, U] of its working sets' union and one
     bucket of padded Grams. Plus the targets' O(n x targets) arrays (cross moments, weights, products, path
