@@ -305,6 +305,7 @@ class _ActiveSet:
         sparse = _sparse_targets(w != 0)
         if self.device != "cpu" or self.dtype != torch.float32 or len(mom.grams) > 2 or not sparse.any():
             return self._dense_product(w, mom)
+        out = torch.zeros((t, n), dtype=self.dtype)  # target-major, as the solvers' arrays
         cols = torch.nonzero(sparse).squeeze(1)
         part = np.zeros((len(cols), n), dtype=np.float32)
         w_s = w[:, cols].cpu()
@@ -316,11 +317,7 @@ class _ActiveSet:
         for coef, v in mom.shifts:  # the rank-one terms: coef v (v . w)
             v_t = torch.from_numpy(v)
             part_t.add_(torch.outer(v_t @ w_s.double(), v_t).float(), alpha=coef)
-        part_t.mul_(1.0 / mom.count)
-        if len(cols) == t:
-            return part_t.T  # target-major, as the solvers' arrays
-        out = torch.zeros((t, n), dtype=self.dtype)
-        out[cols] = part_t
+        out[cols] = part_t.mul_(1.0 / mom.count)
         if not sparse.all():
             rest = torch.nonzero(~sparse).squeeze(1)
             out[rest] = self._dense_product(w[:, rest], mom).T
