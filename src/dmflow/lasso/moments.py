@@ -299,8 +299,8 @@ def count_moments(
         which = member[start : start + block_rows]
         y_all = np.asarray(margins[start : start + block_rows], dtype=y_buf.dtype)
         for k in range(len(row_sets)):
-            y = np.take(y_all, np.flatnonzero(which == k), axis=0, out=y_buf[: np.count_nonzero(which == k)])
-            sums_y[k] += y.sum(0, dtype=np.float64)
+            here = np.flatnonzero(which == k)
+            sums_y[k] += np.take(y_all, here, axis=0, out=y_buf[: len(here)]).sum(0, dtype=np.float64)
     mean_y = [s / max(c, 1) for s, c in zip(sums_y, counts)]
     grams = [np.zeros((n, n), np.float32) for _ in row_sets]
     cross = [np.zeros((t, n), np.float32) for _ in row_sets]

@@ -564,7 +564,7 @@ def _sparse_targets(nonzero: torch.Tensor) -> torch.Tensor:
     (rows in the other targets' supports) x (their number).
     """
     nz = nonzero.cpu().numpy()
-    n, t = nz.shape
+    t = nz.shape[1]
     nnz = torch.from_numpy(nz.sum(0))
     order = torch.argsort(nnz, descending=True)  # the dense candidates first
     rank = np.empty(t, dtype=np.int64)

@@ -57,11 +57,10 @@ def fit_bytes(n: int, targets_per_job: int, *, threads: int = 1, device: str = "
     float64 centred Grams of the fit, validation and all rows and float32 copies (~32 n^2 bytes). Beyond,
     the working sets: both memory-mapped Grams, had every feature joined a working set (8 n^2; the fit rows'
     also serves their dense solves), a float32 centred Gram of all rows once some target's refit working set
-    passes ``DENSE_SHARE`` of the features (4 n^2), and per
-    target group (up to one per thread) a target's G[A, A] for coordinate descent (``CD_BUFFER_ENTRIES``, on
-    the CPU) or, on another ``device`` (or ``auto``: either), G[U, U] of its working sets' union and one
-    bucket of padded Grams. Plus the targets' O(n x targets) arrays (cross moments, weights, products, path
-    statistics)."""
+    passes ``DENSE_SHARE`` of the features (4 n^2), and per target group (up to one per thread) a target's
+    G[A, A] for coordinate descent (``CD_BUFFER_ENTRIES``, on the CPU) or, on another ``device`` (or ``auto``:
+    either), G[U, U] of its working sets' union and one bucket of padded Grams. Plus the targets' O(n x
+    targets) arrays (cross moments, weights, products, path statistics)."""
     if n <= DENSE_MAX_N:
         return 32 * n * n + 96 * n * targets_per_job
     per_group = 8 * CD_BUFFER_ENTRIES
