@@ -11,7 +11,14 @@ import dmflow.lasso.path as lasso_path
 from dmflow.core.codes import FLAG_CONSTANT, FLAG_OK
 from dmflow.core.io import atomic_save_npz
 from dmflow.core.layout import block_targets
-from dmflow.lasso.moments import add_gram, bottom_eigenvalue, count_moments, row_moments, top_eigenvalue
+from dmflow.lasso.moments import (
+    add_gram,
+    bottom_eigenvalue,
+    count_moments,
+    mirror_upper,
+    row_moments,
+    top_eigenvalue,
+)
 from dmflow.lasso.path import (
     MIN_GROUP_WORK,
     FitSettings,
@@ -418,3 +425,8 @@ def test_gram_counts_are_exact_with_either_product(n, monkeypatch):
     add_gram(gram, x[:5])  # a block too small for the int8 product
     expected = 7 + x.T.astype(np.int64) @ x + x[:5].T.astype(np.int64) @ x[:5]
     np.testing.assert_array_equal(gram.numpy(), expected)
+    upper = torch.zeros((n, n))
+    add_gram(upper, x, upper=True)  # the upper block triangle, then its mirror image below it
+    add_gram(upper, x[:5], upper=True)
+    mirror_upper(upper)
+    np.testing.assert_array_equal(upper.numpy(), expected - 7)

@@ -97,18 +97,21 @@ def row_moments(
     return Moments(m, mean_x, mean_y, sxx, sxy, syy)
 
 
-GRAM_COLS = 4096
-"""Columns of X^T X per int8 product: its int32 result is [n, GRAM_COLS], not a second [n, n]."""
+GRAM_COLS = 1024
+"""Columns of X^T X per int8 product: its int32 result is [n, GRAM_COLS], not a second [n, n]; narrow enough that
+the upper block triangle (``upper``) is little more than half of the matrix."""
 
 
-def add_gram(gram: torch.Tensor, x: np.ndarray, *, scratch: GramScratch | None = None) -> None:
+def add_gram(gram: torch.Tensor, x: np.ndarray, *, scratch: GramScratch | None = None, upper: bool = False) -> None:
     """gram += x^T x for bool rows x [b, n]: integer counts, exact in float32 up to 2^24 rows in all.
 
     The product runs on 0/1 int8 with int32 sums (``torch._int_mm``: the CPU's int8
     matrix units, e.g. AMX or VNNI; benchmarks/gram_products.py measures it against
     float32), ``GRAM_COLS`` columns at a time, else in float32, where every partial sum
-    is an integer too. ``scratch`` (for blocks of up to its rows) holds the temporaries
-    from one block to the next.
+    is an integer too. ``upper``: the int8 product adds only each column block's rows up
+    to its last column (the upper block triangle, about half the work, x^T x being
+    symmetric); ``mirror_upper`` fills the rest once after the last block. ``scratch``
+    (for blocks of up to its rows) holds the temporaries from one block to the next.
     """
     rows = torch.from_numpy(x.view(np.int8))
     b, n = x.shape
@@ -116,20 +119,30 @@ def add_gram(gram: torch.Tensor, x: np.ndarray, *, scratch: GramScratch | None =
     if b > 16 and n % 8 == 0 and gram.device.type == "cpu":
         lhs = scratch.take("lhs", (n, b)).copy_(rows.T)
         for start in range(0, n, GRAM_COLS):
-            cols = slice(start, start + GRAM_COLS)
-            width = min(GRAM_COLS, n - start)
-            counts = scratch.take("counts", (n, width))
+            stop = min(start + GRAM_COLS, n)
+            height = stop if upper else n
+            counts = scratch.take("counts", (height, stop - start))
             try:
-                torch._int_mm(lhs, scratch.take("rhs", (b, width)).copy_(rows[:, cols]), out=counts)
+                rhs = scratch.take("rhs", (b, stop - start)).copy_(rows[:, start:stop])
+                torch._int_mm(lhs[:height], rhs, out=counts)
             except RuntimeError:  # pragma: no cover - a torch or CPU without int8 products
                 if start:
                     raise
                 break
-            gram[:, cols].add_(counts)
+            gram[:height, start:stop].add_(counts)
         else:
             return
     dense = scratch.take("rows", (b, n)).copy_(rows)
     gram.addmm_(dense.T, dense)
+
+
+def mirror_upper(gram: torch.Tensor) -> None:
+    """Fill what ``add_gram(..., upper=True)`` left out, below the diagonal blocks of ``GRAM_COLS`` columns,
+    from its mirror image above them (exact copies: the sums are symmetric)."""
+    n = gram.shape[0]
+    for start in range(0, n, GRAM_COLS):
+        stop = min(start + GRAM_COLS, n)
+        gram[stop:, start:stop] = gram[start:stop, stop:].T
 
 
 class GramScratch:
@@ -276,9 +289,9 @@ def count_moments(
         allocated once (``GramScratch``).
 
     Pass 1 reads the margins for the means; pass 2 adds each block's X^T X (exact
-    counts, ``add_gram``) and X^T (Y - mean) (float32, the margins centred first, so no
-    cancellation) to every row set's accumulators; the counts are then centred in
-    place, in float64 (``_centre``). Memory: one [n, n] and one [T, n] float32
+    counts, its upper block triangle: ``add_gram``) and X^T (Y - mean) (float32, the
+    margins centred first, so no cancellation) to every row set's accumulators; the
+    counts are then mirrored (``mirror_upper``) and centred in place, in float64 (``_centre``). Memory: one [n, n] and one [T, n] float32
     accumulator per row set, plus one block.
     """
     m, n = masks.shape
@@ -318,11 +331,13 @@ def count_moments(
             x = np.take(x_all, here, axis=0, out=x_buf[: len(here)])
             yc = np.subtract(np.take(y_all, here, axis=0, out=y_buf[: len(here)]), mean_y[k], out=yc_buf[: len(here)])
             syy[k] += np.einsum("ij,ij->j", yc, yc)
-            add_gram(torch.from_numpy(grams[k]), x, scratch=scratch)
+            add_gram(torch.from_numpy(grams[k]), x, scratch=scratch, upper=True)
             y32 = y32_buf[: len(here)]
             np.copyto(y32, yc, casting="same_kind")
             x32 = scratch.take("rows", x.shape).copy_(torch.from_numpy(x))
             torch.from_numpy(cross[k]).addmm_(torch.from_numpy(y32).T, x32)
+    for g in grams:
+        mirror_upper(torch.from_numpy(g))
     sums_x = [np.diagonal(g).astype(np.float64) for g in grams]  # x_i^2 = x_i: the diagonal counts the ones
     for g, c, sx in zip(grams, counts, sums_x):
         _centre(g, sx / max(c, 1), c)
