@@ -292,7 +292,7 @@ class _ActiveSet:
     def __init__(self, mom: CountMoments, val: CountMoments | None, settings: FitSettings, dense: CentredGram) -> None:
         self.mom, self.val, self.settings, self.dense = mom, val, settings, dense
         self.dtype, self.device = settings.torch_dtype, settings.torch_device
-        self.ever = torch.zeros((mom.n, len(mom.mean_y)), dtype=torch.bool, device=self.device)
+        self.ever = torch.zeros((len(mom.mean_y), mom.n), dtype=torch.bool, device=self.device)  # [T, n]
         ratio = settings.lambda_min_ratio ** (1 / max(settings.num_lambdas - 1, 1))
         self.strong = max(0.0, 2 - 1 / ratio)
 
@@ -359,7 +359,7 @@ class _ActiveSet:
     def _buckets(self, sets: torch.Tensor) -> list[torch.Tensor]:
         """Targets (columns of the [n, t] working-set mask) in batches of similar set size, each batch's padded
         Grams within ``BUCKET_BYTES``."""
-        sizes = sets.sum(0).cpu().numpy()
+        sizes = torch.count_nonzero(sets, dim=0).cpu().numpy()
         itemsize = torch.empty((), dtype=self.dtype).element_size()
         buckets, current = [], []
         for k in np.argsort(sizes, kind="stable"):  # increasing size: the last one sets the padding
@@ -378,8 +378,8 @@ class _ActiveSet:
         if self.device != "cpu" or not COORDINATE_DESCENT:
             return self._solve_sets_padded(c, lam, w, gw, scale, sets)
         s, n = self.settings, c.shape[0]
-        idx = _set_indices(sets, n)
-        size = sets.sum(0).cpu().numpy().astype(np.int64)
+        idx, size = _set_indices(sets, n)
+        size = size.numpy().astype(np.int64)
         w_set = _pick(w, idx).T.double().contiguous()
         grad = (_pick(gw, idx) - _pick(c, idx)).T.double().contiguous()
         converged, epochs = np.zeros(len(size), dtype=np.bool_), np.zeros(len(size), dtype=np.int64)
@@ -419,7 +419,7 @@ class _ActiveSet:
         gather = self._union_gather(sets)
         for bucket in self._buckets(sets):
             cols = bucket.to(c.device)
-            idx = _set_indices(sets[:, bucket.to(sets.device)], n)
+            idx, _ = _set_indices(sets[:, bucket.to(sets.device)], n)
             grams = gather(idx)
             lip = _step_bounds(grams, self.mom.lip, s.l2)
             res = proximal_loop(
@@ -442,12 +442,12 @@ class _ActiveSet:
     def solve(self, targets, c, lam, w0, gram_w0):
         s = self.settings
         scale = lambda_max(c, s.nonneg)  # the tolerance's unit: all features' lambda_max, as in the reference
-        ever = self.ever[:, targets.to(self.device)] | (w0 != 0)
+        ever = self.ever[targets.to(self.device)].T | (w0 != 0)  # [n, t], target-major as w0
         if gram_w0 is None:
             gram_w0 = self._product(w0)
         grad = gram_w0 - c + s.l2 * w0 if s.l2 else gram_w0 - c
         sets = ever | (grad.abs() >= self.strong * lam)  # glmnet's strong set: one round of solves, mostly
-        dense = sets.sum(0) > DENSE_SHARE * c.shape[0]
+        dense = torch.count_nonzero(sets, dim=0) > DENSE_SHARE * c.shape[0]
         if dense.any():  # these targets' working sets are nearly everything: one shared Gram, all features
             w, converged, gw = self._solve_dense(targets, c, lam, w0, gram_w0, scale, dense)
             if dense.all():
@@ -488,13 +488,13 @@ class _ActiveSet:
         w[:, cols], gw[:, cols] = res.weight, res.gram_weight * unit
         converged = torch.ones(c.shape[1], dtype=torch.bool)
         converged[cols.cpu()] = res.converged.cpu()
-        self.ever[:, targets[cols.to(targets.device)].to(self.device)] |= res.weight != 0
+        self.ever[targets[cols.to(targets.device)].to(self.device)] |= (res.weight != 0).T
         return w, converged, gw
 
     def _solve_sparse(self, targets, c, lam, w0, gram_w0, scale, sets):
         """Rounds of working-set solves and KKT checks; a round re-solves only the targets whose check failed."""
         s = self.settings
-        ever = self.ever[:, targets.to(self.device)] | (w0 != 0)
+        ever = self.ever[targets.to(self.device)].T | (w0 != 0)
         w, gw = w0.clone(), gram_w0.clone()
         converged = torch.ones(c.shape[1], dtype=torch.bool)
         todo = torch.arange(c.shape[1], device=c.device)
@@ -515,7 +515,7 @@ class _ActiveSet:
             todo = todo[again]
         else:  # pragma: no cover - working sets that never settle
             converged[todo.cpu()] = False
-        self.ever[:, targets.to(self.device)] = ever | (w != 0)
+        self.ever[targets.to(self.device)] = (ever | (w != 0)).T
         return w, converged, gw
 
     def val_mse(self, targets, w):
@@ -532,7 +532,7 @@ class _ActiveSet:
         """float64 [t]: w_t^T G w_t for each column of w [n, t]. On the CPU, a target with at most
         ``QUADRATIC_SHARE`` of n non-zeros reads G on its support only (``kernels.quadratic_forms``: support^2 / 2
         entries); the others go through G W (``_product``: n x support)."""
-        nnz = (w != 0).sum(0)
+        nnz = torch.count_nonzero(w, dim=0)
         small = nnz <= QUADRATIC_SHARE * w.shape[0]
         out = torch.zeros(w.shape[1], dtype=torch.float64, device=w.device)
         if self.device != "cpu" or len(mom.grams) > 2:
@@ -543,7 +543,7 @@ class _ActiveSet:
         if small.any():
             cols = torch.nonzero(small).squeeze(1)
             w_s = w[:, cols].cpu()
-            idx = _set_indices(w_s != 0, w.shape[0])
+            idx, _ = _set_indices(w_s != 0, w.shape[0])
             quad = np.zeros(len(cols))
             w_set = _pick(w_s, idx).T.double().contiguous()
             size = nnz[cols].cpu().numpy().astype(np.int64)
@@ -608,15 +608,16 @@ def _copy_batches(size: np.ndarray, budget: int) -> list[slice]:
     return [*batches, slice(start, len(size))] if len(size) else batches
 
 
-def _set_indices(sets: torch.Tensor, n: int) -> torch.Tensor:
-    """[t, K]: each target's features (column of the mask [n, t]) in increasing order, padded with n."""
-    counts = sets.sum(0).cpu()
+def _set_indices(sets: torch.Tensor, n: int) -> tuple[torch.Tensor, torch.Tensor]:
+    """(idx [t, K], size [t]): each target's features (column of the mask [n, t]) in increasing order, padded
+    with n, and their number."""
+    target, feature = torch.nonzero(sets.T.cpu(), as_tuple=True)  # by target, then feature
+    counts = torch.bincount(target, minlength=sets.shape[1])
     width = max(1, int(counts.max().item())) if len(counts) else 1
     out = torch.full((sets.shape[1], width), n, dtype=torch.long)
-    target, feature = torch.nonzero(sets.T.cpu(), as_tuple=True)  # by target, then feature
     start = torch.cumsum(counts, 0) - counts
     out[target, torch.arange(len(target)) - start[target]] = feature
-    return out.to(sets.device)
+    return out.to(sets.device), counts
 
 
 def _step_bounds(grams: torch.Tensor, lip: float, l2: float) -> torch.Tensor:
@@ -629,8 +630,8 @@ def _step_bounds(grams: torch.Tensor, lip: float, l2: float) -> torch.Tensor:
 
 def _pick(x: torch.Tensor, idx: torch.Tensor) -> torch.Tensor:
     """[width, t]: the rows idx[t] of each target's column of x [n, t]; index n (the padding) reads 0."""
-    padded = torch.cat([x.T, torch.zeros((x.shape[1], 1), dtype=x.dtype, device=x.device)], dim=1)
-    return padded.gather(1, idx).T
+    n = x.shape[0]
+    return x.T.gather(1, idx.clamp(max=n - 1)).masked_fill_(idx >= n, 0).T
 
 
 def _constant(moments: CountMoments) -> np.ndarray:
@@ -906,7 +907,7 @@ def _fit_path(
         converged[active.cpu()] &= conv
         train_mse[j, active.cpu()] = mse_from_moments(None, ca, yy[active], w=wa, gram_w=gwa).double().cpu()
         mse = problem.val_mse(active, wa)
-        val_mse[j, active.cpu()], nnz[j, active.cpu()] = mse.cpu(), (wa != 0).sum(0).cpu()
+        val_mse[j, active.cpu()], nnz[j, active.cpu()] = mse.cpu(), torch.count_nonzero(wa, dim=0).cpu()
         better = mse < best_mse[active]
         improved = active[better]
         best_mse[improved], best_idx[improved] = mse[better], j
