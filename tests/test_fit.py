@@ -310,17 +310,17 @@ def test_sparse_products_and_quadratic_forms_equal_the_dense_ones(rows, monkeypa
 
 
 def test_the_sparse_product_takes_the_targets_with_the_fewest_non_zeros():
-    nonzero = torch.zeros((100, 4), dtype=torch.bool)
-    nonzero[:2, 0] = nonzero[:90, 1] = nonzero[:3, 2] = nonzero[5:95, 3] = True
+    nonzero = np.zeros((4, 100), dtype=np.bool_)  # [targets, features]
+    nonzero[0, :2] = nonzero[1, :90] = nonzero[2, :3] = nonzero[3, 5:95] = True
     # dense for the two broad targets costs 95 rows x 2; sparse 3 x 180 non-zeros: split them
     assert lasso_path._sparse_targets(nonzero).tolist() == [True, False, True, False]
     # narrow targets on different rows: sparse (3 x 20 non-zeros), not dense (20 rows x 10); one
     # target's dense product costs as many rows as its non-zeros, so one may stay dense
-    narrow = torch.zeros((100, 10), dtype=torch.bool)
-    narrow[torch.arange(20), torch.arange(20) // 2] = True
+    narrow = np.zeros((10, 100), dtype=np.bool_)
+    narrow[np.arange(20) // 2, np.arange(20)] = True
     assert lasso_path._sparse_targets(narrow).sum() >= 9
     # a few narrow targets on the same rows: the dense product over those rows is cheaper
-    assert not lasso_path._sparse_targets(nonzero[:, [0, 2]]).any()
+    assert not lasso_path._sparse_targets(nonzero[[0, 2]]).any()
 
 
 def test_count_moments_are_the_centred_sums_of_the_exact_counts():

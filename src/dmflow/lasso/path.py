@@ -302,21 +302,24 @@ class _ActiveSet:
         a dense one over the rows where one of their weights is non-zero (``_sparse_targets`` splits them)."""
         mom = mom or self.mom
         n, t = w.shape
-        sparse = _sparse_targets(w != 0)
-        if self.device != "cpu" or self.dtype != torch.float32 or len(mom.grams) > 2 or not sparse.any():
+        if self.device != "cpu" or self.dtype != torch.float32 or len(mom.grams) > 2:
+            return self._dense_product(w, mom)
+        nonzero = (w.T != 0).numpy()  # [t, n]: a target's row is contiguous (target-major w)
+        sparse = torch.from_numpy(_sparse_targets(nonzero))
+        if not sparse.any():
             return self._dense_product(w, mom)
         out = torch.zeros((t, n), dtype=self.dtype)  # target-major, as the solvers' arrays
         cols = torch.nonzero(sparse).squeeze(1)
         part = np.zeros((len(cols), n), dtype=np.float32)
-        w_s = w[:, cols].cpu()
-        feats, targets = np.nonzero(w_s.numpy())
+        w_s = w.T[cols]  # [t_s, n]
+        targets, feats = np.nonzero(nonzero[cols.numpy()])
         rows, ptr, order = kernels.group_by_row(feats)
         feats, targets = feats[order], targets[order]
-        kernels.sparse_gram_product(*_gram_terms(mom)[:3], rows, ptr, targets, w_s.numpy()[feats, targets], part)
+        kernels.sparse_gram_product(*_gram_terms(mom)[:3], rows, ptr, targets, w_s.numpy()[targets, feats], part)
         part_t = torch.from_numpy(part)
         for coef, v in mom.shifts:  # the rank-one terms: coef v (v . w)
             v_t = torch.from_numpy(v)
-            part_t.add_(torch.outer(v_t @ w_s.double(), v_t).float(), alpha=coef)
+            part_t.add_(torch.outer(w_s.double() @ v_t, v_t).float(), alpha=coef)
         out[cols] = part_t.mul_(1.0 / mom.count)
         if not sparse.all():
             rest = torch.nonzero(~sparse).squeeze(1)
@@ -557,29 +560,25 @@ SPARSE_COST = 3.0
 sparse one ran at ~15 GFLOP/s, the dense one over 4300 rows at ~46."""
 
 
-def _sparse_targets(nonzero: torch.Tensor) -> torch.Tensor:
-    """bool [t]: the targets (columns of the non-zero mask [n, t]) whose G w the sparse product computes.
+def _sparse_targets(nonzero: np.ndarray) -> np.ndarray:
+    """bool [t]: the targets (rows of the non-zero mask [t, n]) whose G w the sparse product computes.
 
     The split by number of non-zeros that minimises ``SPARSE_COST`` x (the sparse targets' non-zeros) +
     (rows in the other targets' supports) x (their number).
     """
-    nz = nonzero.cpu().numpy()
-    t = nz.shape[1]
-    nnz = torch.from_numpy(nz.sum(0))
+    t = nonzero.shape[0]
+    nnz = torch.from_numpy(np.count_nonzero(nonzero, axis=1))
     order = torch.argsort(nnz, descending=True)  # the dense candidates first
-    rank = np.empty(t, dtype=np.int64)
-    rank[order.numpy()] = np.arange(t)
-    feats, targets = np.nonzero(nz)  # by feature
-    starts = np.flatnonzero(np.diff(feats, prepend=-1))
-    first = np.minimum.reduceat(rank[targets], starts) if len(feats) else np.zeros(0, np.int64)
+    ranked = nonzero[order.numpy()]
+    first = ranked.argmax(0)[ranked.any(0)]  # each used feature's first target in that order
     union = torch.from_numpy(np.cumsum(np.bincount(first, minlength=t)))  # rows of the first d + 1 in order
     rest = nnz[order].flip(0).cumsum(0).flip(0)  # non-zeros of targets d, d + 1, ...
     dense_cost = torch.cat([torch.zeros(1), union * torch.arange(1, len(nnz) + 1)]).double()
     sparse_cost = SPARSE_COST * torch.cat([rest, torch.zeros(1, dtype=rest.dtype)]).double()
     d = int(torch.argmin(dense_cost + sparse_cost))
-    sparse = torch.ones(len(nnz), dtype=torch.bool)
-    sparse[order[:d]] = False
-    return sparse.to(nonzero.device)
+    sparse = np.ones(t, dtype=np.bool_)
+    sparse[order[:d].numpy()] = False
+    return sparse
 
 
 QUADRATIC_SHARE = 1 / 20
