@@ -545,7 +545,7 @@ class _ActiveSet:
             out[rest] = (w[:, rest].double() * self._product(w[:, rest], mom).double()).sum(0)
         if small.any():
             cols = torch.nonzero(small).squeeze(1)
-            w_s = w[:, cols].cpu()
+            w_s = _columns(w, cols).cpu()  # target-major, as w
             idx, _ = _set_indices(w_s != 0, w.shape[0])
             quad = np.zeros(len(cols))
             w_set = _pick(w_s, idx).T.double().contiguous()
