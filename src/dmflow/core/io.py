@@ -13,7 +13,8 @@ import json
 import os
 import tempfile
 import zipfile
-from collections.abc import Iterator, Mapping
+from collections.abc import Iterable, Iterator, Mapping
+from concurrent.futures import ThreadPoolExecutor
 from contextlib import contextmanager
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
@@ -121,3 +122,13 @@ def sha256_file(path: Path, block: int = 1 << 20) -> str:
         while chunk := fh.read(block):
             digest.update(chunk)
     return digest.hexdigest()
+
+
+def sha256_files(paths: Iterable[Path], *, workers: int = 1) -> list[str]:
+    """``sha256_file`` of each path, ``workers`` files side by side (hashlib releases the interpreter lock
+    while it hashes a block, so threads hash in parallel)."""
+    paths = list(paths)
+    if workers <= 1 or len(paths) <= 1:
+        return [sha256_file(p) for p in paths]
+    with ThreadPoolExecutor(min(workers, len(paths))) as pool:
+        return list(pool.map(sha256_file, paths))

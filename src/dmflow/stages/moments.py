@@ -23,7 +23,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from dmflow.core.io import atomic_path, atomic_save_json, sha256_file
+from dmflow.core.io import atomic_path, atomic_save_json, sha256_file, sha256_files
 from dmflow.lasso.moments import GRAM_COLS, CountMoments, bottom_eigenvalue, count_moments, top_eigenvalue
 from dmflow.lasso.path import BUCKET_BYTES, CD_BUFFER_ENTRIES, DENSE_MAX_N, UNION_BYTES, split_validation_rows
 from dmflow.stages.collect import open_store
@@ -138,9 +138,11 @@ def moments(
             name: {
                 "shape": list(np.load(out_dir / f"{name}.npy", mmap_mode="r").shape),
                 "dtype": np.dtype(MOMENT_ARRAYS[name.rsplit("_", 1)[0]][0]).name,
-                "sha256": sha256_file(out_dir / f"{name}.npy"),
+                "sha256": digest,
             }
-            for name in arrays
+            for name, digest in zip(
+                arrays, sha256_files((out_dir / f"{name}.npy" for name in arrays), workers=torch.get_num_threads())
+            )
         },
     }
     atomic_save_json(out_dir / "manifest.json", manifest)
@@ -166,15 +168,17 @@ def open_moments(path: Path, *, store_manifest: Path | None = None) -> tuple[Cou
         )
     n, t = manifest["num_train"], manifest["num_targets"]
     sizes = {"n": n, "T": t}
+    files = {f"{name}_{part}": path / f"{name}_{part}.npy" for part in PARTS for name in MOMENT_ARRAYS}
+    for key, file in files.items():
+        if key not in manifest["arrays"] or not file.is_file():
+            raise StoreError(f"{file}: missing from the moments (rerun the moments rule)")
+    for (key, file), digest in zip(files.items(), sha256_files(files.values(), workers=torch.get_num_threads())):
+        if digest != manifest["arrays"][key]["sha256"]:
+            raise StoreError(f"{file}: sha256 differs from manifest.json (the moments were modified or corrupted)")
     arrays = {}
     for part in PARTS:
         for name, (dtype, axes) in MOMENT_ARRAYS.items():
-            file = path / f"{name}_{part}.npy"
-            meta = manifest["arrays"].get(f"{name}_{part}")
-            if meta is None or not file.is_file():
-                raise StoreError(f"{file}: missing from the moments (rerun the moments rule)")
-            if sha256_file(file) != meta["sha256"]:
-                raise StoreError(f"{file}: sha256 differs from manifest.json (the moments were modified or corrupted)")
+            file = files[f"{name}_{part}"]
             arrays[f"{name}_{part}"] = np.load(file, mmap_mode="r", allow_pickle=False)
             want = [sizes[a] for a in axes]
             if list(arrays[f"{name}_{part}"].shape) != want or arrays[f"{name}_{part}"].dtype != dtype:
