@@ -11,6 +11,7 @@ import dmflow.lasso.path as lasso_path
 from dmflow.core.codes import FLAG_CONSTANT, FLAG_OK
 from dmflow.core.io import atomic_save_npz
 from dmflow.core.layout import block_targets
+from dmflow.lasso import kernels
 from dmflow.lasso.moments import (
     add_gram,
     bottom_eigenvalue,
@@ -323,16 +324,19 @@ def test_the_sparse_product_takes_the_targets_with_the_fewest_non_zeros():
     assert not lasso_path._sparse_targets(nonzero[[0, 2]]).any()
 
 
-def test_count_moments_are_the_centred_sums_of_the_exact_counts():
+@pytest.mark.parametrize("int8_cross", [False, True])  # float32 products, or int8 ones of fixed-point margins
+def test_count_moments_are_the_centred_sums_of_the_exact_counts(int8_cross):
     x, y, _ = planted_problem(n=30, m=700, t=4)
+    y[:, 1] = 2.5  # a constant target: no spread, cross moments 0
     rows = np.arange(3, 700, 2)
-    (mom,) = count_moments(x, y, [rows], block_rows=64)
+    (mom,) = count_moments(x, y, [rows], block_rows=64, int8_cross=int8_cross)
     xs, ys = x[rows].astype(float), y[rows]
     xc = xs - xs.mean(0)
     np.testing.assert_array_equal(mom.sum_x, xs.sum(0))
     # centred in float64 from the exact counts, stored in float32: only the last rounding is left
     np.testing.assert_allclose(mom.grams[0], xc.T @ xc, rtol=1e-6, atol=1e-5)
     np.testing.assert_allclose(mom.cross, (ys - ys.mean(0)).T @ xs, rtol=1e-5, atol=1e-3)
+    assert not mom.cross[1].any()
     np.testing.assert_allclose(mom.sxx([1, 4], [0, 2, 5]), (xc.T @ xc)[[1, 4]][:, [0, 2, 5]], atol=1e-5)
     gram = xc.T @ xc / len(rows)
     np.testing.assert_allclose(mom.centred_rows(torch.tensor([2, 7])).numpy(), gram[[2, 7]], atol=1e-7)
@@ -343,12 +347,30 @@ def test_count_moments_are_the_centred_sums_of_the_exact_counts():
     dense = row_moments(x, y, rows)
     np.testing.assert_allclose(mom.syy, dense.syy.numpy(), rtol=1e-10, atol=1e-20)
     np.testing.assert_allclose(mom.mean_y, dense.mean_y.numpy(), rtol=1e-12)
-    both = count_moments(x, y, [rows[:100], rows[100:]], block_rows=50)
+    both = count_moments(x, y, [rows[:100], rows[100:]], block_rows=50, int8_cross=int8_cross)
     joined = both[0].combine(both[1])
     np.testing.assert_allclose(joined.sxx(slice(None)), mom.sxx(slice(None)), atol=1e-4)
     np.testing.assert_allclose(joined.centred_blocks(idx).numpy(), blocks, atol=1e-7)
     np.testing.assert_allclose(joined.cross, mom.cross, atol=1e-3)
     np.testing.assert_allclose(joined.syy, mom.syy, rtol=1e-9, atol=1e-20)
+
+
+def test_fixed_point_margins_split_into_int8_digits_and_join_back_exactly():
+    """The int8 cross product's arithmetic: balanced base-128 digits of round(yc / step), their products with
+    0/1 masks summed in int32, joined in int64 and scaled once."""
+    rng = np.random.default_rng(0)
+    yc = rng.standard_normal((70, 130)) * np.array([1e-3, 1.0, 1e3, 0.0] * 32 + [1.0, 2.0])
+    step = np.maximum(np.abs(yc).max(0), 1e-300) / 2**26  # the largest margin is exactly +-2^26 steps
+    digits = np.empty((kernels.DIGITS, 130, 70), np.int8)
+    kernels.fixed_point_digits(yc, 1 / step, digits)
+    q = np.rint(yc / step).astype(np.int64)
+    assert digits.min() >= -64 and digits.max() < 64
+    np.testing.assert_array_equal(sum(d.T.astype(np.int64) * 128**i for i, d in enumerate(digits)), q)
+    x = rng.random((70, 40)) < 0.5
+    sums = np.stack([d.astype(np.int32) @ x.astype(np.int32) for d in digits])  # what torch._int_mm gives
+    cross = np.ones((130, 40), np.float32)
+    kernels.add_fixed_point(cross, sums, step)
+    np.testing.assert_allclose(cross, 1 + (q * step[None]).T @ x, rtol=1e-6, atol=1e-6)  # float32 rounding
 
 
 def test_top_eigenvalue_is_the_centred_grams_largest_with_or_without_rank_one_shifts():

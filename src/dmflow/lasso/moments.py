@@ -22,6 +22,7 @@ from dataclasses import dataclass, replace
 import numpy as np
 import torch
 
+from dmflow.lasso import kernels
 from dmflow.lasso.problem import NULL_SHARE
 
 EXACT_ROWS = 2**24
@@ -267,12 +268,26 @@ class CountMoments:
         )
 
 
+FIXED_POINT_BITS = 26
+"""The int8 cross product rounds each centred margin to a multiple of 2^-26 of its target's spread max |y - mean|
+(``kernels.DIGITS`` int8 digits): the sums over the rows are then exact, and more accurate than float32 sums."""
+
+
+def int8_cross_products() -> bool:
+    """Whether ``count_moments`` forms the cross moments as int8 products (one per digit and block): on CPUs
+    with AMX int8 tiles, where four took ~0.3 s against 0.76 s for the float32 product (n = 8000, 8192 rows,
+    T = 2000; benchmarks/RESULTS.md). With VNNI or AVX2 alone an int8 product is at most ~4x float32, not the
+    4x and more that four of them need to pay off."""
+    return bool(getattr(torch.cpu, "get_capabilities", dict)().get("amx_int8", False))
+
+
 def count_moments(
     masks: np.ndarray,
     margins: np.ndarray,
     row_sets: Sequence[np.ndarray],
     *,
     block_rows: int = 8192,
+    int8_cross: bool | None = None,
 ) -> list[CountMoments]:
     """The ``CountMoments`` of each of some disjoint row sets, in two streaming passes over the rows.
 
@@ -285,17 +300,21 @@ def count_moments(
     row_sets : sequence of int arrays
         Disjoint sets of rows (e.g. the fit rows and the validation rows).
     block_rows : int
-        Rows in memory at once: they are unpacked to float32 [block_rows, n], in buffers
-        allocated once (``GramScratch``).
+        Rows in memory at once: they are unpacked in buffers allocated once (``GramScratch``).
+    int8_cross : bool, optional
+        The cross moments as int8 products of fixed-point margins (``FIXED_POINT_BITS``)
+        rather than float32 ones; by default where the CPU has int8 tiles (``int8_cross_products``).
 
-    Pass 1 reads the margins for the means; pass 2 adds each block's X^T X (exact
-    counts, its upper block triangle: ``add_gram``) and X^T (Y - mean) (float32, the
+    Pass 1 reads the margins for their means and ranges; pass 2 adds each block's X^T X
+    (exact counts, its upper block triangle: ``add_gram``) and X^T (Y - mean) (the
     margins centred first, so no cancellation) to every row set's accumulators; the
-    counts are then mirrored (``mirror_upper``) and centred in place, in float64 (``_centre``). Memory: one [n, n] and one [T, n] float32
-    accumulator per row set, plus one block.
+    counts are then mirrored (``mirror_upper``) and centred in place, in float64
+    (``_centre``). Memory: one [n, n] and one [T, n] float32 accumulator per row set,
+    plus one block (and, for int8 cross products, their int32 sums [4 T, n]).
     """
     m, n = masks.shape
     t = margins.shape[1]
+    int8_cross = int8_cross_products() if int8_cross is None else int8_cross
     member = np.full(m, -1, dtype=np.int64)
     for k, rows in enumerate(row_sets):
         if len(rows) >= EXACT_ROWS:
@@ -308,13 +327,24 @@ def count_moments(
     y_buf = np.empty((block_rows, t), np.result_type(margins.dtype, np.float32))  # the margins, not rounded
     yc_buf, y32_buf = np.empty((block_rows, t), np.float64), np.empty((block_rows, t), np.float32)
     sums_y = [np.zeros(t) for _ in row_sets]
+    lo, hi = [np.full(t, np.inf) for _ in row_sets], [np.full(t, -np.inf) for _ in row_sets]
     for start in range(0, m, block_rows):
         which = member[start : start + block_rows]
         y_all = np.asarray(margins[start : start + block_rows], dtype=y_buf.dtype)
         for k in range(len(row_sets)):
             here = np.flatnonzero(which == k)
-            sums_y[k] += np.take(y_all, here, axis=0, out=y_buf[: len(here)]).sum(0, dtype=np.float64)
+            if not len(here):
+                continue
+            y = np.take(y_all, here, axis=0, out=y_buf[: len(here)])
+            sums_y[k] += y.sum(0, dtype=np.float64)
+            np.minimum(lo[k], y.min(0), out=lo[k])
+            np.maximum(hi[k], y.max(0), out=hi[k])
     mean_y = [s / max(c, 1) for s, c in zip(sums_y, counts)]
+    spread = [np.maximum(h - mu, mu - low) for low, h, mu in zip(lo, hi, mean_y)]
+    steps = [np.where(sp > 0, sp, 1.0) / 2**FIXED_POINT_BITS for sp in spread]
+    if int8_cross:
+        digits = np.empty(kernels.DIGITS * t * block_rows, np.int8)
+        cross_sums = torch.empty((kernels.DIGITS * t, n), dtype=torch.int32)
     grams = [np.zeros((n, n), np.float32) for _ in row_sets]
     cross = [np.zeros((t, n), np.float32) for _ in row_sets]
     syy = [np.zeros(t) for _ in row_sets]
@@ -332,6 +362,16 @@ def count_moments(
             yc = np.subtract(np.take(y_all, here, axis=0, out=y_buf[: len(here)]), mean_y[k], out=yc_buf[: len(here)])
             syy[k] += np.einsum("ij,ij->j", yc, yc)
             add_gram(torch.from_numpy(grams[k]), x, scratch=scratch, upper=True)
+            if int8_cross:  # exact sums of the fixed-point margins: one int8 product for all their digits
+                d = digits[: kernels.DIGITS * t * len(here)].reshape(kernels.DIGITS, t, len(here))
+                kernels.fixed_point_digits(yc, 1.0 / steps[k], d)
+                torch._int_mm(
+                    torch.from_numpy(d.reshape(kernels.DIGITS * t, len(here))),
+                    torch.from_numpy(x.view(np.int8)),
+                    out=cross_sums,
+                )
+                kernels.add_fixed_point(cross[k], cross_sums.numpy().reshape(kernels.DIGITS, t, n), steps[k])
+                continue
             y32 = y32_buf[: len(here)]
             np.copyto(y32, yc, casting="same_kind")
             x32 = scratch.take("rows", x.shape).copy_(torch.from_numpy(x))

@@ -47,9 +47,10 @@ PROCESS_MB = 1024
 
 def moments_bytes(n: int, num_targets: int, *, block_rows: int = 8192) -> int:
     """Peak memory of the moments job: two Grams and two cross moments in float32, one int32 product of
-    ``GRAM_COLS`` columns, and one row block (packed, unpacked, its int8 and float32 copies, its margins)."""
-    product = 4 * n * min(n, GRAM_COLS)
-    return 2 * 4 * (n * n + n * num_targets) + product + block_rows * (7 * n + n // 8 + 20 * num_targets)
+    ``GRAM_COLS`` columns, the int32 sums of an int8 cross product [4 T, n], and one row block (packed,
+    unpacked, its int8 and float32 copies, its margins and their int8 digits)."""
+    products = 4 * n * min(n, GRAM_COLS) + 16 * n * num_targets
+    return 2 * 4 * (n * n + n * num_targets) + products + block_rows * (7 * n + n // 8 + 24 * num_targets)
 
 
 def fit_bytes(n: int, targets_per_job: int, *, threads: int = 1, device: str = "cpu") -> int:
