@@ -147,11 +147,11 @@ def mirror_upper(gram: torch.Tensor) -> None:
 
 
 class GramScratch:
-    """The temporaries of ``add_gram`` and ``count_moments`` for blocks of up to ``block_rows`` rows of n
-    features, allocated once: fresh ones for every block cost a page fault per 4 KB (at n = 8000, a
-    third of the moments job's time went to the kernel)."""
+    """The temporaries of ``add_gram``, ``add_cross`` and ``count_moments`` for blocks of up to ``block_rows``
+    rows of n features and ``targets`` margins, allocated once (pages touched only as used): fresh ones for
+    every block cost a page fault per 4 KB (at n = 8000, a third of the moments job's time went to the kernel)."""
 
-    def __init__(self, block_rows: int, n: int) -> None:
+    def __init__(self, block_rows: int, n: int, targets: int = 0) -> None:
         self.block_rows = block_rows
         width = min(GRAM_COLS, n)
         self._flat = {  # x^T, a block of x's columns, their int32 counts, x as float32
@@ -159,11 +159,38 @@ class GramScratch:
             "rhs": torch.empty(block_rows * width, dtype=torch.int8),
             "counts": torch.empty(n * width, dtype=torch.int32),
             "rows": torch.empty(block_rows * n, dtype=torch.float32),
+            # the margins as float32, or as int8 digits and the int32 sums of their products
+            "margins": torch.empty(block_rows * targets, dtype=torch.float32),
+            "digits": torch.empty(kernels.DIGITS * targets * block_rows, dtype=torch.int8),
+            "digit_sums": torch.empty(kernels.DIGITS * targets * n, dtype=torch.int32),
         }
 
-    def take(self, name: str, shape: tuple[int, int]) -> torch.Tensor:
+    def take(self, name: str, shape: tuple[int, ...]) -> torch.Tensor:
         """A contiguous [shape] tensor on the named buffer (its contents undefined)."""
-        return self._flat[name][: shape[0] * shape[1]].view(shape)
+        return self._flat[name][: int(np.prod(shape))].view(shape)
+
+
+def add_cross(
+    cross: np.ndarray, x: np.ndarray, yc: np.ndarray, step: np.ndarray, *, int8: bool, scratch: GramScratch
+) -> None:
+    """cross += yc^T x for bool rows x [b, n] and centred margins yc float64 [b, T] (cross float32 [T, n]).
+
+    ``int8``: the margins rounded to multiples of ``step`` [T] (``FIXED_POINT_BITS``) as
+    ``kernels.DIGITS`` int8 digits each, one int8 product of all digits with x (exact int32
+    sums), the digits' sums joined in int64 and scaled once (``int8_cross_products`` says
+    where this wins). Else one float32 product.
+    """
+    (b, t), n = yc.shape, x.shape[1]
+    if int8:
+        digits = scratch.take("digits", (kernels.DIGITS, t, b))
+        kernels.fixed_point_digits(yc, 1.0 / step, digits.numpy())
+        sums = scratch.take("digit_sums", (kernels.DIGITS * t, n))
+        torch._int_mm(digits.view(kernels.DIGITS * t, b), torch.from_numpy(x.view(np.int8)), out=sums)
+        kernels.add_fixed_point(cross, sums.numpy().reshape(kernels.DIGITS, t, n), step)
+        return
+    y32 = scratch.take("margins", (b, t)).copy_(torch.from_numpy(yc))
+    x32 = scratch.take("rows", (b, n)).copy_(torch.from_numpy(x))
+    torch.from_numpy(cross).addmm_(y32.T, x32)
 
 
 @dataclass(frozen=True)
@@ -322,10 +349,10 @@ def count_moments(
         member[np.asarray(rows)] = k
     counts = [len(rows) for rows in row_sets]
     block_rows = max(1, min(block_rows, m))
-    scratch = GramScratch(block_rows, n)
+    scratch = GramScratch(block_rows, n, t)
     x_buf = np.empty((block_rows, n), np.bool_)
     y_buf = np.empty((block_rows, t), np.result_type(margins.dtype, np.float32))  # the margins, not rounded
-    yc_buf, y32_buf = np.empty((block_rows, t), np.float64), np.empty((block_rows, t), np.float32)
+    yc_buf = np.empty((block_rows, t), np.float64)
     sums_y = [np.zeros(t) for _ in row_sets]
     lo, hi = [np.full(t, np.inf) for _ in row_sets], [np.full(t, -np.inf) for _ in row_sets]
     for start in range(0, m, block_rows):
@@ -342,9 +369,6 @@ def count_moments(
     mean_y = [s / max(c, 1) for s, c in zip(sums_y, counts)]
     spread = [np.maximum(h - mu, mu - low) for low, h, mu in zip(lo, hi, mean_y)]
     steps = [np.where(sp > 0, sp, 1.0) / 2**FIXED_POINT_BITS for sp in spread]
-    if int8_cross:
-        digits = np.empty(kernels.DIGITS * t * block_rows, np.int8)
-        cross_sums = torch.empty((kernels.DIGITS * t, n), dtype=torch.int32)
     grams = [np.zeros((n, n), np.float32) for _ in row_sets]
     cross = [np.zeros((t, n), np.float32) for _ in row_sets]
     syy = [np.zeros(t) for _ in row_sets]
@@ -362,20 +386,7 @@ def count_moments(
             yc = np.subtract(np.take(y_all, here, axis=0, out=y_buf[: len(here)]), mean_y[k], out=yc_buf[: len(here)])
             syy[k] += np.einsum("ij,ij->j", yc, yc)
             add_gram(torch.from_numpy(grams[k]), x, scratch=scratch, upper=True)
-            if int8_cross:  # exact sums of the fixed-point margins: one int8 product for all their digits
-                d = digits[: kernels.DIGITS * t * len(here)].reshape(kernels.DIGITS, t, len(here))
-                kernels.fixed_point_digits(yc, 1.0 / steps[k], d)
-                torch._int_mm(
-                    torch.from_numpy(d.reshape(kernels.DIGITS * t, len(here))),
-                    torch.from_numpy(x.view(np.int8)),
-                    out=cross_sums,
-                )
-                kernels.add_fixed_point(cross[k], cross_sums.numpy().reshape(kernels.DIGITS, t, n), steps[k])
-                continue
-            y32 = y32_buf[: len(here)]
-            np.copyto(y32, yc, casting="same_kind")
-            x32 = scratch.take("rows", x.shape).copy_(torch.from_numpy(x))
-            torch.from_numpy(cross[k]).addmm_(torch.from_numpy(y32).T, x32)
+            add_cross(cross[k], x, yc, steps[k], int8=int8_cross, scratch=scratch)
     for g in grams:
         mirror_upper(torch.from_numpy(g))
     sums_x = [np.diagonal(g).astype(np.float64) for g in grams]  # x_i^2 = x_i: the diagonal counts the ones
