@@ -429,13 +429,15 @@ def top_eigenvalue(mom: CountMoments) -> float:
     """The largest eigenvalue of G = Xc^T Xc / count, by Lanczos iterations (``scipy.sparse.linalg.eigsh``).
 
     By Cauchy's interlacing theorem it bounds the largest eigenvalue of every principal
-    submatrix G[A, A]: one step size serves every working set.
+    submatrix G[A, A]: one step size serves every working set. Lanczos approaches it from
+    below; to a relative tolerance of 1e-3 (2e-5 off at n = 8000, in 40-50 products where
+    1e-4 took 70-80), which the solvers' 1% margin (``CentredGram``) covers.
     """
     from scipy.sparse.linalg import eigsh
 
     n = mom.n
     op = _operator(mom)
-    return float(eigsh(op, k=1, which="LA", tol=1e-4, v0=np.ones(n) / np.sqrt(n), return_eigenvectors=False)[0])
+    return float(eigsh(op, k=1, which="LA", tol=1e-3, v0=np.ones(n) / np.sqrt(n), return_eigenvectors=False)[0])
 
 
 def bottom_eigenvalue(mom: CountMoments, top: float) -> float:
