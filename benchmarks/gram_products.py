@@ -135,7 +135,7 @@ def moments_block(args: argparse.Namespace, n: int, x: np.ndarray, results_file,
         for _ in range(4):
             cross[:] = 0
             start = time.perf_counter()
-            add_cross(cross, x, yc, step, int8=int8, scratch=scratch)
+            add_cross(cross, x, yc, step=step, int8=int8, scratch=scratch)
             times.append(time.perf_counter() - start)
         seconds[int8], errors[int8] = min(times[1:]), np.abs(cross - exact).max() / np.abs(exact).max()
     print(

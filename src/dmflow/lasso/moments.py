@@ -171,7 +171,7 @@ class GramScratch:
 
 
 def add_cross(
-    cross: np.ndarray, x: np.ndarray, yc: np.ndarray, step: np.ndarray, *, int8: bool, scratch: GramScratch
+    cross: np.ndarray, x: np.ndarray, yc: np.ndarray, *, step: np.ndarray, int8: bool, scratch: GramScratch
 ) -> None:
     """cross += yc^T x for bool rows x [b, n] and centred margins yc float64 [b, T] (cross float32 [T, n]).
 
@@ -386,7 +386,7 @@ def count_moments(
             yc = np.subtract(np.take(y_all, here, axis=0, out=y_buf[: len(here)]), mean_y[k], out=yc_buf[: len(here)])
             syy[k] += np.einsum("ij,ij->j", yc, yc)
             add_gram(torch.from_numpy(grams[k]), x, scratch=scratch, upper=True)
-            add_cross(cross[k], x, yc, steps[k], int8=int8_cross, scratch=scratch)
+            add_cross(cross[k], x, yc, step=steps[k], int8=int8_cross, scratch=scratch)
     for g in grams:
         mirror_upper(torch.from_numpy(g))
     sums_x = [np.diagonal(g).astype(np.float64) for g in grams]  # x_i^2 = x_i: the diagonal counts the ones
