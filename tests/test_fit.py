@@ -325,7 +325,8 @@ def test_the_sparse_product_takes_the_targets_with_the_fewest_non_zeros():
 
 
 @pytest.mark.parametrize("int8_cross", [False, True])  # float32 products, or int8 ones of fixed-point margins
-def test_count_moments_are_the_centred_sums_of_the_exact_counts(int8_cross):
+def test_count_moments_are_the_centred_sums_of_the_exact_counts(int8_cross, monkeypatch):
+    monkeypatch.setattr(lasso_moments, "CROSS_TARGETS", 3)  # int8 products for 3 targets, then 1
     x, y, _ = planted_problem(n=30, m=700, t=4)
     y[:, 1] = 2.5  # a constant target: no spread, cross moments 0
     rows = np.arange(3, 700, 2)

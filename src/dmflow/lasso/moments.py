@@ -161,13 +161,17 @@ class GramScratch:
             "rows": torch.empty(block_rows * n, dtype=torch.float32),
             # the margins as float32, or as int8 digits and the int32 sums of their products
             "margins": torch.empty(block_rows * targets, dtype=torch.float32),
-            "digits": torch.empty(kernels.DIGITS * targets * block_rows, dtype=torch.int8),
-            "digit_sums": torch.empty(kernels.DIGITS * targets * n, dtype=torch.int32),
+            "digits": torch.empty(kernels.DIGITS * min(targets, CROSS_TARGETS) * block_rows, dtype=torch.int8),
+            "digit_sums": torch.empty(kernels.DIGITS * min(targets, CROSS_TARGETS) * n, dtype=torch.int32),
         }
 
     def take(self, name: str, shape: tuple[int, ...]) -> torch.Tensor:
         """A contiguous [shape] tensor on the named buffer (its contents undefined)."""
         return self._flat[name][: int(np.prod(shape))].view(shape)
+
+
+CROSS_TARGETS = 1024
+"""Targets per int8 cross product (``add_cross``): its int32 sums are [4 x 1024, n], not [4 T, n]."""
 
 
 def add_cross(
@@ -176,17 +180,21 @@ def add_cross(
     """cross += yc^T x for bool rows x [b, n] and centred margins yc float64 [b, T] (cross float32 [T, n]).
 
     ``int8``: the margins rounded to multiples of ``step`` [T] (``FIXED_POINT_BITS``) as
-    ``kernels.DIGITS`` int8 digits each, one int8 product of all digits with x (exact int32
-    sums), the digits' sums joined in int64 and scaled once (``int8_cross_products`` says
-    where this wins). Else one float32 product.
+    ``kernels.DIGITS`` int8 digits each, one int8 product of all digits of ``CROSS_TARGETS``
+    targets with x (exact int32 sums), the digits' sums joined in int64 and scaled once
+    (``int8_cross_products`` says where this wins). Else one float32 product.
     """
     (b, t), n = yc.shape, x.shape[1]
     if int8:
-        digits = scratch.take("digits", (kernels.DIGITS, t, b))
-        kernels.fixed_point_digits(yc, 1.0 / step, digits.numpy())
-        sums = scratch.take("digit_sums", (kernels.DIGITS * t, n))
-        torch._int_mm(digits.view(kernels.DIGITS * t, b), torch.from_numpy(x.view(np.int8)), out=sums)
-        kernels.add_fixed_point(cross, sums.numpy().reshape(kernels.DIGITS, t, n), step)
+        rows = torch.from_numpy(x.view(np.int8))
+        for start in range(0, t, CROSS_TARGETS):
+            part = slice(start, min(start + CROSS_TARGETS, t))
+            width = part.stop - start
+            digits = scratch.take("digits", (kernels.DIGITS, width, b))
+            kernels.fixed_point_digits(yc[:, part], 1.0 / step[part], digits.numpy())
+            sums = scratch.take("digit_sums", (kernels.DIGITS * width, n))
+            torch._int_mm(digits.view(kernels.DIGITS * width, b), rows, out=sums)
+            kernels.add_fixed_point(cross[part], sums.numpy().reshape(kernels.DIGITS, width, n), step[part])
         return
     y32 = scratch.take("margins", (b, t)).copy_(torch.from_numpy(yc))
     x32 = scratch.take("rows", (b, n)).copy_(torch.from_numpy(x))
@@ -337,7 +345,7 @@ def count_moments(
     margins centred first, so no cancellation) to every row set's accumulators; the
     counts are then mirrored (``mirror_upper``) and centred in place, in float64
     (``_centre``). Memory: one [n, n] and one [T, n] float32 accumulator per row set,
-    plus one block (and, for int8 cross products, their int32 sums [4 T, n]).
+    plus one block (and, for int8 cross products, their int32 sums [4 x 1024, n]).
     """
     m, n = masks.shape
     t = margins.shape[1]

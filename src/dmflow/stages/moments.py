@@ -24,7 +24,14 @@ import numpy as np
 import torch
 
 from dmflow.core.io import atomic_path, atomic_save_json, sha256_file, sha256_files
-from dmflow.lasso.moments import GRAM_COLS, CountMoments, bottom_eigenvalue, count_moments, top_eigenvalue
+from dmflow.lasso.moments import (
+    CROSS_TARGETS,
+    GRAM_COLS,
+    CountMoments,
+    bottom_eigenvalue,
+    count_moments,
+    top_eigenvalue,
+)
 from dmflow.lasso.path import BUCKET_BYTES, CD_BUFFER_ENTRIES, DENSE_MAX_N, UNION_BYTES, split_validation_rows
 from dmflow.stages.collect import open_store
 from dmflow.store.schema import StoreError, usable_rows
@@ -47,9 +54,9 @@ PROCESS_MB = 1024
 
 def moments_bytes(n: int, num_targets: int, *, block_rows: int = 8192) -> int:
     """Peak memory of the moments job: two Grams and two cross moments in float32, one int32 product of
-    ``GRAM_COLS`` columns, the int32 sums of an int8 cross product [4 T, n], and one row block (packed,
-    unpacked, its int8 and float32 copies, its margins and their int8 digits)."""
-    products = 4 * n * min(n, GRAM_COLS) + 16 * n * num_targets
+    ``GRAM_COLS`` columns, the int32 sums of an int8 cross product [4 x ``CROSS_TARGETS``, n], and one row
+    block (packed, unpacked, its int8 and float32 copies, its margins and their int8 digits)."""
+    products = 4 * n * min(n, GRAM_COLS) + 16 * n * min(num_targets, CROSS_TARGETS)
     return 2 * 4 * (n * n + n * num_targets) + products + block_rows * (7 * n + n // 8 + 24 * num_targets)
 
 
