@@ -309,10 +309,10 @@ FIXED_POINT_BITS = 26
 
 
 def int8_cross_products() -> bool:
-    """Whether ``count_moments`` forms the cross moments as int8 products (one per digit and block): on CPUs
-    with AMX int8 tiles, where four took ~0.3 s against 0.76 s for the float32 product (n = 8000, 8192 rows,
-    T = 2000; benchmarks/RESULTS.md). With VNNI or AVX2 alone an int8 product is at most ~4x float32, not the
-    4x and more that four of them need to pay off."""
+    """Whether ``count_moments`` forms the cross moments as int8 products (``add_cross``): on CPUs with AMX
+    int8 tiles, where they took about half the float32 product's time (n = 8000, 8192 rows, T = 2000;
+    benchmarks/gram_products.py). With VNNI or AVX2 alone an int8 product is at most ~4x float32, not the 4x
+    and more that four digits need to pay off."""
     return bool(getattr(torch.cpu, "get_capabilities", dict)().get("amx_int8", False))
 
 
@@ -376,7 +376,10 @@ def count_moments(
             np.maximum(hi[k], y.max(0), out=hi[k])
     mean_y = [s / max(c, 1) for s, c in zip(sums_y, counts)]
     spread = [np.maximum(h - mu, mu - low) for low, h, mu in zip(lo, hi, mean_y)]
-    steps = [np.where(sp > 0, sp, 1.0) / 2**FIXED_POINT_BITS for sp in spread]
+    for k, sp in enumerate(spread):
+        if counts[k] and not np.isfinite(sp).all():  # a store's usable rows never have them
+            raise ValueError(f"row set {k}: non-finite margins of target {int(np.flatnonzero(~np.isfinite(sp))[0])}")
+    steps = [np.where((sp > 0) & np.isfinite(sp), sp, 1.0) / 2**FIXED_POINT_BITS for sp in spread]
     grams = [np.zeros((n, n), np.float32) for _ in row_sets]
     cross = [np.zeros((t, n), np.float32) for _ in row_sets]
     syy = [np.zeros(t) for _ in row_sets]

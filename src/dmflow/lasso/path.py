@@ -567,6 +567,8 @@ def _sparse_targets(nonzero: np.ndarray) -> np.ndarray:
     (rows in the other targets' supports) x (their number).
     """
     t = nonzero.shape[0]
+    if t == 0:
+        return np.ones(0, dtype=np.bool_)
     nnz = torch.from_numpy(np.count_nonzero(nonzero, axis=1))
     order = torch.argsort(nnz, descending=True)  # the dense candidates first
     ranked = nonzero[order.numpy()]
