@@ -312,8 +312,15 @@ def int8_cross_products() -> bool:
     """Whether ``count_moments`` forms the cross moments as int8 products (``add_cross``): on CPUs with AMX
     int8 tiles, where they took about half the float32 product's time (n = 8000, 8192 rows, T = 2000;
     benchmarks/gram_products.py). With VNNI or AVX2 alone an int8 product is at most ~4x float32, not the 4x
-    and more that four digits need to pay off."""
-    return bool(getattr(torch.cpu, "get_capabilities", dict)().get("amx_int8", False))
+    and more that four digits need to pay off. Also only where this torch multiplies int8 matrices of any
+    shape (the rows of a row set in a block, the targets of the last chunk)."""
+    if not getattr(torch.cpu, "get_capabilities", dict)().get("amx_int8", False):
+        return False
+    try:
+        torch._int_mm(torch.ones((4, 3), dtype=torch.int8), torch.ones((3, 5), dtype=torch.int8))
+    except RuntimeError:  # pragma: no cover - a torch whose int8 products need aligned shapes
+        return False
+    return True
 
 
 def count_moments(
