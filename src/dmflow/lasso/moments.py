@@ -303,9 +303,10 @@ class CountMoments:
         )
 
 
-FIXED_POINT_BITS = 26
+FIXED_POINT_BITS = 7 * kernels.DIGITS - 2
 """The int8 cross product rounds each centred margin to a multiple of 2^-26 of its target's spread max |y - mean|
-(``kernels.DIGITS`` int8 digits): the sums over the rows are then exact, and more accurate than float32 sums."""
+(|q| <= 2^26, well inside what ``kernels.DIGITS`` = 4 balanced base-128 digits hold): the sums over the rows are
+then exact, and more accurate than float32 sums."""
 
 
 def int8_cross_products() -> bool:
