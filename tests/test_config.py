@@ -44,9 +44,11 @@ def _npz(tmp_path, **arrays):
             "masks.eval_models=30 must be a positive multiple of masks.eval_chunk_size=20",
         ),
         (
-            {"dataset": {"name": "mnist"}},
-            "dataset.name='mnist' is not allowed; choose one of 'digits', 'npz', 'cifar10', 'images'",
+            {"dataset": {"name": "svhn"}},
+            "dataset.name='svhn' is not allowed; choose one of 'digits', 'npz', 'cifar10', 'images', 'fashion-mnist'",
         ),
+        ({"dataset": {"name": "mnist"}}, "dataset.path is required when dataset.name='mnist'"),
+        ({"dataset": {"name": "kmnist", "path": "/nonexistent"}}, "dataset.path=/nonexistent: no kmnist IDX files"),
         (
             {"model": {"arch": "transformer"}},
             "model.arch='transformer' is not allowed; choose one of 'mlp', 'logreg', 'cnn', 'resnet9' or a custom model as 'package.module:factory'",

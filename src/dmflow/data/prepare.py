@@ -17,7 +17,7 @@ from typing import Any
 
 import numpy as np
 
-from dmflow.data.sources import load_source
+from dmflow.data.sources import IMAGE_SOURCES, load_source
 
 DATA_ARRAYS = (
     ("X_train", "float32 [n, ...]: the training features the models see (scaled, standardised when asked)"),
@@ -67,7 +67,7 @@ def prepare_data(dataset: dict[str, Any], seed: int) -> dict[str, np.ndarray]:
     """The arrays of ``data.npz``: float32 features, int64 labels, ids, class count."""
     xtr, ytr, xte, yte, train_ids, test_ids = load_source(dataset, seed)
     targets = choose_targets(len(xte), dataset.get("num_targets"), seed)
-    is_image_source = dataset["name"] in ("cifar10", "images")
+    is_image_source = dataset["name"] in IMAGE_SOURCES
     raw_dtype = np.uint8 if xtr.dtype == np.uint8 else np.float32
     raw_train, raw_target = xtr.astype(raw_dtype), xte[targets].astype(raw_dtype)
     scale = np.float32(1 / 255) if is_image_source else np.float32(1)

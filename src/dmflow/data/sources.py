@@ -1,13 +1,14 @@
 """Dataset sources: each yields training and test arrays, and the sizes a config implies.
 
-Four sources:
+The sources:
 
 - ``digits``: scikit-learn's bundled 8x8 digits, split deterministically;
 - ``npz``: a user file with X_train, y_train, X_test, y_test (any feature shape);
 - ``cifar10``: torchvision's CIFAR-10 python-format folder (``data_batch_1..5``,
   ``test_batch``), read with an unpickler that only rebuilds numpy arrays;
 - ``images``: a folder per class (ImageFolder style), with ``train/`` and
-  ``test/`` inside or split deterministically.
+  ``test/`` inside or split deterministically;
+- ``fashion-mnist``, ``mnist``, ``kmnist``: four IDX files (``dmflow.data.idx``).
 
 ``dmflow.data.prepare`` turns a source's arrays into the arrays of ``data.npz``.
 """
@@ -28,6 +29,9 @@ from typing import Any
 
 import numpy as np
 
+from dmflow.data.errors import DataError, DataWarning
+from dmflow.data.idx import IDX_DEFAULT_PATHS, IDX_NAMES, idx_source
+
 NPZ_KEYS = ("X_train", "y_train", "X_test", "y_test")
 DIGITS_SIZE = 1797
 DIGITS_DEFAULT_TRAIN = 1000
@@ -35,14 +39,8 @@ CIFAR10_FOLDER = "cifar-10-batches-py"
 CIFAR10_URL = "https://www.cs.toronto.edu/~kriz/cifar-10-python.tar.gz"
 CIFAR10_MD5 = "c58f30108f718f92721af3b95e74349a"
 IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg", ".bmp", ".gif", ".ppm", ".tif", ".tiff", ".webp")
-
-
-class DataError(ValueError):
-    """A dataset file or setting that cannot be used; the message is one line."""
-
-
-class DataWarning(UserWarning):
-    """Data that can be used but deserves a look (e.g. target classes the training set lacks)."""
+IMAGE_SOURCES = ("cifar10", "images", *IDX_NAMES)
+"""Sources of uint8 pixels [N, C, H, W]: scaled to [0, 1] and standardised per channel."""
 
 
 @dataclass(frozen=True)
@@ -432,7 +430,7 @@ def _subsample(n: int, size: int | None, seed: int, key: int) -> np.ndarray:
 def load_source(dataset: dict[str, Any], seed: int) -> tuple[np.ndarray, ...]:
     """(X_train, y_train, X_test, y_test, train_ids, test_ids) from the configured source.
 
-    For ``cifar10`` and ``images``, ``dataset.classes`` keeps a class subset and
+    For the image sources, ``dataset.classes`` keeps a class subset and
     ``dataset.num_train`` a deterministic sample of the training set.
     """
     name = dataset["name"]
@@ -448,13 +446,18 @@ def load_source(dataset: dict[str, Any], seed: int) -> tuple[np.ndarray, ...]:
         xtr, ytr, xte, yte, itr, ite = _images(
             _need_path(dataset), dataset.get("image_size"), dataset.get("test_fraction", 0.2), seed
         )
+    elif name in IDX_NAMES:
+        if dataset.get("download"):
+            raise DataError(f"dataset.download=true: {name} is never downloaded; set dataset.path to its IDX files")
+        xtr, ytr, xte, yte, itr, ite = idx_source(name, dataset.get("path"))
     else:  # the schema allows no other name
         raise DataError(f"dataset.name={name!r} has no loader")
     classes = dataset.get("classes")
     xtr, ytr, itr = _select_classes(xtr, ytr, itr, classes)
     xte, yte, ite = _select_classes(xte, yte, ite, classes)
     keep = _subsample(len(ytr), dataset.get("num_train"), seed, 17)
-    check_arrays((xtr[keep], ytr[keep]), (xte, yte), where=f"dataset.path={dataset['path']}")
+    where = f"dataset.path={dataset.get('path') or IDX_DEFAULT_PATHS.get(name)}"
+    check_arrays((xtr[keep], ytr[keep]), (xte, yte), where=where)
     return xtr[keep], ytr[keep], xte, yte, itr[keep], ite
 
 
