@@ -79,7 +79,7 @@ from dmflow.training.module import margins_from_logits
 from dmflow.training.settings import TrainSettings
 from dmflow.training.train import (
     StackResult,
-    cpu_has_bf16_matrix_units,
+    bf16_training_pays,
     lightning_precision,
     quiet_lightning,
     train_stack,
@@ -473,7 +473,7 @@ def main(argv: list[str] | None = None) -> None:
     # (b) at train.precision 32 and auto, where that can differ (AMX) or auto is asked for: the one
     # of them (b) is not is timed once more per round, next to (b)
     flag = lightning_precision(args.precision, "cpu")
-    compare = cpu_has_bf16_matrix_units() or args.precision == "auto"
+    compare = bf16_training_pays() or args.precision == "auto"
     extra = [p for p in ("32", "auto") if lightning_precision(p, "cpu") != flag] if compare else []
 
     # warm-up: imports, Lightning's first-fit set-up, allocator, thread pool
@@ -569,7 +569,7 @@ def main(argv: list[str] | None = None) -> None:
     )
     print(
         f"precision of (a) and (b): train.precision={args.precision} -> {flag}"
-        f" (AMX: {cpu_has_bf16_matrix_units()}); (a0) is Lightning's default, 32-true; margins in float32"
+        f" (bf16 chosen for auto: {bf16_training_pays()}); (a0) is Lightning's default, 32-true; margins in float32"
     )
     print(line)
     print(f"{'run (best of ' + str(args.repeats) + ')':<34}{'models':>8}{'seconds':>10}{'models/s':>12}")

@@ -32,6 +32,8 @@ ALPHAS = [alpha_dir(a) for a in config["masks"]["alphas"]]
 NUM_TRAIN, NUM_TARGETS = dataset_sizes(config["dataset"], config["seed"])
 CONDA_ENV = "../envs/dmflow.yaml"
 BASELINES = config["baselines"]["methods"] if config["baselines"]["enabled"] else []
+# `dmflow --kernels` of the jobs that choose CPU-specific kernels (moments, learning curve, training)
+KERNELS = ",".join(f"{kind}={value}" for kind, value in sorted(config["kernels"].items()))
 
 # The rules run `dmflow <stage>`, the command of the active environment (the README's
 # venv). With --sdm conda the jobs run in envs/dmflow.yaml, which holds dmflow's

@@ -56,7 +56,8 @@ rule learning_curve:
         fractions=" ".join(str(f) for f in config["evaluate"]["learning_curve"]),
         fit=section_json("fit"),
         seed=SEED,
+        kernels=KERNELS,
     shell:
-        "dmflow learning-curve --fit-store {params.fit_store:q} --eval-store {params.eval_store:q}"
+        "dmflow --kernels {params.kernels} learning-curve --fit-store {params.fit_store:q} --eval-store {params.eval_store:q}"
         " --fractions {params.fractions} --datamodels {input.datamodels:q} --fit {params.fit:q} --seed {params.seed}"
         " --threads {threads} --table {output.table:q} --figure {output.figure:q} 2> {log:q}"

@@ -17,6 +17,7 @@ rule moments:
         folder=lambda wc: L.moments(wc.alpha),
         val_fraction=config["fit"]["val_fraction"],
         seed=SEED,
+        kernels=KERNELS,
     shell:
-        "dmflow moments --store {params.store:q} --val-fraction {params.val_fraction} --seed {params.seed}"
+        "dmflow --kernels {params.kernels} moments --store {params.store:q} --val-fraction {params.val_fraction} --seed {params.seed}"
         " --threads {threads} --mem-mb {resources.mem_mb} --out-dir {params.folder:q} 2> {log:q}"

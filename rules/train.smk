@@ -17,8 +17,9 @@ rule train_chunk:
         train=section_json("train"),
         replicates=lambda wc: replicates(wc.split),
         seed=SEED,
+        kernels=KERNELS,
     shell:
-        "dmflow train-chunk --data {input.data:q} --masks {input.masks:q} --alpha {wildcards.alpha}"
+        "dmflow --kernels {params.kernels} train-chunk --data {input.data:q} --masks {input.masks:q} --alpha {wildcards.alpha}"
         " --split {wildcards.split} --chunk {wildcards.chunk} --seed {params.seed}"
         " --replicates {params.replicates} --model {params.model:q} --train {params.train:q}"
         " --threads {threads} --out {output:q} 2> {log:q}"

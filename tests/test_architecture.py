@@ -8,6 +8,7 @@ Layers, top to bottom: ``cli``/``api``/``config`` -> ``stages`` -> the computati
 from __future__ import annotations
 
 import ast
+import re
 
 import pytest
 
@@ -168,7 +169,7 @@ def test_there_is_one_stage_module_per_rules_file_and_one_stage_function_per_rul
         functions = {f.name for f in stages[stem].body if isinstance(f, ast.FunctionDef)}
         for rule in (line.split()[1].rstrip(":") for line in text.splitlines() if line.startswith("rule ")):
             assert rule in functions, f"rules/{stem}.smk: rule {rule} has no dmflow.stages.{stem}.{rule}"
-            assert f"dmflow {rule.replace('_', '-')} " in text, (
+            assert re.search(rf"dmflow (--\S+ \S+ )*{rule.replace('_', '-')} ", text), (  # global options first
                 f"rule {rule} should call `dmflow {rule.replace('_', '-')}`"
             )
 

@@ -324,13 +324,14 @@ def test_the_sparse_product_takes_the_targets_with_the_fewest_non_zeros():
     assert not lasso_path._sparse_targets(nonzero[[0, 2]]).any()
 
 
-@pytest.mark.parametrize("int8_cross", [False, True])  # float32 products, or int8 ones of fixed-point margins
-def test_count_moments_are_the_centred_sums_of_the_exact_counts(int8_cross, monkeypatch):
+@pytest.mark.parametrize("gram_product", ["float32", "int8"])  # each candidate product forced, on every machine
+@pytest.mark.parametrize("cross_product", ["float32", "int8"])  # float32 products, or int8 ones of fixed-point margins
+def test_count_moments_are_the_centred_sums_of_the_exact_counts(gram_product, cross_product, monkeypatch):
     monkeypatch.setattr(lasso_moments, "CROSS_TARGETS", 3)  # int8 products for 3 targets, then 1
     x, y, _ = planted_problem(n=30, m=700, t=4)
     y[:, 1] = 2.5  # a constant target: no spread, cross moments 0
     rows = np.arange(3, 700, 2)
-    (mom,) = count_moments(x, y, [rows], block_rows=64, int8_cross=int8_cross)
+    (mom,) = count_moments(x, y, [rows], block_rows=64, gram=gram_product, cross=cross_product)
     xs, ys = x[rows].astype(float), y[rows]
     xc = xs - xs.mean(0)
     np.testing.assert_array_equal(mom.sum_x, xs.sum(0))
@@ -348,7 +349,7 @@ def test_count_moments_are_the_centred_sums_of_the_exact_counts(int8_cross, monk
     dense = row_moments(x, y, rows)
     np.testing.assert_allclose(mom.syy, dense.syy.numpy(), rtol=1e-10, atol=1e-20)
     np.testing.assert_allclose(mom.mean_y, dense.mean_y.numpy(), rtol=1e-12)
-    both = count_moments(x, y, [rows[:100], rows[100:]], block_rows=50, int8_cross=int8_cross)
+    both = count_moments(x, y, [rows[:100], rows[100:]], block_rows=50, gram=gram_product, cross=cross_product)
     joined = both[0].combine(both[1])
     np.testing.assert_allclose(joined.sxx(slice(None)), mom.sxx(slice(None)), atol=1e-4)
     np.testing.assert_allclose(joined.centred_blocks(idx).numpy(), blocks, atol=1e-7)
@@ -356,7 +357,7 @@ def test_count_moments_are_the_centred_sums_of_the_exact_counts(int8_cross, monk
     np.testing.assert_allclose(joined.syy, mom.syy, rtol=1e-9, atol=1e-20)
     y[5, 2] = np.nan  # never in a store's usable rows: refused, not rounded to garbage
     with pytest.raises(ValueError, match="row set 0: non-finite margins of target 2"):
-        count_moments(x, y, [rows], int8_cross=int8_cross)
+        count_moments(x, y, [rows], gram=gram_product, cross=cross_product)
 
 
 def test_fixed_point_margins_split_into_int8_digits_and_join_back_exactly():
@@ -441,18 +442,19 @@ def test_a_job_that_would_need_more_memory_than_it_was_given_is_refused_before_a
         check_memory(10**15, None, "a paper-scale store")
 
 
-@pytest.mark.parametrize("n", [64, 30])  # int8 products where they apply (n a multiple of 8), else float32
-def test_gram_counts_are_exact_with_either_product(n, monkeypatch):
-    monkeypatch.setattr(lasso_moments, "GRAM_COLS", 24)  # int8 products in column blocks, the last one narrower
+@pytest.mark.parametrize("int8", [False, True])  # both paths on every machine, whichever one it would choose
+@pytest.mark.parametrize("n", [64, 30])
+def test_gram_counts_are_exact_with_either_product(n, int8, monkeypatch):
+    monkeypatch.setattr(lasso_moments, "GRAM_COLS", 24)  # products in column blocks, the last one narrower
     rng = np.random.default_rng(n)
     x = rng.random((300, n)) < 0.5
     gram = torch.full((n, n), 7.0)
-    add_gram(gram, x)
-    add_gram(gram, x[:5])  # a block too small for the int8 product
+    add_gram(gram, x, int8=int8)
+    add_gram(gram, x[:5], int8=int8)  # a block of a few rows
     expected = 7 + x.T.astype(np.int64) @ x + x[:5].T.astype(np.int64) @ x[:5]
     np.testing.assert_array_equal(gram.numpy(), expected)
     upper = torch.zeros((n, n))
-    add_gram(upper, x, upper=True)  # the upper block triangle, then its mirror image below it
-    add_gram(upper, x[:5], upper=True)
+    add_gram(upper, x, upper=True, int8=int8)  # the upper block triangle, then its mirror image below it
+    add_gram(upper, x[:5], upper=True, int8=int8)
     mirror_upper(upper)
     np.testing.assert_array_equal(upper.numpy(), expected - 7)

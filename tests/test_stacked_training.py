@@ -5,6 +5,7 @@ import pytest
 import torch
 from torch import nn
 
+from dmflow.core import kernels as dispatch
 from dmflow.core.codes import STATUS_DIVERGED, STATUS_OK
 from dmflow.core.schema import defaults
 from dmflow.core.seeds import chunk_seeds
@@ -138,12 +139,20 @@ def test_diverging_models_are_marked_not_fatal(tiny_data, precision):
     assert (out["status"] == STATUS_DIVERGED).all()
 
 
-def test_precision_auto_is_bf16_only_where_the_hardware_multiplies_bf16(monkeypatch):
+def test_precision_auto_is_bf16_only_where_the_hardware_multiplies_bf16_faster(monkeypatch):
     assert train.lightning_precision("auto", "cuda") == "bf16-mixed"
-    monkeypatch.setattr(train, "cpu_has_bf16_matrix_units", lambda: True)
-    assert train.lightning_precision("auto", "cpu") == "bf16-mixed"
-    monkeypatch.setattr(train, "cpu_has_bf16_matrix_units", lambda: False)
-    assert train.lightning_precision("auto", "cpu") == "32-true"
+    monkeypatch.delenv(dispatch.ENV, raising=False)
+    try:
+        dispatch.force("train=bf16")  # as where it measured faster (a CPU with AMX)
+        assert train.lightning_precision("auto", "cpu") == "bf16-mixed"
+        dispatch.force("train=float32")
+        assert train.lightning_precision("auto", "cpu") == "32-true"
+        dispatch.force(None)  # measured here: bf16 only where the CPU has bf16 units and they win
+        want = "bf16-mixed" if dispatch.capable("bf16") and train.bf16_training_pays() else "32-true"
+        assert train.lightning_precision("auto", "cpu") == want
+        assert dispatch.chosen()["train"] in ("float32", "bf16")
+    finally:
+        dispatch.force(None)
     assert train.lightning_precision("32", "cuda") == "32-true"
     assert train.lightning_precision("bf16", "cpu") == "bf16-mixed"
     torch.set_default_dtype(torch.float64)

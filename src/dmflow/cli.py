@@ -18,6 +18,7 @@ from pathlib import Path
 from dmflow import __version__
 from dmflow.attribution import BASELINE_METHODS
 from dmflow.config import ConfigError, config_markdown, load_config
+from dmflow.core import kernels
 from dmflow.core.device import DeviceError
 from dmflow.core.seeds import SPLITS
 from dmflow.data.sources import DataError, DataWarning
@@ -318,6 +319,13 @@ def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="dmflow", description=__doc__.splitlines()[0])
     parser.add_argument("--version", action="version", version=f"dmflow {__version__}")
     parser.add_argument("-v", "--verbose", action="store_true")
+    parser.add_argument(
+        "--kernels",
+        default=None,
+        metavar="SPEC",
+        help="force the CPU-specific kernels: 'float32', or 'gram=int8,cross=float32,train=auto' (the config's "
+        "kernels section; default: the environment's DMFLOW_KERNELS, else measured here)",
+    )
     sub = parser.add_subparsers(dest="command", required=True)
 
     p = sub.add_parser("check-config", help="validate a config file and print it with defaults")
@@ -553,10 +561,12 @@ def main(argv: list[str] | None = None) -> None:
     _setup_logging(args.verbose)
     warnings.showwarning = _warning_line
     try:
+        if args.kernels is not None:
+            kernels.force(args.kernels)
         args.func(args)
     except ConfigError as exc:
         raise SystemExit(f"dmflow: config error: {exc}") from None
-    except (StoreError, DataError, DeviceError) as exc:
+    except (StoreError, DataError, DeviceError, kernels.KernelError) as exc:
         raise SystemExit(f"dmflow {args.command}: {exc}") from None
 
 

@@ -15,6 +15,7 @@ masks, only these. Two forms:
 
 from __future__ import annotations
 
+import functools
 import warnings
 from collections.abc import Sequence
 from dataclasses import dataclass, replace
@@ -22,6 +23,7 @@ from dataclasses import dataclass, replace
 import numpy as np
 import torch
 
+from dmflow.core import kernels as dispatch
 from dmflow.lasso import kernels
 from dmflow.lasso.problem import NULL_SHARE
 
@@ -103,38 +105,36 @@ GRAM_COLS = 1024
 the upper block triangle (``upper``) is little more than half of the matrix."""
 
 
-def add_gram(gram: torch.Tensor, x: np.ndarray, *, scratch: GramScratch | None = None, upper: bool = False) -> None:
+def add_gram(
+    gram: torch.Tensor, x: np.ndarray, *, scratch: GramScratch | None = None, upper: bool = False, int8: bool = False
+) -> None:
     """gram += x^T x for bool rows x [b, n]: integer counts, exact in float32 up to 2^24 rows in all.
 
-    The product runs on 0/1 int8 with int32 sums (``torch._int_mm``: the CPU's int8
-    matrix units, e.g. AMX or VNNI; benchmarks/gram_products.py measures it against
-    float32), ``GRAM_COLS`` columns at a time, else in float32, where every partial sum
-    is an integer too. ``upper``: the int8 product adds only each column block's rows up
-    to its last column (the upper block triangle, about half the work, x^T x being
-    symmetric); ``mirror_upper`` fills the rest once after the last block. ``scratch``
-    (for blocks of up to its rows) holds the temporaries from one block to the next.
+    ``GRAM_COLS`` columns at a time, as one float32 product (every partial sum is an
+    integer below 2^24, so exact) or, with ``int8``, one product of 0/1 int8 with int32
+    sums (``torch._int_mm``: fast only on CPUs with int8 matrix units, AMX or VNNI;
+    ``gram_kernel`` chooses). ``upper``: each column block adds only its rows up to its
+    last column (the upper block triangle, about half the work, x^T x being symmetric);
+    ``mirror_upper`` fills the rest once after the last block. ``scratch`` (for blocks of
+    up to its rows) holds the temporaries from one block to the next.
     """
     rows = torch.from_numpy(x.view(np.int8))
     b, n = x.shape
     scratch = scratch if scratch is not None and b <= scratch.block_rows else GramScratch(b, n)
-    if b > 16 and n % 8 == 0 and gram.device.type == "cpu":
+    if int8:
         lhs = scratch.take("lhs", (n, b)).copy_(rows.T)
-        for start in range(0, n, GRAM_COLS):
-            stop = min(start + GRAM_COLS, n)
-            height = stop if upper else n
+    else:
+        dense = scratch.take("rows", (b, n)).copy_(rows)
+    for start in range(0, n, GRAM_COLS):
+        stop = min(start + GRAM_COLS, n)
+        height = stop if upper else n
+        if int8:
             counts = scratch.take("counts", (height, stop - start))
-            try:
-                rhs = scratch.take("rhs", (b, stop - start)).copy_(rows[:, start:stop])
-                torch._int_mm(lhs[:height], rhs, out=counts)
-            except RuntimeError:  # pragma: no cover - a torch or CPU without int8 products
-                if start:
-                    raise
-                break
+            rhs = scratch.take("rhs", (b, stop - start)).copy_(rows[:, start:stop])
+            torch._int_mm(lhs[:height], rhs, out=counts)
             gram[:height, start:stop].add_(counts)
         else:
-            return
-    dense = scratch.take("rows", (b, n)).copy_(rows)
-    gram.addmm_(dense.T, dense)
+            gram[:height, start:stop].addmm_(dense[:, :height].T, dense[:, start:stop])
 
 
 def mirror_upper(gram: torch.Tensor) -> None:
@@ -182,7 +182,7 @@ def add_cross(
     ``int8``: the margins rounded to multiples of ``step`` [T] (``FIXED_POINT_BITS``) as
     ``kernels.DIGITS`` int8 digits each, one int8 product of all digits of ``CROSS_TARGETS``
     targets with x (exact int32 sums), the digits' sums joined in int64 and scaled once
-    (``int8_cross_products`` says where this wins). Else one float32 product.
+    (``cross_kernel`` says where this wins). Else one float32 product.
     """
     (b, t), n = yc.shape, x.shape[1]
     if int8:
@@ -309,19 +309,36 @@ FIXED_POINT_BITS = 7 * kernels.DIGITS - 2
 then exact, and more accurate than float32 sums."""
 
 
-def int8_cross_products() -> bool:
-    """Whether ``count_moments`` forms the cross moments as int8 products (``add_cross``): on CPUs with AMX
-    int8 tiles, where they took about half the float32 product's time (n = 8000, 8192 rows, T = 2000;
-    benchmarks/gram_products.py). With VNNI or AVX2 alone an int8 product is at most ~4x float32, not the 4x
-    and more that four digits need to pay off. Also only where this torch multiplies int8 matrices of any
-    shape (the rows of a row set in a block, the targets of the last chunk)."""
-    if not getattr(torch.cpu, "get_capabilities", dict)().get("amx_int8", False):
-        return False
-    try:
-        torch._int_mm(torch.ones((4, 3), dtype=torch.int8), torch.ones((3, 5), dtype=torch.int8))
-    except RuntimeError:  # pragma: no cover - a torch whose int8 products need aligned shapes
-        return False
-    return True
+PROBE_ROWS = 512
+"""The kernel probes (``gram_kernel``, ``cross_kernel``) time one block of at most this many rows, features and
+targets: the shape class of a moments job, small enough that the probes take well under a second."""
+
+
+def gram_kernel(rows: int, n: int) -> str:
+    """``add_gram``'s arithmetic for blocks of ``rows`` mask rows of ``n`` features, "float32" or "int8":
+    forced, or measured here once per process (``dmflow.core.kernels.choose``, kind "gram")."""
+    b, c = min(rows, PROBE_ROWS), min(n, PROBE_ROWS)
+    x = np.random.default_rng(0).random((b, c)) < 0.5
+    gram, scratch = torch.zeros((c, c)), GramScratch(b, c)
+    probes = {
+        name: functools.partial(add_gram, gram, x, scratch=scratch, upper=True, int8=name == "int8")
+        for name in ("float32", "int8")
+    }
+    return dispatch.choose("gram", probes, shape=(b, c))
+
+
+def cross_kernel(rows: int, n: int, targets: int) -> str:
+    """``add_cross``'s arithmetic for blocks of ``rows`` rows, ``n`` features and ``targets`` margins, "float32"
+    or "int8" (four int8 digits per margin: it pays only where an int8 product is ~4x float32 or more)."""
+    b, c, t = min(rows, PROBE_ROWS), min(n, PROBE_ROWS), max(1, min(targets, PROBE_ROWS))
+    rng = np.random.default_rng(0)
+    x, yc = rng.random((b, c)) < 0.5, rng.standard_normal((b, t))
+    cross, step, scratch = np.zeros((t, c), np.float32), np.full(t, 2.0**-20), GramScratch(b, c, t)
+    probes = {
+        name: functools.partial(add_cross, cross, x, yc, step=step, int8=name == "int8", scratch=scratch)
+        for name in ("float32", "int8")
+    }
+    return dispatch.choose("cross", probes, shape=(b, c, t))
 
 
 def count_moments(
@@ -330,7 +347,8 @@ def count_moments(
     row_sets: Sequence[np.ndarray],
     *,
     block_rows: int = 8192,
-    int8_cross: bool | None = None,
+    gram: str | None = None,
+    cross: str | None = None,
 ) -> list[CountMoments]:
     """The ``CountMoments`` of each of some disjoint row sets, in two streaming passes over the rows.
 
@@ -344,9 +362,11 @@ def count_moments(
         Disjoint sets of rows (e.g. the fit rows and the validation rows).
     block_rows : int
         Rows in memory at once: they are unpacked in buffers allocated once (``GramScratch``).
-    int8_cross : bool, optional
-        The cross moments as int8 products of fixed-point margins (``FIXED_POINT_BITS``)
-        rather than float32 ones; by default where the CPU has int8 tiles (``int8_cross_products``).
+    gram, cross : {"float32", "int8"}, optional
+        The arithmetic of the Gram products (``add_gram``) and of the cross moments
+        (``add_cross``: int8 products of fixed-point margins, ``FIXED_POINT_BITS``); by
+        default what ``gram_kernel`` and ``cross_kernel`` choose on this machine. The
+        counts are identical either way; the cross moments differ by rounding only.
 
     Pass 1 reads the margins for their means and ranges; pass 2 adds each block's X^T X
     (exact counts, its upper block triangle: ``add_gram``) and X^T (Y - mean) (the
@@ -357,14 +377,15 @@ def count_moments(
     """
     m, n = masks.shape
     t = margins.shape[1]
-    int8_cross = int8_cross_products() if int8_cross is None else int8_cross
+    block_rows = max(1, min(block_rows, m))
+    int8_gram = (gram or gram_kernel(block_rows, n)) == "int8"
+    int8_cross = (cross or cross_kernel(block_rows, n, t)) == "int8"
     member = np.full(m, -1, dtype=np.int64)
     for k, rows in enumerate(row_sets):
         if len(rows) >= EXACT_ROWS:
             raise ValueError(f"{len(rows)} rows: float32 counts are exact only up to 2^24 rows")
         member[np.asarray(rows)] = k
     counts = [len(rows) for rows in row_sets]
-    block_rows = max(1, min(block_rows, m))
     scratch = GramScratch(block_rows, n, t)
     x_buf = np.empty((block_rows, n), np.bool_)
     y_buf = np.empty((block_rows, t), np.result_type(margins.dtype, np.float32))  # the margins, not rounded
@@ -389,7 +410,7 @@ def count_moments(
             raise ValueError(f"row set {k}: non-finite margins of target {int(np.flatnonzero(~np.isfinite(sp))[0])}")
     steps = [np.where((sp > 0) & np.isfinite(sp), sp, 1.0) / 2**FIXED_POINT_BITS for sp in spread]
     grams = [np.zeros((n, n), np.float32) for _ in row_sets]
-    cross = [np.zeros((t, n), np.float32) for _ in row_sets]
+    crosses = [np.zeros((t, n), np.float32) for _ in row_sets]
     syy = [np.zeros(t) for _ in row_sets]
     for start in range(0, m, block_rows):
         which = member[start : start + block_rows]
@@ -404,15 +425,16 @@ def count_moments(
             x = np.take(x_all, here, axis=0, out=x_buf[: len(here)])
             yc = np.subtract(np.take(y_all, here, axis=0, out=y_buf[: len(here)]), mean_y[k], out=yc_buf[: len(here)])
             syy[k] += np.einsum("ij,ij->j", yc, yc)
-            add_gram(torch.from_numpy(grams[k]), x, scratch=scratch, upper=True)
-            add_cross(cross[k], x, yc, step=steps[k], int8=int8_cross, scratch=scratch)
+            add_gram(torch.from_numpy(grams[k]), x, scratch=scratch, upper=True, int8=int8_gram)
+            add_cross(crosses[k], x, yc, step=steps[k], int8=int8_cross, scratch=scratch)
     for g in grams:
         mirror_upper(torch.from_numpy(g))
     sums_x = [np.diagonal(g).astype(np.float64) for g in grams]  # x_i^2 = x_i: the diagonal counts the ones
     for g, c, sx in zip(grams, counts, sums_x):
         _centre(g, sx / max(c, 1), c)
     return [
-        CountMoments(c, (g,), sx, my, cr, sy) for c, g, sx, my, cr, sy in zip(counts, grams, sums_x, mean_y, cross, syy)
+        CountMoments(c, (g,), sx, my, cr, sy)
+        for c, g, sx, my, cr, sy in zip(counts, grams, sums_x, mean_y, crosses, syy)
     ]
 
 

@@ -3,13 +3,14 @@ need (``dmflow.lasso.moments.CountMoments`` of the fit and the validation rows);
 memory-maps them for a fit job, checking that they belong to its store.
 
 The folder ``moments/{alpha}/`` holds one ``.npy`` per entry of ``MOMENT_ARRAYS`` and part
-(the centred Gram sums Xc^T Xc [n, n] and cross moments [T, n] float32, the per-target
-means and sums of squares float64 [T], the masks' column sums float64 [n]) and ``manifest.json``, written last: the store's
-manifest sha256, the validation split (seed, ``fit.val_fraction``), shapes, dtypes and
-the sha256 of every array, and the largest and smallest non-null eigenvalues of the centred Gram
-of the fit rows and of all rows (``top_eigenvalue``, ``bottom_eigenvalue``: the solvers' step
-lengths, computed once here, not in every job; a manifest without the smallest ones, from an
-older dmflow, has them computed in each fit job).
+(the centred Gram sums Xc^T Xc [n, n] and cross moments [T, n] float32, the per-target means
+and sums of squares float64 [T], the masks' column sums float64 [n]) and ``manifest.json``,
+written last: the store's manifest sha256, the validation split (seed, ``fit.val_fraction``),
+shapes, dtypes and the sha256 of every array, the kernels that computed them
+(``dmflow.core.kernels``), and the largest and smallest non-null eigenvalues of the centred
+Gram of the fit rows and of all rows (``top_eigenvalue``, ``bottom_eigenvalue``: the solvers'
+step lengths, computed once here, not in every job; a manifest without the smallest ones,
+from an older dmflow, has them computed in each fit job).
 """
 
 from __future__ import annotations
@@ -23,6 +24,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
+from dmflow.core import kernels
 from dmflow.core.io import atomic_path, atomic_save_json, sha256_file, sha256_files
 from dmflow.lasso.moments import (
     CROSS_TARGETS,
@@ -142,6 +144,7 @@ def moments(
         "counts": {part: mom.count for part, mom in parts.items()},
         "top_eigenvalue": lips,
         "bottom_eigenvalue": mus,
+        "kernels": {kind: name for kind, name in kernels.chosen().items() if kind in ("gram", "cross")},
         "arrays": {
             name: {
                 "shape": list(np.load(out_dir / f"{name}.npy", mmap_mode="r").shape),

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import functools
 import logging
 import warnings
 from dataclasses import dataclass, field
@@ -11,6 +12,7 @@ import pytorch_lightning as pl
 import torch
 from pytorch_lightning.plugins.environments import LightningEnvironment
 
+from dmflow.core import kernels as dispatch
 from dmflow.core.codes import STATUS_DIVERGED, STATUS_OK
 from dmflow.core.device import resolve_device
 from dmflow.data.augment import AugmentSettings
@@ -44,31 +46,34 @@ def quiet_lightning() -> None:
     warnings.filterwarnings("ignore", message=".*isinstance\\(treespec, LeafSpec\\).*")
 
 
-def cpu_has_bf16_matrix_units() -> bool:
-    """Whether this CPU multiplies bf16 matrices in hardware (Intel AMX tiles).
+def bf16_training_pays() -> bool:
+    """Whether ``train.precision: auto`` trains in bf16 on this CPU: the dispatch point's "train" kind
+    (``dmflow.core.kernels.choose``), forced by ``kernels.train``, else measured once per process where the CPU
+    reports bf16 units (AMX, AVX512-BF16): a stacked layer's batched matmul in bf16 against float32.
 
-    There a bf16 batched matmul is several times as fast as float32, and the stack
-    trains faster in bf16 (benchmarks/train_throughput.py, ``precision`` rows); other
-    CPUs would convert bf16 in software, so ``auto`` keeps float32 there.
+    Where the CPU has such units, bf16 trained the MLP stack several times as fast as float32
+    (benchmarks/train_throughput.py, ``precision`` rows); elsewhere bf16 is converted in
+    software, tens of times slower, and float32 runs unmeasured.
     """
-    probe = getattr(torch.cpu, "_is_amx_tile_supported", None)
-    try:
-        return bool(probe()) if probe is not None else False
-    except RuntimeError:
-        return False
+    shape = (16, 128, 256)  # K models' [batch, d_in] x [d_in, d_out]: a stacked hidden layer
+    probes = {}
+    for name, dtype in (("float32", torch.float32), ("bf16", torch.bfloat16)):
+        a, b = torch.ones(shape, dtype=dtype), torch.ones((shape[0], shape[2], shape[1]), dtype=dtype)
+        probes[name] = functools.partial(torch.bmm, a, b)
+    return dispatch.choose("train", probes, shape=shape) == "bf16"
 
 
 def lightning_precision(precision: str, device: str) -> str:
     """Lightning's precision flag for ``train.precision``.
 
-    ``auto`` is bf16 mixed precision where the hardware has bf16 matrix units (CUDA, or
-    a CPU with AMX) and float32 elsewhere; a float64 default dtype (the equivalence
-    tests) always trains in full precision.
+    ``auto`` is bf16 mixed precision on CUDA, and on a CPU where it pays
+    (``bf16_training_pays``); float32 elsewhere. A float64 default dtype (the
+    equivalence tests) always trains in full precision.
     """
     if precision == "auto":
         if torch.get_default_dtype() == torch.float64:
             return "32-true"
-        fast_bf16 = device == "cuda" or (device == "cpu" and cpu_has_bf16_matrix_units())
+        fast_bf16 = device == "cuda" or (device == "cpu" and bf16_training_pays())
         return "bf16-mixed" if fast_bf16 else "32-true"
     return {"32": "32-true", "bf16": "bf16-mixed"}[precision]
 
