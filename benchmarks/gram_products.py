@@ -1,165 +1,211 @@
-"""The moments stage's products on a block of mask rows, each against its alternative, side by side.
+"""The moments stage's products, each kernel side by side, the one the dispatch point chose, and count_moments.
 
-``dmflow.lasso.moments.add_gram`` adds X^T X of a block of 0/1 mask rows with
-``torch._int_mm`` (int8 inputs, int32 sums: AMX or VNNI units where the CPU has them)
-and falls back to a float32 product, which is exact too (every partial sum is an
-integer below 2^24). This script times both on the same blocks (rows of exactly n/2
-ones, as an alpha = 0.5 store holds), checks they agree exactly, and prints the ratio:
-the int8 path is worth keeping only where it wins by 1.15x or more.
+For each n, on a block of ``--rows`` mask rows (exactly n/2 ones each, as an alpha = 0.5
+store holds) and ``--targets`` centred N(0, 1) margins:
 
-A second table times what ``count_moments`` runs per block: the Gram's upper block
-triangle (``add_gram(..., upper=True)``) against the whole product, and the cross
-moments of ``--targets`` centred margins (``add_cross``) as int8 products of fixed-point
-digits against one float32 product, with each one's largest error against float64 sums.
+- **Gram**: ``add_gram(..., upper=True)`` (the upper block triangle of X^T X) as float32
+  and as int8 products, checked to give identical counts;
+- **cross**: ``add_cross``, the cross moments X^T Yc [T, n], as one float32 product and
+  as int8 products of four fixed-point digits per margin, each one's largest error against
+  float64 sums;
+- **chosen**: what ``dmflow.core.kernels`` picks on this machine (``gram_kernel``,
+  ``cross_kernel``: forced by ``DMFLOW_KERNELS``, else measured here);
+- **moments**: ``count_moments`` on a store of ``--blocks`` such blocks (fit and
+  validation rows, as the moments job runs it, with the chosen kernels) against the time
+  of its float32 products alone at the same shapes (the Gram's upper triangle and the
+  cross product, per block): the goal is a ratio of at most 2.
 
-Run:  python benchmarks/gram_products.py [--sizes 2000 4000 8000] [--rows 8192] [--targets 2000] [--threads 2] [--record]
+float32 times are the best of 3 after a warm-up. A kernel that takes more than ``LOSES``
+times float32 on a first block of ``--rows`` rows is timed once, on a tenth of the rows, and
+scaled (it loses either way; an AVX2-only CPU's int8 product is tens of times slower).
+Run with ``ATEN_CPU_CAPABILITY=avx2 ONEDNN_MAX_CPU_ISA=AVX2`` to cap a newer CPU to AVX2;
+the **caps** cell records them.
+
+Run:  python benchmarks/gram_products.py [--sizes 1000 2000 4000] [--rows 8192] [--targets 1000] [--threads 2] [--record]
 """
 
 from __future__ import annotations
 
 import argparse
+import os
 import time
 
 import numpy as np
 import torch
 
-from dmflow.lasso.moments import FIXED_POINT_BITS, GramScratch, add_cross, add_gram
+from dmflow.core import kernels
+from dmflow.lasso.moments import (
+    FIXED_POINT_BITS,
+    GramScratch,
+    add_cross,
+    add_gram,
+    count_moments,
+    cross_kernel,
+    gram_kernel,
+)
 
 import record
 
-HEADER = ("threads", "n", "rows", "int8 GOP/s", "float32 GOP/s", "int8 / float32", "exact")
-NOTES = """One block of **rows** mask rows (exactly n/2 ones each) times its transpose, `X^T X` [n, n]
-(`python benchmarks/gram_products.py`): **int8** is `add_gram` (`torch._int_mm`, int32 sums), **float32** the
-same product on float32 copies (the fallback); GOP/s count 2 rows n^2 operations, best of 3 after a warm-up.
-**exact**: the two Grams are equal."""
-SECTION_MOMENTS = "gram_products.py: a block of count_moments"
-HEADER_MOMENTS = (
+SECTION = "gram_products.py: kernels side by side"
+HEADER = (
     "threads",
+    "caps",
     "n",
     "rows",
     "T",
-    "Gram whole s",
-    "Gram upper s",
-    "whole / upper",
+    "Gram float32 s",
+    "Gram int8 s",
+    "int8 / float32",
+    "exact",
+    "Gram chosen",
     "cross float32 s",
     "cross int8 s",
-    "float32 / int8",
+    "cross int8 / float32",
     "float32 error",
     "int8 error",
+    "cross chosen",
+    "moments s",
+    "float32 products s",
+    "moments / products",
 )
-NOTES_MOMENTS = """What `count_moments` runs per block of **rows** mask rows and **T** margins (N(0, 1), centred;
-`python benchmarks/gram_products.py`), best of 3 after a warm-up: **Gram whole / upper**: `add_gram` with int8
-products over all of X^T X, or its upper block triangle (`upper=True`; `mirror_upper` fills the rest once per
-job). **cross**: `add_cross`, the cross moments X^T Yc [T, n] as one float32 product or as int8 products of the
-margins' fixed-point digits (2^-26 of each target's spread); **error**: its largest deviation from float64 sums,
-over the largest of them."""
+NOTES = """`python benchmarks/gram_products.py` (see its docstring): one block of **rows** mask rows (n/2 ones each) and
+**T** centred margins. **Gram**: the upper block triangle of X^T X (`add_gram(..., upper=True)`) as float32 or int8
+products, seconds per block, and **int8 / float32** the int8 time over float32's (above 1: int8 is slower);
+**exact**: identical counts. **cross**: X^T Yc [T, n] (`add_cross`) as one float32 product or int8 products of
+four fixed-point digits, with each one's largest error against float64 sums over the largest sum. **chosen**: what
+`dmflow.core.kernels` picked here. **moments**: `count_moments` on 2 blocks (fit and validation rows) with the
+chosen kernels, against the time of its float32 products alone (goal: at most 2x). **caps**: ATEN_CPU_CAPABILITY /
+ONEDNN_MAX_CPU_ISA of the run (`-`: none, the CPU's own ISA)."""
+LOSES = 3.0
 
 
-def best_of(product, gram: torch.Tensor, x: np.ndarray, repeats: int = 3) -> float:
-    """Best seconds of ``product(gram, x)`` over ``repeats`` runs after a warm-up; ``gram`` ends holding X^T X."""
+def timed(run, repeats: int = 3) -> float:
+    """Best seconds of ``run()`` over ``repeats`` after a warm-up."""
+    run()
     times = []
-    for _ in range(repeats + 1):
-        gram.zero_()
+    for _ in range(repeats):
         start = time.perf_counter()
-        product(gram, x)
+        run()
         times.append(time.perf_counter() - start)
-    return min(times[1:])
+    return min(times)
 
 
-def float32_gram(gram: torch.Tensor, x: np.ndarray) -> None:
-    dense = torch.from_numpy(x).to(torch.float32)
-    gram.addmm_(dense.T, dense)
+def timed_or_scaled(run_on, rows: int, base: float) -> float:
+    """Seconds of ``run_on(r)`` for ``rows`` rows: best of 3 where it stays within LOSES x ``base``; else one run
+    on a tenth of the rows, scaled (the product's time is linear in the rows)."""
+    small = max(16, rows // 10)
+    start = time.perf_counter()
+    run_on(small)
+    guess = (time.perf_counter() - start) * rows / small
+    if guess > LOSES * base:
+        return guess
+    return timed(lambda: run_on(rows))
+
+
+def caps() -> str:
+    set_ = [f"{k}={os.environ[k]}" for k in ("ATEN_CPU_CAPABILITY", "ONEDNN_MAX_CPU_ISA") if os.environ.get(k)]
+    return " ".join(set_) or "-"
 
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--sizes", type=int, nargs="+", default=[2000, 4000, 8000])
+    parser.add_argument("--sizes", type=int, nargs="+", default=[1000, 2000, 4000])
     parser.add_argument("--rows", type=int, default=8192)
-    parser.add_argument("--targets", type=int, default=2000, help="margins of the cross moments")
+    parser.add_argument("--targets", type=int, default=1000, help="margins of the cross moments")
     parser.add_argument("--threads", type=int, default=2)
     record.add_arguments(parser)
     args = parser.parse_args()
     results_file = record.results_file(parser, args)
     if args.record:
-        record.check_section(results_file, "gram_products.py", HEADER)
-        record.check_section(results_file, SECTION_MOMENTS, HEADER_MOMENTS)
+        record.check_section(results_file, SECTION, HEADER)
     torch.set_num_threads(args.threads)
     machine = record.machine_cells()
-    print(f"gram products: {args.rows} rows, {args.threads} threads; {machine[2]}, {machine[4]}")
-    rng = np.random.default_rng(0)
+    print(f"moments products: {args.rows} rows, T={args.targets}, {args.threads} threads; {machine[2]}, {machine[4]}")
+    print(f"caps: {caps()}; forced: {os.environ.get(kernels.ENV) or 'nothing'}")
     for n in args.sizes:
-        base = np.arange(n) < n // 2
-        x = rng.permuted(np.broadcast_to(base, (args.rows, n)), axis=1)
-        a, b = torch.zeros((n, n)), torch.zeros((n, n))
-        t_int8 = best_of(add_gram, a, x)
-        t_f32 = best_of(float32_gram, b, x)
-        exact = bool(torch.equal(a, b))
-        ops = 2 * args.rows * n * n / 1e9
-        ratio = t_f32 / t_int8
-        print(
-            f"n={n:6d}: int8 {ops / t_int8:8.0f} GOP/s, float32 {ops / t_f32:8.0f} GOP/s, "
-            f"int8 / float32 {ratio:.2f}x, exact {exact}",
-            flush=True,
-        )
+        cells = one_size(args, n)
         if args.record:
-            cells = [
-                str(args.threads),
-                str(n),
-                str(args.rows),
-                record.fmt(ops / t_int8, ".0f"),
-                record.fmt(ops / t_f32, ".0f"),
-                record.fmt(ratio, ".2f"),
-                str(exact),
-            ]
-            record.append_row(results_file, "gram_products.py", HEADER, [*machine, *cells], notes=NOTES)
-        moments_block(args, n, x, results_file, machine)
+            record.append_row(results_file, SECTION, HEADER, [*machine, *cells], notes=NOTES)
     if args.record:
-        print(
-            f"recorded {2 * len(args.sizes)} rows in {results_file} under '## gram_products.py' and '## {SECTION_MOMENTS}'"
-        )
+        print(f"recorded {len(args.sizes)} rows in {results_file} under '## {SECTION}'")
 
 
-def moments_block(args: argparse.Namespace, n: int, x: np.ndarray, results_file, machine: list[str]) -> None:
-    """The second table's row for one n: upper triangle against the whole Gram, int8 against float32 cross."""
-    scratch = GramScratch(args.rows, n, args.targets)
-    whole = best_of(lambda g, xx: add_gram(g, xx, scratch=scratch), torch.zeros((n, n)), x)
-    upper = best_of(lambda g, xx: add_gram(g, xx, scratch=scratch, upper=True), torch.zeros((n, n)), x)
-    yc = np.random.default_rng(n).standard_normal((args.rows, args.targets))
+def one_size(args: argparse.Namespace, n: int) -> list[str]:
+    rows, t = args.rows, args.targets
+    rng = np.random.default_rng(n)
+    x = rng.permuted(np.broadcast_to(np.arange(n) < n // 2, (rows, n)), axis=1)
+    scratch = GramScratch(rows, n, t)
+    grams = {False: torch.zeros((n, n)), True: torch.zeros((n, n))}
+
+    def gram_on(int8: bool):
+        def run(r: int) -> None:
+            grams[int8].zero_()
+            add_gram(grams[int8], x[:r], scratch=scratch, upper=True, int8=int8)
+
+        return run
+
+    g32 = timed(lambda: gram_on(False)(rows))
+    g8 = timed_or_scaled(gram_on(True), rows, g32)
+    gram_on(False)(rows // 10)
+    gram_on(True)(rows // 10)
+    exact = bool(torch.equal(grams[False], grams[True]))
+
+    yc = rng.standard_normal((rows, t))
     yc -= yc.mean(0)
     step = np.abs(yc).max(0) / 2**FIXED_POINT_BITS
-    exact = yc.T @ x.astype(np.float64)
-    seconds, errors = {}, {}
+    reference = yc[: rows // 10].T @ x[: rows // 10].astype(np.float64)
+    crosses = {False: np.zeros((t, n), np.float32), True: np.zeros((t, n), np.float32)}
+
+    def cross_on(int8: bool):
+        def run(r: int) -> None:
+            crosses[int8][:] = 0
+            add_cross(crosses[int8], x[:r], yc[:r], step=step, int8=int8, scratch=scratch)
+
+        return run
+
+    c32 = timed(lambda: cross_on(False)(rows))
+    c8 = timed_or_scaled(cross_on(True), rows, c32)
+    errors = {}
     for int8 in (False, True):
-        cross = np.zeros((args.targets, n), np.float32)
-        times = []
-        for _ in range(4):
-            cross[:] = 0
-            start = time.perf_counter()
-            add_cross(cross, x, yc, step=step, int8=int8, scratch=scratch)
-            times.append(time.perf_counter() - start)
-        seconds[int8], errors[int8] = min(times[1:]), np.abs(cross - exact).max() / np.abs(exact).max()
+        cross_on(int8)(rows // 10)
+        errors[int8] = float(np.abs(crosses[int8] - reference).max() / np.abs(reference).max())
+    chosen_gram, chosen_cross = gram_kernel(rows, n), cross_kernel(rows, n, t)
+
+    # count_moments on two blocks (fit rows, then validation rows), with the chosen kernels
+    masks = np.concatenate([x, x[::-1]])
+    margins = np.concatenate([yc, yc[::-1]]).astype(np.float32)
+    start = time.perf_counter()
+    count_moments(masks, margins, [np.arange(rows), np.arange(rows, 2 * rows)], block_rows=rows)
+    moments_s = time.perf_counter() - start
+    products_s = 2 * (g32 + c32)
     print(
-        f"n={n:6d}: Gram whole {whole:.3f} s, upper {upper:.3f} s ({whole / upper:.2f}x); cross T={args.targets} "
-        f"float32 {seconds[False]:.3f} s, int8 {seconds[True]:.3f} s ({seconds[False] / seconds[True]:.2f}x), "
-        f"errors {errors[False]:.1e} / {errors[True]:.1e}",
+        f"n={n:6d}: Gram float32 {g32:.3f} s, int8 {g8:.3f} s ({g8 / g32:.2f}x), exact {exact}, chosen {chosen_gram}; "
+        f"cross float32 {c32:.3f} s, int8 {c8:.3f} s ({c8 / c32:.2f}x), errors {errors[False]:.1e} / "
+        f"{errors[True]:.1e}, chosen {chosen_cross}; count_moments {moments_s:.2f} s against float32 products "
+        f"{products_s:.2f} s ({moments_s / products_s:.2f}x)",
         flush=True,
     )
-    if args.record:
-        cells = [
-            str(args.threads),
-            str(n),
-            str(args.rows),
-            str(args.targets),
-            record.fmt(whole, ".3f"),
-            record.fmt(upper, ".3f"),
-            record.fmt(whole / upper, ".2f"),
-            record.fmt(seconds[False], ".3f"),
-            record.fmt(seconds[True], ".3f"),
-            record.fmt(seconds[False] / seconds[True], ".2f"),
-            record.fmt(errors[False], ".1e"),
-            record.fmt(errors[True], ".1e"),
-        ]
-        record.append_row(results_file, SECTION_MOMENTS, HEADER_MOMENTS, [*machine, *cells], notes=NOTES_MOMENTS)
+    return [
+        str(args.threads),
+        caps(),
+        str(n),
+        str(rows),
+        str(t),
+        record.fmt(g32, ".3f"),
+        record.fmt(g8, ".3f"),
+        record.fmt(g8 / g32, ".2f"),
+        str(exact),
+        chosen_gram,
+        record.fmt(c32, ".3f"),
+        record.fmt(c8, ".3f"),
+        record.fmt(c8 / c32, ".2f"),
+        record.fmt(errors[False], ".1e"),
+        record.fmt(errors[True], ".1e"),
+        chosen_cross,
+        record.fmt(moments_s, ".2f"),
+        record.fmt(products_s, ".2f"),
+        record.fmt(moments_s / products_s, ".2f"),
+    ]
 
 
 if __name__ == "__main__":

@@ -108,7 +108,8 @@ def cpu_name() -> str:
 
 
 def isa() -> str:
-    """Which of AMX, AVX-512 and AVX2 the CPU flags show, e.g. ``AMX+AVX-512+AVX2``; ``none`` if none."""
+    """Which of AMX, AVX-512, VNNI (int8 dot products) and AVX2 the CPU flags show, e.g. ``AMX+AVX-512+VNNI+AVX2``;
+    ``none`` if none."""
     flags = set(_cpuinfo().get("flags", "").split())
     if flags:
         found = [
@@ -116,6 +117,7 @@ def isa() -> str:
             for name, have in (
                 ("AMX", bool(flags & {"amx_tile", "amx_bf16"})),
                 ("AVX-512", "avx512f" in flags),
+                ("VNNI", bool(flags & {"avx512_vnni", "avx_vnni"})),
                 ("AVX2", "avx2" in flags),
             )
             if have

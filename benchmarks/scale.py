@@ -64,6 +64,7 @@ HEADER = (
     "max w diff",
     "rel. error vs planted",
     "pred. r vs planted",
+    "kernels",
 )
 NOTES = """Synthetic alpha = 0.5 stores (`python benchmarks/scale.py`; see its docstring): m = 10 n rows, T targets with
 planted sparse datamodels. **moments s**, **fit s**: the moments job and the fit jobs (summed; one after the other,
@@ -71,7 +72,8 @@ each with **threads** threads), **stage s** their sum; **GB**: the largest peak 
 the dense reference path, one job per block as before the moments (`-` above `--max-old-n`); **today / stage**: its
 time over the new stage's; **max w diff**: largest weight difference between the two paths. **rel. error vs
 planted**: ||W - W*|| / ||W*|| of the new path; **pred. r vs planted**: mean correlation over targets of predicted and
-planted margins on 2000 fresh masks."""
+planted margins on 2000 fresh masks. **kernels**: the moments job's Gram / cross products, as `dmflow.core.kernels`
+chose them (its manifest; `-`: rows before the dispatch point, int8 Gram always)."""
 
 
 def synthetic_store(folder: Path, *, n: int, num_targets: int, support: int, seed: int) -> np.ndarray:
@@ -183,6 +185,8 @@ def measure(n: int, args: argparse.Namespace, work: Path) -> dict:
             str(work / "mom"),
         ]
     )
+    chosen = json.loads((work / "mom" / "manifest.json").read_text()).get("kernels", {})
+    out["kernels"] = f"{chosen.get('gram', '?')} / {chosen.get('cross', '?')}"
     blocks = -(-t // args.targets_per_job)
     weights, fit_s, fit_gb = [], 0.0, 0.0
     for b in range(blocks):
@@ -282,7 +286,8 @@ def main() -> None:
             print(
                 f"n={n:6d} m={row['m']:7d}: moments {row['moments_s']:.1f} s ({row['moments_gb']:.2f} GB), fit "
                 f"{row['fit_s']:.1f} s (job {row['fit_gb']:.2f} GB), stage {row['stage_s']:.1f} s; {today}; "
-                f"vs planted: rel. error {row['rel_error']:.3f}, pred. r {row['pred_r']:.3f}",
+                f"vs planted: rel. error {row['rel_error']:.3f}, pred. r {row['pred_r']:.3f}; "
+                f"kernels (Gram / cross) {row['kernels']}",
                 flush=True,
             )
     for key, name in (
@@ -328,6 +333,7 @@ def main() -> None:
                 record.fmt(row.get("max_w_diff"), ".1e"),
                 record.fmt(row["rel_error"], ".3f"),
                 record.fmt(row["pred_r"], ".3f"),
+                row["kernels"],
             ]
             record.append_row(results_file, "scale.py", HEADER, [*machine, *cells], notes=NOTES)
         print(f"recorded {len(rows)} rows in {results_file} under '## scale.py'")

@@ -18,6 +18,7 @@ rule moments:
         val_fraction=config["fit"]["val_fraction"],
         seed=SEED,
         kernels=KERNELS,
+        device=config["fit"]["device"],
     shell:
         "dmflow --kernels {params.kernels} moments --store {params.store:q} --val-fraction {params.val_fraction} --seed {params.seed}"
-        " --threads {threads} --mem-mb {resources.mem_mb} --out-dir {params.folder:q} 2> {log:q}"
+        " --threads {threads} --mem-mb {resources.mem_mb} --device {params.device} --out-dir {params.folder:q} 2> {log:q}"

@@ -19,7 +19,7 @@ from dmflow import __version__
 from dmflow.attribution import BASELINE_METHODS
 from dmflow.config import ConfigError, config_markdown, load_config
 from dmflow.core import kernels
-from dmflow.core.device import DeviceError
+from dmflow.core.device import DeviceError, resolve_device
 from dmflow.core.seeds import SPLITS
 from dmflow.data.sources import DataError, DataWarning
 from dmflow.store.schema import StoreError
@@ -129,6 +129,7 @@ def cmd_moments(args: argparse.Namespace) -> None:
         seed=args.seed,
         threads=args.threads,
         mem_mb=args.mem_mb,
+        device=resolve_device(args.device, "fit.device"),
     )
 
 
@@ -396,6 +397,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--threads", type=int, default=1)
     p.add_argument("--mem-mb", type=int, default=None, help="the job's memory: refuse at once if the moments need more")
+    p.add_argument("--device", default="cpu", help="the config's fit.device: where the products run (auto, cpu, cuda)")
     p.add_argument("--out-dir", type=Path, required=True)
     p.set_defaults(func=cmd_moments)
 

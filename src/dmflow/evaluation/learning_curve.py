@@ -32,7 +32,9 @@ def _refit_and_predict(
     """Fit every target on the given rows (their moments once, then passes of targets) and predict the eval masks
     without the bias (no correlation depends on it; as ``evaluate`` correlates them)."""
     num_targets = fit_store.manifest["num_targets"]
-    fit, val = count_moments(fit_store.masks, fit_store.margins[:, 0, :], [fit_rows, val_rows])
+    fit, val = count_moments(
+        fit_store.masks, fit_store.margins[:, 0, :], [fit_rows, val_rows], device=settings.torch_device
+    )
     pred = np.empty((eval_store.masks.shape[0], num_targets), dtype=np.float32)
     for start in range(0, num_targets, targets_per_pass):
         cols = slice(start, min(start + targets_per_pass, num_targets))

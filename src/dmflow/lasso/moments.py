@@ -123,8 +123,8 @@ def add_gram(
     scratch = scratch if scratch is not None and b <= scratch.block_rows else GramScratch(b, n)
     if int8:
         lhs = scratch.take("lhs", (n, b)).copy_(rows.T)
-    else:
-        dense = scratch.take("rows", (b, n)).copy_(rows)
+    else:  # on the Gram's device (a GPU's float32 product: exact too)
+        dense = scratch.take("rows", (b, n)).copy_(rows).to(gram.device)
     for start in range(0, n, GRAM_COLS):
         stop = min(start + GRAM_COLS, n)
         height = stop if upper else n
@@ -175,9 +175,16 @@ CROSS_TARGETS = 1024
 
 
 def add_cross(
-    cross: np.ndarray, x: np.ndarray, yc: np.ndarray, *, step: np.ndarray, int8: bool, scratch: GramScratch
+    cross: np.ndarray | torch.Tensor,
+    x: np.ndarray,
+    yc: np.ndarray,
+    *,
+    step: np.ndarray,
+    int8: bool,
+    scratch: GramScratch,
 ) -> None:
-    """cross += yc^T x for bool rows x [b, n] and centred margins yc float64 [b, T] (cross float32 [T, n]).
+    """cross += yc^T x for bool rows x [b, n] and centred margins yc float64 [b, T] (cross float32 [T, n]; a
+    tensor on another device takes the float32 product there).
 
     ``int8``: the margins rounded to multiples of ``step`` [T] (``FIXED_POINT_BITS``) as
     ``kernels.DIGITS`` int8 digits each, one int8 product of all digits of ``CROSS_TARGETS``
@@ -196,9 +203,10 @@ def add_cross(
             torch._int_mm(digits.view(kernels.DIGITS * width, b), rows, out=sums)
             kernels.add_fixed_point(cross[part], sums.numpy().reshape(kernels.DIGITS, width, n), step[part])
         return
-    y32 = scratch.take("margins", (b, t)).copy_(torch.from_numpy(yc))
-    x32 = scratch.take("rows", (b, n)).copy_(torch.from_numpy(x))
-    torch.from_numpy(cross).addmm_(y32.T, x32)
+    out = torch.as_tensor(cross)
+    y32 = scratch.take("margins", (b, t)).copy_(torch.from_numpy(yc)).to(out.device)
+    x32 = scratch.take("rows", (b, n)).copy_(torch.from_numpy(x)).to(out.device)
+    out.addmm_(y32.T, x32)
 
 
 @dataclass(frozen=True)
@@ -349,6 +357,7 @@ def count_moments(
     block_rows: int = 8192,
     gram: str | None = None,
     cross: str | None = None,
+    device: str = "cpu",
 ) -> list[CountMoments]:
     """The ``CountMoments`` of each of some disjoint row sets, in two streaming passes over the rows.
 
@@ -367,6 +376,10 @@ def count_moments(
         (``add_cross``: int8 products of fixed-point margins, ``FIXED_POINT_BITS``); by
         default what ``gram_kernel`` and ``cross_kernel`` choose on this machine. The
         counts are identical either way; the cross moments differ by rounding only.
+    device : str
+        Where the products run and the sums accumulate: "cpu", or a GPU ("cuda"), where
+        both are float32 products (TF32 off: exact counts) and the results come back to
+        the CPU at the end; the rows are read and centred on the CPU either way.
 
     Pass 1 reads the margins for their means and ranges; pass 2 adds each block's X^T X
     (exact counts, its upper block triangle: ``add_gram``) and X^T (Y - mean) (the
@@ -378,8 +391,9 @@ def count_moments(
     m, n = masks.shape
     t = margins.shape[1]
     block_rows = max(1, min(block_rows, m))
-    int8_gram = (gram or gram_kernel(block_rows, n)) == "int8"
-    int8_cross = (cross or cross_kernel(block_rows, n, t)) == "int8"
+    on_cpu = torch.device(device).type == "cpu"
+    int8_gram = on_cpu and (gram or gram_kernel(block_rows, n)) == "int8"
+    int8_cross = on_cpu and (cross or cross_kernel(block_rows, n, t)) == "int8"
     member = np.full(m, -1, dtype=np.int64)
     for k, rows in enumerate(row_sets):
         if len(rows) >= EXACT_ROWS:
@@ -409,8 +423,10 @@ def count_moments(
         if counts[k] and not np.isfinite(sp).all():  # a store's usable rows never have them
             raise ValueError(f"row set {k}: non-finite margins of target {int(np.flatnonzero(~np.isfinite(sp))[0])}")
     steps = [np.where((sp > 0) & np.isfinite(sp), sp, 1.0) / 2**FIXED_POINT_BITS for sp in spread]
-    grams = [np.zeros((n, n), np.float32) for _ in row_sets]
-    crosses = [np.zeros((t, n), np.float32) for _ in row_sets]
+    if not on_cpu:  # TF32 would round the margins to 10 bits in the cross products
+        torch.backends.cuda.matmul.allow_tf32 = False
+    grams = [torch.zeros((n, n), dtype=torch.float32, device=device) for _ in row_sets]
+    crosses = [torch.zeros((t, n), dtype=torch.float32, device=device) for _ in row_sets]
     syy = [np.zeros(t) for _ in row_sets]
     for start in range(0, m, block_rows):
         which = member[start : start + block_rows]
@@ -425,10 +441,14 @@ def count_moments(
             x = np.take(x_all, here, axis=0, out=x_buf[: len(here)])
             yc = np.subtract(np.take(y_all, here, axis=0, out=y_buf[: len(here)]), mean_y[k], out=yc_buf[: len(here)])
             syy[k] += np.einsum("ij,ij->j", yc, yc)
-            add_gram(torch.from_numpy(grams[k]), x, scratch=scratch, upper=True, int8=int8_gram)
-            add_cross(crosses[k], x, yc, step=steps[k], int8=int8_cross, scratch=scratch)
+            add_gram(grams[k], x, scratch=scratch, upper=True, int8=int8_gram)
+            add_cross(
+                crosses[k].numpy() if int8_cross else crosses[k], x, yc, step=steps[k], int8=int8_cross, scratch=scratch
+            )
     for g in grams:
-        mirror_upper(torch.from_numpy(g))
+        mirror_upper(g)
+    grams = [g.cpu().numpy() for g in grams]
+    crosses = [c.cpu().numpy() for c in crosses]
     sums_x = [np.diagonal(g).astype(np.float64) for g in grams]  # x_i^2 = x_i: the diagonal counts the ones
     for g, c, sx in zip(grams, counts, sums_x):
         _centre(g, sx / max(c, 1), c)

@@ -97,10 +97,17 @@ def check_memory(needed: int, mem_mb: int | None, what: str) -> None:
 
 
 def moments(
-    store: Path, out_dir: Path, *, val_fraction: float, seed: int, threads: int = 1, mem_mb: int | None = None
+    store: Path,
+    out_dir: Path,
+    *,
+    val_fraction: float,
+    seed: int,
+    threads: int = 1,
+    mem_mb: int | None = None,
+    device: str = "cpu",
 ) -> dict:
-    """Compute the fit store's moments for its fit and validation rows on ``threads`` torch threads and
-    write them atomically; returns the manifest. The store is read in row blocks (its masks unpacked a
+    """Compute the fit store's moments for its fit and validation rows on ``threads`` torch threads (their
+    products on ``device``) and write them atomically; returns the manifest. The store is read in row blocks (its masks unpacked a
     block at a time); ``mem_mb`` (the job's memory) is checked against what they need, before any work."""
     torch.set_num_threads(max(1, int(threads)))
     out_dir = Path(out_dir)
@@ -112,7 +119,7 @@ def moments(
     if len(rows) < 3:
         raise StoreError(f"{store}: only {len(rows)} usable rows (every other model diverged); nothing to fit")
     fit_rows, val_rows = split_validation_rows(rows, val_fraction, seed=seed, alpha=view.manifest["alpha"])
-    parts = dict(zip(PARTS, count_moments(view.masks, view.margins[:, 0, :], [fit_rows, val_rows])))
+    parts = dict(zip(PARTS, count_moments(view.masks, view.margins[:, 0, :], [fit_rows, val_rows], device=device)))
     every = {"fit": parts["fit"], "all": parts["fit"].combine(parts["val"])}
     lips = {key: top_eigenvalue(mom) for key, mom in every.items()}
     mus = {key: bottom_eigenvalue(mom, lips[key]) for key, mom in every.items()}
@@ -144,7 +151,9 @@ def moments(
         "counts": {part: mom.count for part, mom in parts.items()},
         "top_eigenvalue": lips,
         "bottom_eigenvalue": mus,
-        "kernels": {kind: name for kind, name in kernels.chosen().items() if kind in ("gram", "cross")},
+        "kernels": {kind: name for kind, name in kernels.chosen().items() if kind in ("gram", "cross")}
+        if torch.device(device).type == "cpu"
+        else {"gram": f"float32 on {device}", "cross": f"float32 on {device}"},
         "arrays": {
             name: {
                 "shape": list(np.load(out_dir / f"{name}.npy", mmap_mode="r").shape),
