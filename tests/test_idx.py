@@ -17,7 +17,7 @@ from dmflow.data.idx import IDX_DEFAULT_PATHS, IDX_FILES, idx_files, read_idx
 from dmflow.data.prepare import prepare_data
 from dmflow.data.sources import DataError, dataset_sizes
 
-from helpers import dmflow_cli, tiny_config
+from helpers import REPO, dmflow_cli, tiny_config
 
 DEBIAN = Path(IDX_DEFAULT_PATHS["fashion-mnist"])
 NO_DEBIAN_FILES = "Fashion-MNIST IDX files absent: apt-get install dataset-fashion-mnist (Debian/Ubuntu) to run this"
@@ -261,10 +261,26 @@ def test_check_config_prints_the_one_line_of_a_truncated_gzip(tmp_path):
     assert lines[0].startswith("dmflow: config error: dataset.path: ") and "train-images-idx3-ubyte.gz" in lines[0]
 
 
+def _debian_files_present() -> bool:
+    return all((DEBIAN / f"{stem}.gz").is_file() for stem in IDX_FILES.values())
+
+
+@pytest.mark.parametrize("name", ["fashion-mnist.yaml", "fashion-mnist-gpu.yaml"])
+def test_the_fashion_mnist_configs_pass_the_config_check(name):
+    """The ready configs read Debian's files by default: n and T as their comments say."""
+    if not _debian_files_present():
+        pytest.skip(NO_DEBIAN_FILES)
+    import yaml
+
+    cfg = validate_config(yaml.safe_load((REPO / "configs" / name).read_text()))
+    sizes = dataset_sizes(cfg["dataset"], cfg["seed"])
+    assert sizes == ((2000, 1000) if name == "fashion-mnist.yaml" else (60000, 10000))
+
+
 @pytest.mark.workflow
 def test_fashion_mnist_end_to_end_on_debians_files(workflow):
     """snakemake on the real Fashion-MNIST files (Debian's dataset-fashion-mnist): 300 images, an MLP."""
-    if not all((DEBIAN / f"{stem}.gz").is_file() for stem in IDX_FILES.values()):
+    if not _debian_files_present():
         pytest.skip(NO_DEBIAN_FILES)
     cfg = tiny_config(workflow.results)
     cfg["dataset"] = {"name": "fashion-mnist", "num_train": 300, "num_targets": 24}
