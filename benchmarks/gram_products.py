@@ -15,9 +15,10 @@ store holds) and ``--targets`` centred N(0, 1) margins:
   of its float32 products alone at the same shapes (the Gram's upper triangle and the
   cross product, per block): the goal is a ratio of at most 2.
 
-float32 times are the best of 3 after a warm-up. A kernel that takes more than ``LOSES``
-times float32 on a first block of ``--rows`` rows is timed once, on a tenth of the rows, and
-scaled (it loses either way; an AVX2-only CPU's int8 product is tens of times slower).
+float32 times are the best of 3 after a warm-up. A kernel is first run once on 1/64 of the
+rows (and, for the cross moments, at most 64 targets); if that, scaled, exceeds ``LOSES``
+times float32, the scaled time is reported (it loses either way; an AVX2-only CPU's int8
+product is tens to hundreds of times slower). Exactness and errors are checked on that part.
 Run with ``ATEN_CPU_CAPABILITY=avx2 ONEDNN_MAX_CPU_ISA=AVX2`` to cap a newer CPU to AVX2;
 the **caps** cell records them.
 
@@ -90,16 +91,15 @@ def timed(run, repeats: int = 3) -> float:
     return min(times)
 
 
-def timed_or_scaled(run_on, rows: int, base: float) -> float:
-    """Seconds of ``run_on(r)`` for ``rows`` rows: best of 3 where it stays within LOSES x ``base``; else one run
-    on a tenth of the rows, scaled (the product's time is linear in the rows)."""
-    small = max(16, rows // 10)
+def timed_or_scaled(full, small, scale: float, base: float) -> float:
+    """Seconds of ``full()``: first one run of ``small()``, a ``1 / scale`` part of its work; if that, scaled, exceeds
+    LOSES x ``base``, the scaled time (a product's time is linear in its rows and targets), else ``full``'s best."""
     start = time.perf_counter()
-    run_on(small)
-    guess = (time.perf_counter() - start) * rows / small
+    small()
+    guess = (time.perf_counter() - start) * scale
     if guess > LOSES * base:
         return guess
-    return timed(lambda: run_on(rows))
+    return timed(full)
 
 
 def caps() -> str:
@@ -144,31 +144,33 @@ def one_size(args: argparse.Namespace, n: int) -> list[str]:
 
         return run
 
+    part = max(16, rows // 64)
     g32 = timed(lambda: gram_on(False)(rows))
-    g8 = timed_or_scaled(gram_on(True), rows, g32)
-    gram_on(False)(rows // 10)
-    gram_on(True)(rows // 10)
+    g8 = timed_or_scaled(lambda: gram_on(True)(rows), lambda: gram_on(True)(part), rows / part, g32)
+    gram_on(False)(part)
+    gram_on(True)(part)
     exact = bool(torch.equal(grams[False], grams[True]))
 
     yc = rng.standard_normal((rows, t))
     yc -= yc.mean(0)
     step = np.abs(yc).max(0) / 2**FIXED_POINT_BITS
-    reference = yc[: rows // 10].T @ x[: rows // 10].astype(np.float64)
+    few = min(t, 64)  # targets of the scaled probe and of the error check
+    reference = yc[:part, :few].T @ x[:part].astype(np.float64)
     crosses = {False: np.zeros((t, n), np.float32), True: np.zeros((t, n), np.float32)}
 
     def cross_on(int8: bool):
-        def run(r: int) -> None:
-            crosses[int8][:] = 0
-            add_cross(crosses[int8], x[:r], yc[:r], step=step, int8=int8, scratch=scratch)
+        def run(r: int, targets: int = t) -> None:
+            crosses[int8][:targets] = 0
+            add_cross(crosses[int8][:targets], x[:r], yc[:r, :targets], step=step[:targets], int8=int8, scratch=scratch)
 
         return run
 
     c32 = timed(lambda: cross_on(False)(rows))
-    c8 = timed_or_scaled(cross_on(True), rows, c32)
+    c8 = timed_or_scaled(lambda: cross_on(True)(rows), lambda: cross_on(True)(part, few), rows / part * t / few, c32)
     errors = {}
     for int8 in (False, True):
-        cross_on(int8)(rows // 10)
-        errors[int8] = float(np.abs(crosses[int8] - reference).max() / np.abs(reference).max())
+        cross_on(int8)(part, few)
+        errors[int8] = float(np.abs(crosses[int8][:few] - reference).max() / np.abs(reference).max())
     chosen_gram, chosen_cross = gram_kernel(rows, n), cross_kernel(rows, n, t)
 
     # count_moments on two blocks (fit rows, then validation rows), with the chosen kernels

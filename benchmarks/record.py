@@ -38,8 +38,9 @@ Every row starts with where and on what it ran:
   changes (this file excepted), so the code measured may differ from the commit;
 - **machine**: the CPU model (`/proc/cpuinfo`, else `platform.processor()`); **cores**: `os.cpu_count()`
   (the threads used are a column of their own);
-- **ISA**: which of AMX, AVX-512 and AVX2 the CPU flags show (AMX: bf16 matrix units, where `train.precision:
-  auto` trains in bf16);
+- **ISA**: which of AMX, AVX-512, VNNI and AVX2 the CPU flags show (AMX: bf16 and int8 matrix units; VNNI: int8
+  dot products; rows before the dispatch point did not name VNNI). `dmflow.core.kernels` times a bf16 or int8
+  product against float32 only where these units exist, and uses it only where it wins;
 - **torch**: the torch version; **GPU**: `torch.cuda.get_device_name(0)`, or `none`.
 
 The benchmark's own figures follow; each section says what they are. Times are wall-clock on whatever
