@@ -40,8 +40,9 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from dmflow.core.io import sha256_file
+from dmflow.core.io import atomic_save_json, sha256_file
 from dmflow.evaluation.metrics import pearson
+from dmflow.stages.collect import MANIFEST_FORMAT
 from dmflow.store.masks import pack
 from dmflow.store.schema import STORE_ARRAYS
 
@@ -115,7 +116,7 @@ def synthetic_store(folder: Path, *, n: int, num_targets: int, support: int, see
             "sha256": sha256_file(folder / f"{spec.name}.npy"),
         }
     manifest = {
-        "format": 1,
+        "format": MANIFEST_FORMAT,
         "alpha": 0.5,
         "split": "fit",
         "seed": seed,
@@ -129,7 +130,7 @@ def synthetic_store(folder: Path, *, n: int, num_targets: int, support: int, see
         "chunks": [],
         "arrays": meta,
     }
-    (folder / "manifest.json").write_text(json.dumps(manifest))
+    atomic_save_json(folder / "manifest.json", manifest)  # sealed, as collect writes it
     return weights
 
 

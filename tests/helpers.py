@@ -3,7 +3,6 @@ runner, and the planted-data generators (known weights plus noise)."""
 
 from __future__ import annotations
 
-import json
 import os
 import shutil
 import signal
@@ -14,7 +13,8 @@ from pathlib import Path
 import numpy as np
 import yaml
 
-from dmflow.core.io import sha256_file
+from dmflow.core.io import atomic_save_json, sha256_file
+from dmflow.stages.collect import MANIFEST_FORMAT
 from dmflow.store.masks import draw_masks, pack
 from dmflow.store.schema import STORE_ARRAYS, Store
 
@@ -200,6 +200,14 @@ def write_store_folder(folder: Path, x: np.ndarray, y: np.ndarray, status: np.nd
     for name, arr in arrays.items():
         np.save(folder / f"{name}.npy", arr)
         meta[name] = {"shape": list(arr.shape), "dtype": arr.dtype.name, "sha256": sha256_file(folder / f"{name}.npy")}
-    manifest = {"alpha": 0.5, "num_targets": t, "num_models": m, "num_train": n, "replicates": 1, "arrays": meta}
-    (folder / "manifest.json").write_text(json.dumps(manifest))
+    manifest = {
+        "format": MANIFEST_FORMAT,
+        "alpha": 0.5,
+        "num_targets": t,
+        "num_models": m,
+        "num_train": n,
+        "replicates": 1,
+        "arrays": meta,
+    }
+    atomic_save_json(folder / "manifest.json", manifest)  # sealed, as collect writes it
     return folder

@@ -5,6 +5,7 @@
 from __future__ import annotations
 
 import json
+from pathlib import Path
 
 import numpy as np
 import pandas as pd
@@ -328,3 +329,51 @@ def test_the_three_commands_from_the_shell(tmp_path):
     assert proc.stderr.startswith("dmflow score-attribution: ") and "shape [50, 5] does not fit" in proc.stderr
     dmflow_cli("export", "--format", "madrylab", "--run", layout.results, "--alpha", 0.5, "--out", tmp_path / "x.pt")
     assert set(torch.load(tmp_path / "x.pt", weights_only=True)) == {"weight", "bias", "lam"}
+
+
+def test_export_writes_only_a_new_file_outside_the_run_or_a_regular_file_with_force(tmp_path):
+    """The write policy of outputs a user names: never a device, folder or link; an existing file only with
+    --force; never inside the run's results folder; each refusal one line, and nothing touched."""
+    layout = _run(tmp_path)
+    args = ("export", "--format", "madrylab", "--run", layout.results, "--alpha", 0.5, "--out")
+    mine = tmp_path / "notes.txt"
+    mine.write_text("mine")
+    link = tmp_path / "link.pt"
+    link.symlink_to(mine)
+    datamodels = Path(layout.datamodels("0.5"))
+    before = datamodels.read_bytes()
+    for out, message in [
+        (mine, "exists; give --force to replace it, or name a new file"),
+        (link, "is a symbolic link; name a new file (dmflow replaces only regular files)"),
+        (tmp_path, "is a folder; name a new file (dmflow replaces only regular files)"),
+        (Path("/dev/null"), "is not a regular file; name a new file (dmflow replaces only regular files)"),
+        (datamodels, "inside the run's results folder"),
+        (Path(layout.results) / "mine.pt", "inside the run's results folder"),
+    ]:
+        proc = dmflow_cli(*args, out, check=False)
+        assert proc.returncode == 1 and proc.stderr.strip().count("\n") == 0, (out, proc.stderr)
+        assert proc.stderr.startswith(f"dmflow export: {out}: ") and message in proc.stderr, (out, proc.stderr)
+    assert mine.read_text() == "mine" and link.is_symlink() and datamodels.read_bytes() == before
+    assert Path("/dev/null").is_char_device()
+    dmflow_cli(*args, mine, "--force")  # a regular file, replaced on request
+    assert set(torch.load(mine, weights_only=True)) == {"weight", "bias", "lam"}
+    np.savez(tmp_path / "other.npz", x=np.ones(3))
+    proc = dmflow_cli("export", "--format", "madrylab", "--datamodels", tmp_path / "other.npz", "--out", tmp_path / "o.pt", check=False)  # fmt: skip
+    assert (
+        proc.stderr.strip()
+        == f"dmflow export: {tmp_path / 'other.npz'}: not a datamodels file (no weight, bias, lam); give datamodels/ALPHA.npz"
+    )
+
+
+def test_workflow_writers_replace_only_regular_files(tmp_path):
+    """atomic_path, under every stage's writer: a folder, link or device at the output path is refused."""
+    from dmflow.core.io import FileError, atomic_save_json
+
+    (tmp_path / "dir.json").mkdir()
+    (tmp_path / "link.json").symlink_to(tmp_path / "target.json")
+    for name, kind in (("dir.json", "a folder"), ("link.json", "a symbolic link")):
+        with pytest.raises(FileError, match=f"is {kind}; dmflow replaces only regular files it wrote"):
+            atomic_save_json(tmp_path / name, {"a": 1})
+    assert not (tmp_path / "target.json").exists()
+    atomic_save_json(tmp_path / "plain.json", {"a": 1})
+    atomic_save_json(tmp_path / "plain.json", {"a": 2})  # a regular file it wrote: replaced

@@ -251,3 +251,90 @@ def test_a_writer_removes_the_temporaries_a_killed_writer_left_of_its_output(chu
     assert not any(p.exists() for p in stale)
     assert not list(store.glob(".*"))
     assert (store / "notes.txt").read_text() == "mine"
+
+
+def _flipped(path, at: int):
+    """``path`` with bit 0 of byte ``at`` flipped (in place); the original bytes are returned."""
+    raw = path.read_bytes()
+    path.write_bytes(raw[:at] + bytes([raw[at] ^ 1]) + raw[at + 1 :])
+    return raw
+
+
+def test_an_edited_moments_manifest_is_refused_not_fitted(tmp_path):
+    """The issue's case: the manifest's row counts divide the moments; changing "fit": 90 to 80 must not give
+    another fit with exit 0. Every JSON file dmflow writes is sealed with its own sha256."""
+    from dmflow.stages.moments import moments
+
+    x, y, _ = planted_fit(t=3)
+    store = write_store_folder(tmp_path, x, y)
+    folder = tmp_path / "moments"
+    moments(store, folder, val_fraction=0.1, seed=0)
+    manifest_path = folder / "manifest.json"
+    text = manifest_path.read_text()
+    count = json.loads(text)["counts"]["fit"]
+    manifest_path.write_text(text.replace(f'"fit": {count}', f'"fit": {count - 10}'))
+    out = tmp_path / "block0.npz"
+    proc = dmflow_cli(
+        "fit-block",
+        "--moments",
+        folder,
+        "--block",
+        "0",
+        "--targets-per-job",
+        "3",
+        "--fit",
+        "{}",
+        "--out",
+        out,
+        check=False,
+    )
+    assert proc.returncode != 0 and not out.exists()
+    assert proc.stderr.strip().splitlines()[-1] == (
+        f"dmflow fit-block: {manifest_path}: its content differs from its checksum (edited or corrupted); "
+        "remove it and rerun the workflow (the moments rule rebuilds it)"
+    )
+
+
+def test_one_flipped_bit_in_any_json_or_npz_the_workflow_writes_is_noticed_by_its_reader(tmp_path):
+    """Store and moments manifests, a fit block, the datamodels: a bit flipped anywhere either changes
+    nothing the reader returns or is refused in one line naming the file (FileError)."""
+    from dmflow.core.io import FileError, atomic_save_npz, load_npz
+    from dmflow.lasso.path import FitSettings
+    from dmflow.stages.collect import open_store
+    from dmflow.stages.fit import fit_moments_block, merge_fit
+    from dmflow.stages.moments import moments, open_moments
+
+    x, y, _ = planted_fit(t=3)
+    (tmp_path / "store").mkdir()
+    store = write_store_folder(tmp_path / "store", x, y)
+    moments(store, tmp_path / "moments", val_fraction=0.1, seed=0)
+    block = tmp_path / "block0.npz"
+    atomic_save_npz(block, fit_moments_block(tmp_path / "moments", 0, targets_per_job=3, settings=FitSettings()))
+    merge_fit([block], None, tmp_path / "datamodels.npz")
+    readers = {
+        store / "manifest.json": lambda: open_store(store).manifest,
+        tmp_path / "moments" / "manifest.json": lambda: open_moments(tmp_path / "moments")[2],
+        block: lambda: load_npz(block),
+        tmp_path / "datamodels.npz": lambda: load_npz(tmp_path / "datamodels.npz"),
+    }
+    for path, read in readers.items():
+        reference = read()
+        size = path.stat().st_size
+        for at in sorted({*range(0, size, max(1, size // 40)), size - 2}):
+            raw = _flipped(path, at)
+            try:
+                again = read()
+            except FileError as exc:
+                assert str(exc).startswith(f"{path}: ") and "\n" not in str(exc)
+            else:  # the flip hit bytes that carry nothing (zip padding, JSON whitespace turned into whitespace)
+                assert _same(again, reference), (path, at)
+            finally:
+                path.write_bytes(raw)
+
+
+def _same(a, b) -> bool:
+    if isinstance(a, dict):
+        return a.keys() == b.keys() and all(_same(a[k], b[k]) for k in a)
+    if isinstance(a, np.ndarray):
+        return np.array_equal(a, b, equal_nan=True)
+    return a == b

@@ -9,7 +9,6 @@ run.lds(scores, name="trak")                # any attribution [n, T] scored like
 
 from __future__ import annotations
 
-import json
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -17,7 +16,7 @@ import numpy as np
 import pandas as pd
 
 from dmflow.analysis.influence import top_influencers
-from dmflow.core.io import load_npz
+from dmflow.core.io import load_json, load_npz
 from dmflow.core.layout import Layout, alpha_dir
 from dmflow.evaluation.metrics import predict
 from dmflow.stages.analysis import leakage_ranking
@@ -96,7 +95,7 @@ class DatamodelRun:
     @property
     def summary(self) -> dict:
         """The evaluation's headline numbers (``evaluation/{alpha}/summary.json``)."""
-        return json.loads(Path(self.layout.eval_summary(self.alpha)).read_text())
+        return load_json(Path(self.layout.eval_summary(self.alpha)), rebuild="rerun the workflow")
 
     def lds(
         self, scores: np.ndarray | str | Path, *, name: str | None = None, transpose: bool | None = None

@@ -20,6 +20,7 @@ from dmflow.attribution import BASELINE_METHODS
 from dmflow.config import ConfigError, config_markdown, load_config
 from dmflow.core import kernels
 from dmflow.core.device import DeviceError, resolve_device
+from dmflow.core.io import FileError
 from dmflow.core.seeds import SPLITS
 from dmflow.data.sources import DataError, DataWarning
 from dmflow.store.schema import StoreError
@@ -220,7 +221,7 @@ def cmd_export(args: argparse.Namespace) -> None:
     if args.datamodels is None and (args.run is None or args.alpha is None):
         raise StoreError("give --run and --alpha, or --datamodels FILE")
     datamodels = args.datamodels or Layout(args.run).datamodels(alpha_dir(args.alpha))
-    export_datamodels(Path(datamodels), args.out, format=args.format)
+    export_datamodels(Path(datamodels), args.out, format=args.format, force=args.force, results=args.run)
 
 
 def cmd_learning_curve(args: argparse.Namespace) -> None:
@@ -488,7 +489,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--run", type=Path, default=None, help="the run's results folder (with --alpha)")
     p.add_argument("--alpha", type=float, default=None)
     p.add_argument("--datamodels", type=Path, default=None, help="a datamodels .npz instead of --run and --alpha")
-    p.add_argument("--out", type=Path, required=True)
+    p.add_argument("--out", type=Path, required=True, help="a new file outside the run's results folder")
+    p.add_argument("--force", action="store_true", help="replace --out if it is an existing regular file")
     p.set_defaults(func=cmd_export)
 
     p = sub.add_parser("learning-curve", help="refit on fractions of the fit models and score each")
@@ -568,7 +570,7 @@ def main(argv: list[str] | None = None) -> None:
         args.func(args)
     except ConfigError as exc:
         raise SystemExit(f"dmflow: config error: {exc}") from None
-    except (StoreError, DataError, DeviceError, kernels.KernelError) as exc:
+    except (StoreError, DataError, DeviceError, kernels.KernelError, FileError) as exc:
         raise SystemExit(f"dmflow {args.command}: {exc}") from None
 
 

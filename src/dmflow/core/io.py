@@ -3,6 +3,12 @@
 A killed job must never leave a half-written file that a later stage could read,
 so every writer goes through a temporary file in the same folder and a rename.
 Only ``dmflow.stages`` calls the writers (a test checks it).
+
+Every JSON file dmflow writes carries the sha256 of its own content (``SEAL``), which
+``load_json`` verifies: a manifest whose counts divide the moments cannot be edited or
+corrupted without the reader noticing. ``.npz`` members carry zip's CRC-32, ``.npy``
+arrays their sha256 in a manifest. A file that fails is named in one line
+(``FileError``) with what rebuilds it.
 """
 
 from __future__ import annotations
@@ -26,6 +32,19 @@ if TYPE_CHECKING:  # pragma: no cover
     from matplotlib.figure import Figure
 
 
+SEAL = "json_sha256"
+"""The key of a JSON file's own checksum: the sha256 of the rest of it, as compact key-sorted JSON."""
+
+
+class FileError(ValueError):
+    """A file dmflow wrote that cannot be read back or trusted (missing, truncated, corrupt, edited, from an
+    older dmflow); the message is one line naming the file and what rebuilds it."""
+
+
+def _digest(obj: Mapping[str, Any]) -> str:
+    return hashlib.sha256(json.dumps(obj, sort_keys=True, separators=(",", ":")).encode()).hexdigest()
+
+
 def _umask() -> int:
     """The process's umask, read without changing it where Linux tells it (``/proc/self/status``)."""
     try:
@@ -47,9 +66,14 @@ def atomic_path(final: Path, suffix: str = "") -> Iterator[Path]:
     The file gets the mode a plain ``open()`` would give it (0666 minus the umask), not
     mkstemp's private 0600: results on a shared folder stay readable by collaborators.
     Temporaries of ``final`` that a killed writer left behind (``.{name}.*.tmp{suffix}``)
-    are removed first: at scale each can be the size of the store.
+    are removed first: at scale each can be the size of the store. Only a regular file is
+    ever replaced: a folder, a device, a pipe or a symbolic link at ``final`` is refused
+    (``FileError``), never replaced or followed.
     """
     final = Path(final)
+    if final.is_symlink() or (final.exists() and not final.is_file()):
+        kind = "a symbolic link" if final.is_symlink() else "a folder" if final.is_dir() else "not a regular file"
+        raise FileError(f"{final}: is {kind}; dmflow replaces only regular files it wrote (move it away first)")
     final.parent.mkdir(parents=True, exist_ok=True)
     for stale in final.parent.glob(f".{glob.escape(final.name)}.*.tmp{glob.escape(suffix)}"):
         stale.unlink(missing_ok=True)
@@ -65,6 +89,31 @@ def atomic_path(final: Path, suffix: str = "") -> Iterator[Path]:
     finally:
         if tmp_path.exists():
             tmp_path.unlink()
+
+
+def check_new_output(path: Path, *, force: bool = False, inside: Path | None = None) -> None:
+    """Refuse, before any work, an output file a user named that would clobber something.
+
+    The write policy for outputs named on the command line (``dmflow export --out``): an
+    existing path is replaced only with ``force`` and only if it is a regular file (never a
+    folder, device, pipe or symbolic link, whatever ``force`` says), and nothing is written
+    inside ``inside`` (the run's own results folder, which only the workflow writes).
+
+    Raises
+    ------
+    FileError
+        One line naming the path and what is allowed.
+    """
+    path = Path(path)
+    if inside is not None and Path(os.path.abspath(path)).is_relative_to(os.path.abspath(inside)):
+        raise FileError(
+            f"{path}: inside the run's results folder {inside}, which only the workflow writes; name a file elsewhere"
+        )
+    if path.is_symlink() or (path.exists() and not path.is_file()):
+        kind = "a symbolic link" if path.is_symlink() else "a folder" if path.is_dir() else "not a regular file"
+        raise FileError(f"{path}: is {kind}; name a new file (dmflow replaces only regular files)")
+    if path.exists() and not force:
+        raise FileError(f"{path}: exists; give --force to replace it, or name a new file")
 
 
 def atomic_save_npz(final: Path, arrays: Mapping[str, np.ndarray]) -> None:
@@ -87,10 +136,50 @@ def atomic_save_npy(final: Path, array: np.ndarray) -> None:
         np.save(tmp, array)
 
 
-def atomic_save_json(final: Path, obj: Any) -> None:
-    """Write pretty JSON atomically."""
+def atomic_save_json(final: Path, obj: Mapping[str, Any]) -> None:
+    """Write a JSON object atomically, pretty-printed, sealed with the sha256 of its content (``SEAL``)."""
+    body = {key: value for key, value in obj.items() if key != SEAL}
     with atomic_path(final) as tmp:
-        tmp.write_text(json.dumps(obj, indent=2, sort_keys=True) + "\n")
+        tmp.write_text(json.dumps({**body, SEAL: _digest(body)}, indent=2, sort_keys=True) + "\n")
+
+
+REBUILD = "rerun the workflow, which rebuilds it"
+
+
+def load_json(path: Path, *, rebuild: str = REBUILD, sealed: bool = True) -> dict[str, Any]:
+    """A JSON object dmflow wrote, its checksum verified (and removed from the result).
+
+    Parameters
+    ----------
+    path : Path
+        The file.
+    rebuild : str
+        What rebuilds it, for the error (e.g. "rerun the workflow: the moments rule writes it").
+    sealed : bool
+        Require the checksum. False only for files no result depends on (a file without
+        one, from an older dmflow, is then read as it is; one with a wrong one never).
+
+    Raises
+    ------
+    FileError
+        Missing, not a regular file, not a JSON object, or its content differs from its checksum.
+    """
+    path = Path(path)
+    if not path.is_file():
+        raise FileError(f"{path}: missing or not a regular file; {rebuild}")
+    try:
+        obj = json.loads(path.read_bytes())
+    except (UnicodeDecodeError, json.JSONDecodeError) as exc:
+        reason = exc.msg if isinstance(exc, json.JSONDecodeError) else "not UTF-8 text"
+        raise FileError(f"{path}: not valid JSON ({reason}: truncated or corrupted); remove it and {rebuild}") from None
+    if not isinstance(obj, dict):
+        raise FileError(f"{path}: not a JSON object (corrupted or replaced); remove it and {rebuild}")
+    seal = obj.pop(SEAL, None)
+    if seal is None and sealed:
+        raise FileError(f"{path}: has no checksum (edited, or written by an older dmflow); remove it and {rebuild}")
+    if seal is not None and seal != _digest(obj):
+        raise FileError(f"{path}: its content differs from its checksum (edited or corrupted); remove it and {rebuild}")
+    return obj
 
 
 def write_table(table: pd.DataFrame, final: Path) -> None:
@@ -109,10 +198,29 @@ def save_figure(fig: Figure, final: Path) -> None:
         fig.savefig(tmp, dpi=110, bbox_inches="tight", format="png")
 
 
-def load_npz(path: Path) -> dict[str, np.ndarray]:
-    """Load every array of an ``.npz`` into memory, refusing pickled objects."""
-    with np.load(Path(path), allow_pickle=False) as f:
-        return {key: f[key] for key in f.files}
+def load_npz(path: Path, *, rebuild: str = REBUILD) -> dict[str, np.ndarray]:
+    """Load every array of an ``.npz`` into memory, refusing pickled objects.
+
+    Raises
+    ------
+    FileError
+        The file is missing, truncated, not an npz, or a member fails zip's CRC-32 check
+        (one line naming it; ``rebuild`` says what writes it again).
+    """
+    path = Path(path)
+    if not path.is_file():
+        raise FileError(f"{path}: missing or not a regular file; {rebuild}")
+    try:
+        loaded = np.load(path, allow_pickle=False)
+        if not isinstance(loaded, Mapping):  # an NpzFile is a mapping of its arrays
+            raise ValueError("a single .npy array, not an .npz archive")
+        with loaded as f:
+            return {key: f[key] for key in f.files}
+    except Exception as exc:  # a flipped bit surfaces as zip, zlib, numpy-header or even "encrypted" errors
+        reason = str(exc).splitlines()[0][:120] if str(exc) else type(exc).__name__
+        if "pickled" in reason or "allow_pickle" in reason:
+            reason = "not an .npz archive of arrays"
+        raise FileError(f"{path}: cannot be read ({reason}); remove it and {rebuild}") from None
 
 
 def sha256_file(path: Path, block: int = 1 << 20) -> str:

@@ -3,7 +3,6 @@ questions from the datamodels; ``summary`` writes ``summary.md`` from a finished
 
 from __future__ import annotations
 
-import json
 import logging
 from collections.abc import Sequence
 from pathlib import Path
@@ -14,7 +13,7 @@ import pandas as pd
 from dmflow.analysis import embeddings as emb
 from dmflow.analysis import influence
 from dmflow.analysis import leakage as leak
-from dmflow.core.io import atomic_path, load_npz, save_figure, write_table
+from dmflow.core.io import atomic_path, load_json, load_npz, save_figure, write_table
 from dmflow.core.layout import Layout
 from dmflow.data.prepare import as_images, source_features
 from dmflow.evaluation.metrics import MIN_CEILING
@@ -136,7 +135,7 @@ def _compare_lines(table: pd.DataFrame) -> list[str]:
 def _alpha_section(layout: Layout, alpha: str) -> list[str]:
     """The markdown lines of one alpha (the files it reads are optional but the evaluation's summary)."""
     link = layout.relative
-    ev = json.loads(Path(layout.eval_summary(alpha)).read_text())
+    ev = load_json(Path(layout.eval_summary(alpha)))
     lines = [f"## alpha = {alpha}", ""]
     c = ev["counts"]
     lines += [
@@ -176,7 +175,7 @@ def _alpha_section(layout: Layout, alpha: str) -> list[str]:
         ]
     cf = Path(layout.cf_summary(alpha))
     if cf.exists():
-        s = json.loads(cf.read_text())
+        s = load_json(cf)
         lines += [
             f"Counterfactual retraining ({s['num_targets']} targets, {s['replicates']} seeds each): predicted vs actual "
             f"margin change r = {_fmt(s['correlation_predicted_actual'])}. Predictions flipped by removing the top-k "

@@ -4,7 +4,6 @@ stage's ``score_attribution`` and puts every method side by side, by compute."""
 
 from __future__ import annotations
 
-import json
 import logging
 import time
 from collections.abc import Sequence
@@ -16,7 +15,7 @@ import torch
 from dmflow.attribution import BASELINE_METHODS
 from dmflow.attribution import baselines as methods
 from dmflow.core.device import resolve_device
-from dmflow.core.io import atomic_save_json, atomic_save_npy, load_npz, save_figure, write_table
+from dmflow.core.io import atomic_save_json, atomic_save_npy, load_json, load_npz, save_figure, write_table
 from dmflow.core.layout import Layout
 from dmflow.evaluation.compare import comparison_table
 from dmflow.plots import figures
@@ -83,10 +82,10 @@ def compare_methods(results: Path, *, alpha: str, methods: Sequence[str], table:
     scored = {}
     for name in methods:
         _, summary = score_run_attribution(results, Path(layout.baseline_scores(name)), alpha=alpha, name=name)
-        scored[name] = (summary, json.loads(Path(layout.baseline_info(name)).read_text()))
-    manifest = json.loads(Path(layout.manifest(alpha, "fit")).read_text())
+        scored[name] = (summary, load_json(Path(layout.baseline_info(name))))
+    manifest = load_json(Path(layout.manifest(alpha, "fit")))
     curve_path = Path(layout.curve_table(alpha))
-    datamodels = json.loads(Path(layout.eval_summary(alpha)).read_text())
+    datamodels = load_json(Path(layout.eval_summary(alpha)))
     rows = comparison_table(
         datamodels,
         fit_models=int(manifest["num_models"]),

@@ -9,7 +9,6 @@ incomplete, and a bad chunk leaves any earlier store as it was.
 
 from __future__ import annotations
 
-import json
 import logging
 import os
 import re
@@ -22,7 +21,7 @@ from pathlib import Path
 import numpy as np
 
 from dmflow.core.codes import STATUS_OK
-from dmflow.core.io import atomic_path, atomic_save_json, sha256_file
+from dmflow.core.io import atomic_path, atomic_save_json, load_json, sha256_file
 from dmflow.core.layout import seconds_path
 from dmflow.core.seeds import chunk_seeds
 from dmflow.store.masks import PackedMasks, pack
@@ -39,7 +38,8 @@ from dmflow.store.schema import (
 
 log = logging.getLogger(__name__)
 
-MANIFEST_FORMAT = 1
+MANIFEST_FORMAT = 2
+"""2: the manifest carries its own checksum (``dmflow.core.io.SEAL``)."""
 
 
 @dataclass(frozen=True)
@@ -206,8 +206,9 @@ def write_store(
 def _chunk_seconds(train_path: Path) -> float | None:
     """A chunk's training wall-seconds from the record beside it (``seconds_path``); None without one."""
     try:
-        return float(json.loads(Path(seconds_path(train_path)).read_text())["train_seconds"])
-    except (OSError, ValueError, KeyError, TypeError):
+        record = load_json(Path(seconds_path(train_path)), rebuild="retrain the chunk", sealed=False)
+        return float(record["train_seconds"])
+    except (ValueError, KeyError, TypeError):  # FileError included: the time is informational only
         return None
 
 
@@ -347,7 +348,12 @@ def open_store(path: Path, verify: bool = True) -> Store:
     manifest_path = path / "manifest.json"
     if not manifest_path.is_file():
         raise StoreError(f"{path}: no manifest.json (the store is incomplete; rerun collect)")
-    manifest = json.loads(manifest_path.read_text())
+    manifest = load_json(manifest_path, rebuild="rerun the workflow (collect rebuilds it from the chunks)")
+    if manifest.get("format") != MANIFEST_FORMAT:
+        raise StoreError(
+            f"{manifest_path}: store format {manifest.get('format')}, this dmflow reads {MANIFEST_FORMAT}; "
+            "remove it and rerun the workflow (collect rebuilds it from the chunks)"
+        )
     arrays = {}
     for spec in STORE_ARRAYS:
         file = path / f"{spec.name}.npy"

@@ -5,7 +5,6 @@ attribution method on the same eval store with the same code."""
 
 from __future__ import annotations
 
-import json
 import logging
 from collections.abc import Sequence
 from pathlib import Path
@@ -14,7 +13,7 @@ import numpy as np
 import pandas as pd
 import torch
 
-from dmflow.core.io import atomic_save_json, load_npz, save_figure, sha256_file, write_table
+from dmflow.core.io import atomic_save_json, load_json, load_npz, save_figure, sha256_file, write_table
 from dmflow.core.layout import Layout, alpha_dir, method_name_problem
 from dmflow.evaluation import learning_curve as curve
 from dmflow.evaluation import metrics
@@ -113,7 +112,7 @@ def score_attribution(
     manifest_path = Path(eval_store) / "manifest.json"
     if not manifest_path.is_file():
         raise StoreError(f"{eval_store}: no manifest.json (no eval store here; rerun collect or import-store)")
-    manifest = json.loads(manifest_path.read_text())
+    manifest = load_json(manifest_path, rebuild="rerun the workflow (collect rebuilds it) or import-store")
     n, num_targets = manifest["num_train"], manifest["num_targets"]
     source = Path(scores) if isinstance(scores, str | Path) else None
     array = open_npy(source, "the scores [n, T]") if source is not None else np.asarray(scores)

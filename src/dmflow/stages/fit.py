@@ -4,7 +4,6 @@ export``, no rule) writes them in another tool's format."""
 
 from __future__ import annotations
 
-import json
 import logging
 from collections.abc import Sequence
 from pathlib import Path
@@ -13,9 +12,10 @@ import numpy as np
 import torch
 
 from dmflow.core.codes import FLAG_OK
-from dmflow.core.io import atomic_path, atomic_save_npz, load_npz
+from dmflow.core.io import atomic_path, atomic_save_npz, check_new_output, load_json, load_npz
 from dmflow.core.layout import block_targets
 from dmflow.lasso.path import FitSettings, fit_from_moments
+from dmflow.stages.moments import REBUILD as MOMENTS_REBUILD
 from dmflow.stages.moments import check_memory, fit_bytes, open_moments
 from dmflow.store.schema import StoreError
 
@@ -63,9 +63,10 @@ def fit_block(
     """Fit one block of targets from the fit store's moments on ``threads`` torch threads and write
     ``block{b}.npz`` atomically. ``store_manifest`` ties the moments to their store; ``mem_mb`` (the
     job's memory) is checked against what the block can need, before any work."""
-    with open(Path(moments) / "manifest.json") as fh:
-        n = json.load(fh)["num_train"]
-    needed = fit_bytes(n, targets_per_job, threads=threads, device=settings.torch_device)
+    sizes = load_json(Path(moments) / "manifest.json", rebuild=MOMENTS_REBUILD)
+    n = sizes["num_train"]
+    # a block holds min(targets_per_job, T) targets at most, as the rule sizes it (rules/common.smk's fit_mem_mb)
+    needed = fit_bytes(n, min(targets_per_job, sizes["num_targets"]), threads=threads, device=settings.torch_device)
     check_memory(needed, mem_mb, f"fit jobs of n={n} training examples")
     torch.set_num_threads(max(1, int(threads)))
     result = fit_moments_block(
@@ -112,7 +113,9 @@ def merge_fit(blocks: Sequence[Path], data: Path | None, out: Path) -> dict[str,
 EXPORT_FORMATS = ("madrylab",)
 
 
-def export_datamodels(datamodels: Path, out: Path, *, format: str = "madrylab") -> dict[str, torch.Tensor]:
+def export_datamodels(
+    datamodels: Path, out: Path, *, format: str = "madrylab", force: bool = False, results: Path | None = None
+) -> dict[str, torch.Tensor]:
     """Write the datamodels for other tools; returns what was written.
 
     ``madrylab``: a ``torch.save`` dict as the official datamodels repository (MadryLab/datamodels)
@@ -128,12 +131,23 @@ def export_datamodels(datamodels: Path, out: Path, *, format: str = "madrylab") 
         The ``.pt`` file, written atomically.
     format : str
         One of ``EXPORT_FORMATS``.
+    force : bool
+        Replace ``out`` if it is an existing regular file (``check_new_output``: never anything else).
+    results : Path, optional
+        The run's results folder, where nothing is written; by default the folder above
+        ``datamodels/`` when the file lies in one.
     """
     if format not in EXPORT_FORMATS:
         raise StoreError(f"export format {format!r}: supported are {', '.join(EXPORT_FORMATS)}")
     if not Path(datamodels).is_file():
         raise StoreError(f"{datamodels}: no datamodels file (has the fit finished?)")
+    if results is None and Path(datamodels).resolve().parent.name == "datamodels":
+        results = Path(datamodels).resolve().parent.parent
+    check_new_output(Path(out), force=force, inside=results)
     dm = load_npz(datamodels)
+    missing = [key for key in ("weight", "bias", "lam") if key not in dm]
+    if missing:
+        raise StoreError(f"{datamodels}: not a datamodels file (no {', '.join(missing)}); give datamodels/ALPHA.npz")
     tensors = {
         key: torch.from_numpy(np.ascontiguousarray(dm[key], dtype=np.float32)) for key in ("weight", "bias", "lam")
     }

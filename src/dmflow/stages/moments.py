@@ -15,7 +15,6 @@ from an older dmflow, has them computed in each fit job).
 
 from __future__ import annotations
 
-import json
 import logging
 import os
 from contextlib import ExitStack
@@ -25,7 +24,7 @@ import numpy as np
 import torch
 
 from dmflow.core import kernels
-from dmflow.core.io import atomic_path, atomic_save_json, sha256_file, sha256_files
+from dmflow.core.io import atomic_path, atomic_save_json, load_json, sha256_file, sha256_files
 from dmflow.lasso.moments import (
     CROSS_TARGETS,
     GRAM_COLS,
@@ -49,6 +48,10 @@ MOMENT_ARRAYS = {  # name -> (dtype, axes): one of each per part
     "sum_x": (np.float64, ("n",)),
 }
 
+
+FORMAT = 2
+"""The moments manifest's format: 2 carries its own checksum (``dmflow.core.io.SEAL``)."""
+REBUILD = "rerun the workflow (the moments rule rebuilds it)"
 
 PROCESS_MB = 1024
 """A job's memory besides its arrays (the interpreter with torch, numpy and scipy loaded), in the rules' mem_mb."""
@@ -140,7 +143,7 @@ def moments(
                 np.save(tmp, np.ascontiguousarray(value, dtype=MOMENT_ARRAYS[name][0]))
                 arrays[f"{name}_{part}"] = tmp
     manifest = {
-        "format": 1,
+        "format": FORMAT,
         "store": os.fspath(store),
         "store_manifest_sha256": sha256_file(Path(store) / "manifest.json"),
         "alpha": view.manifest["alpha"],
@@ -180,7 +183,12 @@ def open_moments(path: Path, *, store_manifest: Path | None = None) -> tuple[Cou
     manifest_path = path / "manifest.json"
     if not manifest_path.is_file():
         raise StoreError(f"{path}: no manifest.json (the moments are incomplete; rerun the moments rule)")
-    manifest = json.loads(manifest_path.read_text())
+    manifest = load_json(manifest_path, rebuild=REBUILD)
+    if manifest.get("format") != FORMAT:
+        raise StoreError(
+            f"{manifest_path}: moments format {manifest.get('format')}, this dmflow reads {FORMAT}; "
+            f"remove it and {REBUILD}"
+        )
     if store_manifest is not None and sha256_file(store_manifest) != manifest["store_manifest_sha256"]:
         raise StoreError(
             f"{path}: these moments were computed from another version of the store "
