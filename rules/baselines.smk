@@ -1,5 +1,16 @@
 # Baselines beside the datamodels (config `baselines`): each method's scores [n, T] once per
-# run, then per alpha scored on the eval store and compared with the datamodels by compute.
+# run (TRAK's at each model count of `trak_models`, from one training of the largest), then per
+# alpha scored on the eval store and compared with the datamodels by compute.
+
+from dmflow.attribution import trak_counts
+from dmflow.core.layout import baseline_point_names
+
+# the names each baseline's points are scored under (evaluation/{alpha}/methods/NAME.*), ascending
+BASELINE_POINTS = [
+    name
+    for m in BASELINES
+    for name in baseline_point_names(m, trak_counts(config["baselines"]["trak_models"]) if m == "trak" else [0])
+]
 
 
 rule baseline_scores:
@@ -8,6 +19,7 @@ rule baseline_scores:
     output:
         scores=L.baseline_scores("{method}"),
         info=L.baseline_info("{method}"),
+        curve=L.baseline_curve("{method}"),
     log:
         L.log("baseline_scores", "{method}"),
     conda:
@@ -24,20 +36,21 @@ rule baseline_scores:
     shell:
         "dmflow baseline-scores --data {input.data:q} --method {wildcards.method} --model {params.model:q}"
         " --train {params.train:q} --baselines {params.baselines:q} --seed {params.seed} --threads {threads}"
-        " --scores {output.scores:q} --info {output.info:q} 2> {log:q}"
+        " --scores {output.scores:q} --info {output.info:q} --curve {output.curve:q} 2> {log:q}"
 
 
 rule compare_methods:
     input:
         scores=[L.baseline_scores(m) for m in BASELINES],
         infos=[L.baseline_info(m) for m in BASELINES],
+        curves=[L.baseline_curve(m) for m in BASELINES],
         eval_summary=L.eval_summary("{alpha}"),
         fit_manifest=L.manifest("{alpha}", "fit"),
         eval_arrays=store_files("{alpha}", "eval"),
         curve=lambda wc: [L.curve_table(wc.alpha)] if config["evaluate"]["learning_curve"] else [],
     output:
-        tables=[L.method_table("{alpha}", m) for m in BASELINES],
-        summaries=[L.method_summary("{alpha}", m) for m in BASELINES],
+        tables=[L.method_table("{alpha}", name) for name in BASELINE_POINTS],
+        summaries=[L.method_summary("{alpha}", name) for name in BASELINE_POINTS],
         table=report(
             L.compare_table("{alpha}"),
             caption="../report/compare_table.rst",

@@ -180,6 +180,7 @@ def cmd_baseline_scores(args: argparse.Namespace) -> None:
         seed=args.seed,
         scores=args.scores,
         info=args.info,
+        curve=args.curve,
         threads=args.threads,
     )
 
@@ -445,7 +446,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.set_defaults(func=cmd_score_attribution)
 
     p = sub.add_parser(
-        "baseline-scores", help="one baseline attribution [n, T] (TRAK, input similarity) and its record"
+        "baseline-scores",
+        help="one baseline attribution [n, T] (TRAK, input similarity), its curve over the model count and its record",
     )
     p.add_argument("--data", type=Path, required=True)
     p.add_argument("--method", choices=BASELINE_METHODS, required=True)
@@ -456,6 +458,11 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--threads", type=int, default=1)
     p.add_argument("--scores", type=Path, required=True, help="where to write the scores, float32 [n, T] (.npy)")
     p.add_argument("--info", type=Path, required=True, help="where to write the record (.json)")
+    p.add_argument(
+        "--curve",
+        type=Path,
+        help="where to write the scores of the smaller points of its curve over the model count, float32 [P, n, T] (.npy)",
+    )
     p.set_defaults(func=cmd_baseline_scores)
 
     p = sub.add_parser(

@@ -2,7 +2,8 @@
 
 - ``trak``: TRAK (Park et al. 2023) through MadryLab's ``traker`` package (the optional
   ``[baselines]`` extra), on K models of the run's own architecture and training
-  settings, each trained on the whole training set.
+  settings, each trained on the whole training set; ``trak_curve`` scores it from the
+  first k of them for each count k, a curve over its model count.
 - ``input_similarity``: a floor that trains nothing: the cosine similarity of each
   training example to each target in the (standardised) feature space, counted positive
   when their labels agree and negative when they differ.
@@ -23,7 +24,7 @@ import numpy as np
 import torch
 from torch import nn
 
-from dmflow.attribution import MISSING_TRAKER, traker_installed
+from dmflow.attribution import MISSING_TRAKER, trak_counts, traker_installed
 from dmflow.core.seeds import baseline_seeds
 from dmflow.training.models import VECTOR_ARCHITECTURES, build_stacked_model
 from dmflow.training.settings import TrainSettings
@@ -126,23 +127,27 @@ def _single_model(data: dict[str, np.ndarray], settings: TrainSettings, seed: in
     return SingleModel(net)
 
 
-def trak_scores(
+def trak_curve(
     data: dict[str, np.ndarray],
     *,
     settings: TrainSettings,
-    models: int,
+    counts: int | Sequence[int],
     proj_dim: int | str = "auto",
     seed: int = 0,
     device: str = "cpu",
     batch_size: int = 200,
-) -> tuple[np.ndarray, dict]:
-    """TRAK scores float32 [n, T] from ``models`` full-data models of the run's architecture.
+) -> tuple[list[np.ndarray], dict]:
+    """TRAK as a curve over its model count: scores float32 [n, T] for each count k of ``counts``,
+    from the first k of K = max(counts) full-data models of the run's architecture.
 
-    The models train with dmflow's own code and ``settings`` (on ``settings.device``);
-    traker featurises the training examples and scores the targets on ``device`` with
-    its margin output function for classification, in float32. traker picks its
-    projector: ``BasicProjector`` (normal) on the CPU, ``CudaProjector`` (Rademacher)
-    on CUDA when ``fast_jl`` is installed (``traker[fast]``), else ``BasicProjector``.
+    The K models train once, with dmflow's own code and ``settings`` (on ``settings.device``);
+    traker featurises the training examples and the targets with each of them on ``device``
+    (its margin output function for classification, float32), and each point is traker's
+    ``finalize_scores`` over model ids 0..k-1: exactly the scores of a TRAKer given only those k
+    checkpoints (each checkpoint's features and projection are its own; the seeds are nested,
+    ``baseline_seeds``), so the points form one curve. traker picks its projector:
+    ``BasicProjector`` (normal) on the CPU, ``CudaProjector`` (Rademacher) on CUDA when
+    ``fast_jl`` is installed (``traker[fast]``), else ``BasicProjector``.
 
     Parameters
     ----------
@@ -151,8 +156,8 @@ def trak_scores(
         ``y_target`` [T], ``num_classes``).
     settings : TrainSettings
         The run's model and training settings.
-    models : int
-        K, the number of full-data models (checkpoints) TRAK averages over.
+    counts : int or list of int
+        The model counts (``dmflow.attribution.trak_counts``: an integer K, or a strictly increasing list).
     proj_dim : int or "auto"
         The projection dimension (``resolve_proj_dim``).
     seed : int
@@ -164,15 +169,20 @@ def trak_scores(
 
     Returns
     -------
-    scores : float32 [n, T]
+    scores : list of float32 [n, T]
+        One per count, in the order of ``counts``.
     info : dict
-        ``models``, ``proj_dim``, ``projector`` and the wall-seconds of ``train_seconds`` and
-        ``trak_seconds`` (featurising and scoring).
+        ``models`` (K), ``counts``, ``point_seconds`` (float [P]: each point's share of the training,
+        k / K of it as for the datamodels' learning curve, plus traker's set-up, its work on the first
+        k models and that point's ``finalize_scores``), ``proj_dim``, ``projector``, ``num_params`` and
+        the wall-seconds ``train_seconds`` and ``trak_seconds`` (featurising and scoring, every point).
     """
     if not traker_installed():
         raise RuntimeError(MISSING_TRAKER)
     from trak import TRAKer  # the optional [baselines] extra: imported only when TRAK runs
 
+    counts = trak_counts(counts)
+    models = counts[-1]
     start = time.perf_counter()
     seeds = baseline_seeds(seed, models)
     states = full_data_models(data, seeds, settings=replace(settings, stack_size=max(models, 1)))
@@ -188,6 +198,8 @@ def trak_scores(
     yt = torch.as_tensor(data["y_target"], dtype=torch.long)
     for name in ("TRAK", "STORE"):
         logging.getLogger(name).setLevel(logging.WARNING)
+    per_model = np.zeros(models)  # traker's wall-seconds on each checkpoint: featurise, finalise, score targets
+    curve, finalize = [], []
     with tempfile.TemporaryDirectory(prefix="dmflow-trak-") as save_dir:
         traker = TRAKer(
             model=model,
@@ -200,32 +212,66 @@ def trak_scores(
             logging_level=logging.WARNING,
         )
         projector = type(traker.projector).__name__
+        set_up = time.perf_counter() - trained
         for model_id, state in enumerate(states):
+            tick = time.perf_counter()
             traker.load_checkpoint(state, model_id=model_id)
             for s in range(0, n, batch_size):
                 batch = (xs[s : s + batch_size].to(device), ys[s : s + batch_size].to(device))
                 traker.featurize(batch=batch, num_samples=len(batch[1]))
-        traker.finalize_features()
+            per_model[model_id] += time.perf_counter() - tick
+        for model_id in range(models):
+            tick = time.perf_counter()
+            traker.finalize_features(model_ids=[model_id])
+            per_model[model_id] += time.perf_counter() - tick
         projector_ = traker.projector
         if getattr(projector_, "proj_matrix_available", True) is False and getattr(projector_, "num_blocks", 0) == 1:
             # traker 0.3.2 frees a one-block BasicProjector's matrix here and remakes it only when
             # the model id changes, which it never does with one model: remake it for scoring
             projector_.generate_sketch_matrix(projector_.generator_states[0])
         for model_id, state in enumerate(states):
+            tick = time.perf_counter()
             traker.start_scoring_checkpoint(
                 exp_name="targets", checkpoint=state, model_id=model_id, num_targets=num_targets
             )
             for s in range(0, num_targets, batch_size):
                 batch = (xt[s : s + batch_size].to(device), yt[s : s + batch_size].to(device))
                 traker.score(batch=batch, num_samples=len(batch[1]))
-        scores = np.array(traker.finalize_scores(exp_name="targets"), dtype=np.float32)
+            per_model[model_id] += time.perf_counter() - tick
+        for count in counts:
+            tick = time.perf_counter()
+            curve.append(np.array(traker.finalize_scores(exp_name="targets", model_ids=range(count)), dtype=np.float32))
+            finalize.append(time.perf_counter() - tick)
     done = time.perf_counter()
+    train_seconds = trained - start
     info = {
         "models": int(models),
+        "counts": counts,
+        "point_seconds": [
+            float(train_seconds * c / models + set_up + per_model[:c].sum() + f) for c, f in zip(counts, finalize)
+        ],
         "proj_dim": k,
         "projector": projector,
         "num_params": int(num_params),
-        "train_seconds": trained - start,
+        "train_seconds": train_seconds,
         "trak_seconds": done - trained,
     }
-    return scores, info
+    return curve, info
+
+
+def trak_scores(
+    data: dict[str, np.ndarray],
+    *,
+    settings: TrainSettings,
+    models: int,
+    proj_dim: int | str = "auto",
+    seed: int = 0,
+    device: str = "cpu",
+    batch_size: int = 200,
+) -> tuple[np.ndarray, dict]:
+    """TRAK scores float32 [n, T] from ``models`` full-data models of the run's architecture: the one
+    point of ``trak_curve`` with ``counts=[models]`` (its parameters and ``info``)."""
+    curve, info = trak_curve(
+        data, settings=settings, counts=int(models), proj_dim=proj_dim, seed=seed, device=device, batch_size=batch_size
+    )
+    return curve[0], info

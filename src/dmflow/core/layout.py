@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import os
 import re
+from collections.abc import Sequence
 from dataclasses import dataclass
 
 import numpy as np
@@ -158,6 +159,11 @@ class Layout:
     def baseline_info(self, method: str) -> str:
         return self._path("baselines", f"{method}.json")
 
+    # a baseline's curve over its model count (TRAK's ``trak_models`` list): float32 [P, n, T], the scores
+    # of every point but the largest (whose are ``baseline_scores``); P = 0 for a method of one point
+    def baseline_curve(self, method: str) -> str:
+        return self._path("baselines", f"{method}.curve.npy")
+
     # every method side by side: datamodels (with their learning curve) and the baselines
     def compare_table(self, alpha: str) -> str:
         return self._path("evaluation", alpha, "compare.csv")
@@ -226,6 +232,18 @@ class Layout:
         """One job's log: ``logs/<rule>/<wildcards...>.log``."""
         *folders, last = (rule, *wildcards) if wildcards else ("", rule)
         return self._path("logs", *[f for f in folders if f], f"{last}.log")
+
+
+def baseline_point_name(method: str, models: int, *, largest: bool) -> str:
+    """The name a baseline's curve point of ``models`` models is scored under (``method_table``):
+    the method's own name for its largest point, ``{method}-k{models}`` for the others."""
+    return method if largest else f"{method}-k{int(models)}"
+
+
+def baseline_point_names(method: str, counts: Sequence[int]) -> list[str]:
+    """The names of a baseline's curve points, ascending (``counts``: ``trak_counts`` for TRAK, ``[0]`` for a
+    method that trains nothing): the files ``compare_methods`` scores them into (``method_table``)."""
+    return [baseline_point_name(method, k, largest=i == len(counts) - 1) for i, k in enumerate(counts)]
 
 
 def _method(name: str) -> str:

@@ -103,10 +103,12 @@ def brittleness_figure(brittleness: pd.DataFrame, ks: Sequence[int]) -> Figure:
 
 def comparison_figure(table: pd.DataFrame, *, ceiling: float | None = None) -> Figure:
     """LDS vs the seed mean against compute: the datamodels' learning curve (line) and each
-    baseline (a point), over training wall-seconds where every row has them, else models trained.
+    baseline, a line with markers where it has several rows (TRAK over its model count, each
+    point annotated with its models) else a point, over training wall-seconds where every row
+    has them, else models trained.
 
     ``table``: the comparison table (``dmflow.evaluation.compare.COLUMNS``); rows whose method
-    starts with ``datamodels`` form the curve.
+    starts with ``datamodels`` form their curve, the rows of one other method its curve.
     """
     by_seconds = bool(np.isfinite(table.seconds.to_numpy(dtype=float)).all())
     x_key = "seconds" if by_seconds else "models_trained"
@@ -122,15 +124,27 @@ def comparison_figure(table: pd.DataFrame, *, ceiling: float | None = None) -> F
             xytext=(-8, 6),
             fontsize=7,
         )
-    for i, r in enumerate(table[~table.method.str.startswith("datamodels")].itertuples()):
-        ax.plot([getattr(r, x_key)], [r.lds_mean], "s", ms=8, color=f"C{i + 1}", label=r.method)
-        ax.annotate(
-            f"{r.method}: {r.models_trained} models",
-            (getattr(r, x_key), r.lds_mean),
-            textcoords="offset points",
-            xytext=(6, 4),
-            fontsize=8,
+    others = table[~table.method.str.startswith("datamodels")]
+    for i, (name, points) in enumerate(others.groupby("method", sort=False)):
+        points = points.sort_values(x_key)
+        curve = len(points) > 1
+        ax.plot(
+            points[x_key],
+            points.lds_mean,
+            "s-" if curve else "s",
+            ms=6 if curve else 8,
+            color=f"C{i + 1}",
+            label=f"{name} (over its model count)" if curve else name,
         )
+        for r in points.itertuples():
+            ax.annotate(
+                f"{r.models_trained}" if curve else f"{name}: {r.models_trained} models",
+                (getattr(r, x_key), r.lds_mean),
+                textcoords="offset points",
+                xytext=(6, -10) if curve else (6, 4),
+                fontsize=7 if curve else 8,
+                color=f"C{i + 1}" if curve else "black",
+            )
     if ceiling is not None:
         ax.axhline(ceiling, color="grey", ls="--", lw=1, label="noise ceiling (seed mean)")
     if by_seconds:

@@ -16,6 +16,7 @@ from dmflow.analysis import leakage as leak
 from dmflow.core.io import atomic_path, load_json, load_npz, save_figure, write_table
 from dmflow.core.layout import Layout
 from dmflow.data.prepare import as_images, source_features
+from dmflow.evaluation.compare import equal_compute
 from dmflow.evaluation.metrics import MIN_CEILING
 from dmflow.plots import galleries
 
@@ -170,9 +171,11 @@ def _alpha_section(layout: Layout, alpha: str) -> list[str]:
             "Datamodels vs baselines, by compute (seconds: training wall-seconds; fraction of ceiling: Pearson vs "
             f"seed mean) ([figure]({link(layout.compare_figure(alpha))}), [table]({link(str(compare))})):",
             "",
-            *_compare_lines(pd.read_csv(compare)),
+            *_compare_lines(compared := pd.read_csv(compare)),
             "",
         ]
+        if verdict := equal_compute(compared, "trak"):
+            lines += [verdict, ""]
     cf = Path(layout.cf_summary(alpha))
     if cf.exists():
         s = load_json(cf)

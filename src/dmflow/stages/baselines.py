@@ -1,6 +1,7 @@
 """Rules of ``rules/baselines.smk``: ``baseline_scores`` computes one baseline's attribution [n, T]
-(once per run); ``compare_methods`` scores each baseline on an alpha's eval store with the evaluate
-stage's ``score_attribution`` and puts every method side by side, by compute."""
+(once per run; TRAK's at each model count of its curve); ``compare_methods`` scores each baseline's
+points on an alpha's eval store with the evaluate stage's ``score_attribution`` and puts every method
+side by side, by compute."""
 
 from __future__ import annotations
 
@@ -9,14 +10,15 @@ import time
 from collections.abc import Sequence
 from pathlib import Path
 
+import numpy as np
 import pandas as pd
 import torch
 
-from dmflow.attribution import BASELINE_METHODS
+from dmflow.attribution import BASELINE_METHODS, trak_counts
 from dmflow.attribution import baselines as methods
 from dmflow.core.device import resolve_device
 from dmflow.core.io import atomic_save_json, atomic_save_npy, load_json, load_npz, save_figure, write_table
-from dmflow.core.layout import Layout
+from dmflow.core.layout import Layout, baseline_point_name
 from dmflow.evaluation.compare import comparison_table
 from dmflow.plots import figures
 from dmflow.stages.evaluate import score_run_attribution
@@ -34,12 +36,18 @@ def baseline_scores(
     seed: int,
     scores: Path,
     info: Path,
+    curve: Path | None = None,
     threads: int = 1,
 ) -> dict:
-    """Write one baseline's scores float32 [n, T] (``.npy``) and its record (``.json``: models trained,
-    wall-seconds, settings); returns the record.
+    """Write one baseline's scores float32 [n, T] (``.npy``), the scores of the smaller points of its
+    curve over its model count float32 [P, n, T] (``curve``, ``Layout.baseline_curve``; P = 0 for a
+    method of one point) and its record (``.json``); returns the record.
 
-    ``baselines``: the config's ``baselines`` section (``trak_models``, ``trak_proj_dim``, ``device``).
+    ``baselines``: the config's ``baselines`` section (``trak_models``, an integer or a list of
+    counts, ``trak_proj_dim``, ``device``). The record holds the models trained, the job's
+    wall-seconds, the settings and ``points``: one per count, ascending (``models_trained``,
+    ``seconds``, ``name``: what it is scored as, ``dmflow.core.layout.baseline_point_name``); the
+    last is the method's own ``scores``, point i < P is ``curve[i]``.
     """
     if method not in BASELINE_METHODS:
         raise ValueError(f"baseline {method!r} is not one of {', '.join(BASELINE_METHODS)}")
@@ -48,41 +56,77 @@ def baseline_scores(
     start = time.perf_counter()
     if method == "trak":
         device = resolve_device(baselines.get("device", "auto"), "baselines.device")
-        result, extra = methods.trak_scores(
+        points, extra = methods.trak_curve(
             arrays,
             settings=settings,
-            models=int(baselines["trak_models"]),
+            counts=trak_counts(baselines["trak_models"]),
             proj_dim=baselines.get("trak_proj_dim", "auto"),
             seed=seed,
             device=device,
         )
         extra["device"] = device
+        counts, point_seconds = extra.pop("counts"), extra.pop("point_seconds")
     else:
-        result = methods.input_similarity(
-            arrays["X_train"], arrays["y_train"], x_target=arrays["X_target"], y_target=arrays["y_target"]
-        )
+        points = [
+            methods.input_similarity(
+                arrays["X_train"], arrays["y_train"], x_target=arrays["X_target"], y_target=arrays["y_target"]
+            )
+        ]
         extra = {"models": 0}
+        counts, point_seconds = [0], [None]
+    seconds = time.perf_counter() - start
     record = {
         "method": method,
         "models_trained": extra.pop("models"),
-        "seconds": time.perf_counter() - start,
+        "seconds": seconds,
         "threads": int(threads),
         **extra,
+        "points": [
+            {
+                "models_trained": int(k),
+                "seconds": seconds if s is None else float(s),
+                "name": baseline_point_name(method, k, largest=i == len(counts) - 1),
+            }
+            for i, (k, s) in enumerate(zip(counts, point_seconds))
+        ],
     }
-    atomic_save_npy(Path(scores), result)
+    atomic_save_npy(Path(scores), points[-1])
+    if curve is not None:
+        smaller = np.stack(points[:-1]) if len(points) > 1 else np.zeros((0, *points[-1].shape), np.float32)
+        atomic_save_npy(Path(curve), smaller)
     atomic_save_json(Path(info), record)
     log.info("%s: %d models trained, %.1f s", method, record["models_trained"], record["seconds"])
     return record
 
 
+def _points(layout: Layout, method: str) -> list[tuple[dict, np.ndarray | Path]]:
+    """A baseline's points (record entry, scores) from its files; a record without ``points`` is one point."""
+    info = load_json(Path(layout.baseline_info(method)))
+    entries = info.get("points") or [
+        {"models_trained": info["models_trained"], "seconds": info["seconds"], "name": method}
+    ]
+    curve_path = Path(layout.baseline_curve(method))
+    curve = np.load(curve_path, mmap_mode="r") if len(entries) > 1 else None
+    if curve is not None and curve.shape[0] != len(entries) - 1:
+        raise ValueError(
+            f"{curve_path} holds {curve.shape[0]} points but {layout.baseline_info(method)} lists "
+            f"{len(entries) - 1} below the largest: rerun baseline_scores for {method}"
+        )
+    last = Path(layout.baseline_scores(method))
+    return [(entry, last if i == len(entries) - 1 else np.asarray(curve[i])) for i, entry in enumerate(entries)]
+
+
 def compare_methods(results: Path, *, alpha: str, methods: Sequence[str], table: Path, figure: Path) -> pd.DataFrame:
-    """Score each baseline on the eval store of ``alpha`` (``evaluation/{alpha}/methods/NAME.{csv,json}``),
-    then write the comparison table (``dmflow.evaluation.compare``) and its figure, LDS against compute."""
+    """Score each baseline's points on the eval store of ``alpha`` (``evaluation/{alpha}/methods/NAME.{csv,json}``,
+    NAME from each point's record), then write the comparison table (``dmflow.evaluation.compare``: one row
+    per point) and its figure, LDS against compute."""
     layout = Layout(results)
     scored = {}
-    for name in methods:
-        _, summary = score_run_attribution(results, Path(layout.baseline_scores(name)), alpha=alpha, name=name)
-        scored[name] = (summary, load_json(Path(layout.baseline_info(name))))
+    for method in methods:
+        scored[method] = [
+            (score_run_attribution(results, scores, alpha=alpha, name=entry["name"])[1], entry)
+            for entry, scores in _points(layout, method)
+        ]
     manifest = load_json(Path(layout.manifest(alpha, "fit")))
     curve_path = Path(layout.curve_table(alpha))
     datamodels = load_json(Path(layout.eval_summary(alpha)))
