@@ -1,5 +1,8 @@
 """The stacked ensemble is exactly K independent trainings, and margins follow DESIGN."""
 
+import copy
+from dataclasses import replace
+
 import numpy as np
 import pytest
 import torch
@@ -11,12 +14,16 @@ from dmflow.core.schema import defaults
 from dmflow.core.seeds import chunk_seeds
 from dmflow.data.augment import AugmentSettings
 from dmflow.data.batches import epoch_orders
+from dmflow.data.sources import synthetic_images
 from dmflow.store.masks import chunk_masks
 from dmflow.training import train
+from dmflow.training.convnets import build_seeded
+from dmflow.training.fused import FusedConvStack
 from dmflow.training.mlp import StackedMLP
 from dmflow.training.models import build_stacked_model
 from dmflow.training.module import margins_from_logits
 from dmflow.training.settings import TrainSettings
+from dmflow.training.stacking import GroupedStack, LoopStack, stack_models
 from dmflow.training.train import train_chunk, train_stack
 
 
@@ -236,3 +243,134 @@ def test_each_model_draws_its_init_and_its_orders_from_its_own_seed_alone():
         rng = np.random.default_rng(seed)
         for e in range(3):
             np.testing.assert_array_equal(orders[e, i], subsets[i][rng.permutation(5)])
+
+
+def _cnn_stack_inputs(shape, width, k=3, batch=5):
+    """K float64 ``cnn`` models with varied batch-norm scales (some negative) and a batch with flat regions."""
+    models = build_seeded("cnn", shape, 10, seeds=range(k), width=width)
+    gen = torch.Generator().manual_seed(0)
+    for m in models:
+        m.double()
+        for layer in m:
+            if isinstance(layer, nn.BatchNorm2d):
+                with torch.no_grad():
+                    layer.weight.uniform_(-1.0, 1.5, generator=gen)
+                    layer.bias.uniform_(-0.5, 0.5, generator=gen)
+    x = torch.randn(k, batch, *shape, generator=gen, dtype=torch.float64)
+    x[..., : shape[-2] // 3, :] = 0.25  # equal values: pooling windows with ties
+    y = torch.randint(0, 10, (k, batch), generator=gen)
+    return models, x, y
+
+
+@pytest.mark.parametrize("shape,width", [((1, 28, 28), 0.5), ((3, 16, 16), 1.5)])
+def test_fused_stack_computes_each_models_function_gradients_and_statistics(shape, width):
+    """The fused kernels (one numba kernel per block and pass for all K models) give each model's own
+    outputs, gradients and batch-norm running statistics, in training and in eval mode."""
+    models, x, y = _cnn_stack_inputs(shape, width)
+    fused = stack_models([copy.deepcopy(m) for m in models], "fused", input_shape=shape)
+    assert isinstance(fused, FusedConvStack)
+
+    def loss(logits):
+        return nn.functional.cross_entropy(logits.transpose(1, 2), y, reduction="none").mean(1).sum()
+
+    expected = torch.stack([m(x[i]) for i, m in enumerate(models)])
+    got = fused(x)
+    torch.testing.assert_close(got, expected, atol=1e-12, rtol=1e-10)
+    loss(expected).backward()
+    loss(got).backward()
+    convs = [[layer for layer in m if isinstance(layer, nn.Conv2d)] for m in models]
+    norms = [[layer for layer in m if isinstance(layer, nn.BatchNorm2d)] for m in models]
+    for b in range(2):
+        for mine, theirs in [
+            (getattr(fused, f"conv{b}").grad, [c[b].weight.grad.flatten(1) for c in convs]),
+            (getattr(fused, f"bn_weight{b}").grad, [n[b].weight.grad for n in norms]),
+            (getattr(fused, f"bn_bias{b}").grad, [n[b].bias.grad for n in norms]),
+            (getattr(fused, f"running_mean{b}"), [n[b].running_mean for n in norms]),
+            (getattr(fused, f"running_var{b}"), [n[b].running_var for n in norms]),
+        ]:
+            torch.testing.assert_close(mine, torch.stack(theirs), atol=1e-12, rtol=1e-10)
+    torch.testing.assert_close(fused.weight.grad, torch.stack([m[-1].weight.grad.T for m in models]))
+    fused.eval()
+    with torch.no_grad():
+        expected = torch.stack([m.eval()(x[i]) for i, m in enumerate(models)])
+        torch.testing.assert_close(fused(x), expected, atol=1e-12, rtol=1e-10)
+
+
+@pytest.mark.parametrize("stacking", ["fused", "loop"])
+def test_fused_and_loop_stacks_train_like_each_model_alone(stacking):
+    """K cnn models trained stacked (augmented, SGD, triangular lr, smoothing) = each trained alone,
+    with the fused kernels and the loop alike, and the two give the same margins."""
+    torch.set_default_dtype(torch.float64)
+    try:
+        x, y = synthetic_images(60, 3, seed=2, size=8)
+        xt, yt = synthetic_images(10, 3, seed=3, size=8)
+        data = {
+            "X_train": (x / 255.0 - 0.5).astype(np.float32),
+            "y_train": y,
+            "X_target": (xt / 255.0 - 0.5).astype(np.float32),
+            "y_target": yt,
+            "num_classes": 3,
+        }
+        settings = TrainSettings(
+            arch="cnn",
+            width=0.5,
+            stacking=stacking,
+            epochs=3,
+            batch_size=10,
+            optimizer="sgd",
+            lr=0.1,
+            weight_decay=5e-4,
+            label_smoothing=0.1,
+            lr_schedule="triangular",
+            lr_peak_epoch=1,
+            augment=AugmentSettings(True, 1, 2),
+            test_time_flip=True,
+            stack_size=3,
+            device="cpu",
+        )
+        rng = np.random.default_rng(0)
+        subsets = np.stack([np.sort(rng.choice(60, 30, replace=False)) for _ in range(3)])
+        seeds = np.array([5, 6, 7])
+        stacked = train_stack(data, subsets, seeds, settings=settings)
+        for i in range(3):
+            alone = train_stack(data, subsets[i : i + 1], seeds[i : i + 1], settings=settings)
+            np.testing.assert_allclose(stacked.margins[i], alone.margins[0], atol=1e-9)
+        assert np.isfinite(stacked.margins).all() and not np.allclose(stacked.margins[0], stacked.margins[1])
+        other = train_stack(
+            data, subsets, seeds, settings=replace(settings, stacking="loop" if stacking == "fused" else "fused")
+        )
+        np.testing.assert_allclose(stacked.margins, other.margins, atol=1e-9)
+    finally:
+        torch.set_default_dtype(torch.float32)
+
+
+def test_auto_conv_stacking_is_measured_once_and_each_path_can_be_forced(monkeypatch):
+    """``auto`` asks the dispatch point (a probe of loop and fused, once per process and shape class);
+    ``model.stacking`` forces each path; networks or shapes the kernels cannot compute are never probed."""
+    monkeypatch.delenv(dispatch.ENV, raising=False)
+    dispatch.force(None)
+    measured = []
+    monkeypatch.setattr(dispatch, "_best", lambda run, give_up=float("inf"): measured.append(run) or 1.0)
+    models = build_seeded("cnn", (1, 8, 8), 3, seeds=[1, 2], width=0.5)
+    try:
+        assert isinstance(stack_models(models, "auto", input_shape=(1, 8, 8), batch_size=4), LoopStack)
+        assert len(measured) == 2 and dispatch.chosen()["conv"] == "loop"  # equal times: the default stays
+        stack_models(models, "auto", input_shape=(1, 8, 8), batch_size=4)
+        assert len(measured) == 2  # measured once per process and shape class
+        monkeypatch.setattr(dispatch, "choose", lambda kind, probes, **kw: "fused")
+        assert isinstance(stack_models(models, "auto", input_shape=(1, 8, 8)), FusedConvStack)
+        for how, kind in [("fused", FusedConvStack), ("loop", LoopStack), ("grouped", GroupedStack)]:
+            assert isinstance(stack_models(models, how, input_shape=(1, 8, 8)), kind)
+        # no probe where the kernels cannot compute the network: odd sizes, an unknown shape, resnet9, CUDA
+        assert isinstance(stack_models(models, "auto", input_shape=(1, 6, 6)), LoopStack)
+        assert isinstance(stack_models(models, "auto"), LoopStack)
+        with pytest.raises(ValueError, match=r"'fused' cannot compute this network: a 3x3 input to a block"):
+            stack_models(models, "fused", input_shape=(1, 6, 6))
+        with pytest.raises(ValueError, match="'fused' runs on the CPU"):
+            stack_models(models, "fused", "cuda", input_shape=(1, 8, 8))
+        resnet = build_seeded("resnet9", (3, 8, 8), 3, seeds=[1], width=0.125)
+        assert isinstance(stack_models(resnet, "auto", input_shape=(3, 8, 8)), LoopStack)
+        with pytest.raises(ValueError, match="'fused' cannot compute this network"):
+            stack_models(resnet, "fused", input_shape=(3, 8, 8))
+    finally:
+        dispatch.force(None)

@@ -96,10 +96,12 @@ def parse(setting: str | Mapping[str, str] | None) -> dict[str, str]:
 
 
 def force(setting: str | Mapping[str, str] | None) -> None:
-    """Force kernels for this process (over ``DMFLOW_KERNELS``); ``auto`` or None leaves a kind to ``choose``."""
+    """Force kernels for this process (over ``DMFLOW_KERNELS``); ``auto`` or None leaves a kind to ``choose``.
+    Earlier measurements and choices are forgotten."""
     _forced.clear()
     _forced.update({k: v for k, v in parse(setting).items() if v != "auto"})
     _cache.clear()
+    _chosen.clear()
 
 
 def forced(kind: str) -> str | None:
@@ -111,8 +113,9 @@ def forced(kind: str) -> str | None:
 
 
 def capable(candidate: str) -> bool:
-    """Whether this CPU reports units that make ``candidate`` worth timing (float32: always)."""
-    if candidate == "float32":
+    """Whether this CPU reports units that make ``candidate`` worth timing (float32, and any candidate
+    that ``CAPABILITIES`` does not list, i.e. that needs no special units: always)."""
+    if candidate == "float32" or candidate not in CAPABILITIES:
         return True
     import torch  # heavy: only the jobs that choose a kernel load it
 
@@ -140,26 +143,30 @@ def choose(
     candidates: Mapping[str, Callable[[], object]],
     *,
     shape: tuple[int, ...] = (),
+    default: str = "float32",
 ) -> str:
-    """The candidate of ``kind`` to run here: forced, else the fastest measured (float32 unless another wins).
+    """The candidate of ``kind`` to run here: forced, else the fastest measured (``default`` unless another wins).
 
     Parameters
     ----------
     kind : str
-        A key of ``KINDS``.
+        A key of ``KINDS`` (forcible by ``force`` and ``DMFLOW_KERNELS``), or another name
+        whose caller forces it through its own setting.
     candidates : mapping of str to callable
         Each candidate's probe: runs its product once on a small instance of the caller's
-        shape class (float32 must be among them). A probe that raises RuntimeError marks
+        shape class (``default`` must be among them). A probe that raises RuntimeError marks
         its candidate as unavailable in this torch.
     shape : tuple of int
         The shape class, part of the cache key (a choice is measured once per process and class).
+    default : str
+        The safe candidate, kept unless another is at least ``WIN`` times faster.
 
     Returns
     -------
     str
         The candidate's name.
     """
-    want = forced(kind)
+    want = forced(kind) if kind in KINDS else None
     if want is not None:
         _chosen[kind] = want
         return want
@@ -167,10 +174,10 @@ def choose(
     if key in _cache:
         _chosen[kind] = _cache[key]
         return _cache[key]
-    others = [name for name in candidates if name != "float32" and capable(name)]
-    times, best = {}, "float32"
-    if others:  # else nothing to time: float32 is the only candidate this CPU has units for
-        times["float32"] = base = _best(candidates["float32"])
+    others = [name for name in candidates if name != default and capable(name)]
+    times, best = {}, default
+    if others:  # else nothing to time: the default is the only candidate this CPU has units for
+        times[default] = base = _best(candidates[default])
         for name in others:
             try:
                 times[name] = _best(candidates[name], give_up=LOSES * base)

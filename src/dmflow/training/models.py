@@ -25,12 +25,16 @@ def build_stacked_model(
     width: float = 1.0,
     stacking: str = "auto",
     device: str = "cpu",
+    batch_size: int = 100,
+    bf16: bool = False,
 ) -> nn.Module:
     """The stacked network of K = len(seeds) models; input [K, B, *input_shape] -> logits [K, B, num_classes].
 
     ``logreg``/``mlp`` are batched matmuls over flattened features; ``cnn``,
     ``resnet9`` and ``"package.module:factory"`` models are built one per seed and
-    stacked (``dmflow.training.stacking``). Model i is initialised from ``seeds[i]`` alone.
+    stacked (``dmflow.training.stacking``; ``batch_size`` and ``bf16``, the training's
+    batch per model and autocast, inform ``stacking: auto``'s probe). Model i is
+    initialised from ``seeds[i]`` alone.
     """
     if arch in VECTOR_ARCHITECTURES:
         net = StackedMLP(
@@ -38,4 +42,5 @@ def build_stacked_model(
         )
         net.reset_parameters(seeds)
         return net
-    return stack_models(build_seeded(arch, input_shape, num_classes, seeds=seeds, width=width), stacking, device)
+    models = build_seeded(arch, input_shape, num_classes, seeds=seeds, width=width)
+    return stack_models(models, stacking, device, input_shape=input_shape, batch_size=batch_size, bf16=bf16)

@@ -1,6 +1,6 @@
 """K single-model networks as one stacked network: x [K, B, ...] -> logits [K, B, classes].
 
-Two ways, same result:
+Three ways, same result:
 
 - ``grouped``: the K networks fused into one; convolutions become grouped
   convolutions (model i owns groups i), batch norms one wide batch norm (statistics
@@ -8,21 +8,30 @@ Two ways, same result:
   layer for all K models.
 - ``loop``: the K networks side by side in a ModuleList, called one after another
   inside the same training step. Works for any module (a user's included).
+- ``fused``: on the CPU, conv -> batch norm -> ReLU -> maxpool blocks of all K models in
+  one numba kernel per pass (``dmflow.training.fused``), for networks of ``cnn``'s shape.
 
-Both keep every model exactly independent: own init, own batches, own gradient.
+All keep every model exactly independent: own init, own batches, own gradient.
+``conv_stacking`` is the one place that picks among them for ``auto``.
 """
 
 from __future__ import annotations
 
 import copy
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 
 import torch
 from torch import nn
+from torch.nn import functional as F
 
+from dmflow.core import kernels as dispatch
 from dmflow.training.convnets import Mul, Residual
+from dmflow.training.fused import FusedConvStack, NotFusedNetwork, compile_kernels, fusable
 
-STACKINGS = ("auto", "grouped", "loop")
+STACKINGS = ("auto", "grouped", "loop", "fused")
+PROBE_MODELS = 2
+PROBE_BATCH = 32
+"""The probe of ``conv_stacking``: one training step of this many models and images per model."""
 _ELEMENTWISE = (nn.ReLU, nn.GELU, nn.SiLU, nn.LeakyReLU, nn.ELU, nn.Tanh, nn.Sigmoid, nn.Identity, nn.Dropout, Mul)
 _POOLS = (nn.MaxPool2d, nn.AvgPool2d, nn.AdaptiveMaxPool2d, nn.AdaptiveAvgPool2d)
 
@@ -162,17 +171,136 @@ class LoopStack(nn.Module):
         return torch.stack([m(x[i]) for i, m in enumerate(self.models)])
 
 
-def stack_models(models: Sequence[nn.Module], how: str = "auto", device: str = "cpu") -> GroupedStack | LoopStack:
-    """Stack K single models.
+def _probe_step(stack: nn.Module, x: torch.Tensor, y: torch.Tensor, bf16: bool) -> Callable[[], None]:
+    """One training step of ``stack`` on x [K, B, C, H, W], y [K, B] (forward, loss, backward)."""
 
-    ``auto`` loops on the CPU, where grouped convolutions are slower than K ordinary
-    ones (benchmarks/train_throughput.py --arch cnn), and on CUDA fuses the models when
-    every layer allows it (one kernel per layer instead of K), else loops.
+    def step() -> None:
+        stack.zero_grad(set_to_none=True)
+        with torch.autocast("cpu", dtype=torch.bfloat16, enabled=bf16):
+            logits = stack(x)
+        F.cross_entropy(logits.float().flatten(0, 1), y.flatten()).backward()
+
+    return step
+
+
+def conv_stacking(
+    models: Sequence[nn.Module],
+    *,
+    device: str,
+    input_shape: Sequence[int] | None,
+    batch_size: int = 100,
+    bf16: bool = False,
+) -> str:
+    """How ``model.stacking: auto`` stacks these K models here: ``"grouped"``, ``"loop"`` or ``"fused"``.
+
+    The one place that decides. On CUDA, ``grouped`` where every layer fuses (one kernel
+    per layer instead of K), else ``loop``. On the CPU, ``fused`` where the network has
+    ``cnn``'s shape (``dmflow.training.fused.fusable``) and the dispatch point
+    (``dmflow.core.kernels.choose``, kind ``"conv"``) measures it at least ``WIN`` times
+    faster than ``loop``: one training step of ``PROBE_MODELS`` models of this network on
+    ``PROBE_BATCH`` images each of ``input_shape``, in bf16 autocast where the training is
+    (a few milliseconds each; once per process and shape class, logged); else ``loop``,
+    which measured faster than grouped convolutions on CPUs. On an AVX2 CPU the fused
+    kernels trained the stacked ``cnn`` several times as fast as either
+    (benchmarks/train_throughput.py --arch cnn); on a CPU whose bf16 convolutions run on
+    matrix units the torch path may win, hence the measurement. ``model.stacking`` set to
+    ``grouped``, ``loop`` or ``fused`` forces a path instead.
+
+    Parameters
+    ----------
+    models : sequence of nn.Module
+        The K single models (only the first is probed, in copies).
+    device : str
+        ``"cpu"`` or ``"cuda"``.
+    input_shape : sequence of int or None
+        (C, H, W) of one image; None (unknown) never fuses on the CPU.
+    batch_size : int
+        The training batch per model (the probe takes at most ``PROBE_BATCH`` of it).
+    bf16 : bool
+        Whether the training runs in bf16 autocast.
+
+    Returns
+    -------
+    str
+        ``"grouped"``, ``"loop"`` or ``"fused"``.
+    """
+    if device == "cuda":
+        try:
+            GroupedStack(models[:1])
+        except NotFusable:
+            return "loop"
+        return "grouped"
+    if input_shape is None:
+        return "loop"
+    try:
+        fusable(models[0], input_shape)
+    except NotFusedNetwork:
+        return "loop"
+    first = models[0]
+    dtype = next(first.parameters()).dtype
+    compile_kernels(dtype)  # compiled (or loaded from numba's cache) before the clock starts
+    batch = max(1, min(int(batch_size), PROBE_BATCH))
+    gen = torch.Generator().manual_seed(0)
+    x = torch.randn(PROBE_MODELS, batch, *input_shape, generator=gen).to(dtype)
+    y = torch.randint(0, first[-1].out_features, (PROBE_MODELS, batch), generator=gen)
+    copies = [copy.deepcopy(first) for _ in range(PROBE_MODELS)]
+    probes = {
+        "loop": _probe_step(LoopStack(copy.deepcopy(copies)), x, y, bf16),
+        "fused": _probe_step(FusedConvStack(copies), x, y, bf16),
+    }
+    channels = tuple(m.out_channels for m in first if isinstance(m, nn.Conv2d))
+    shape = (*(int(v) for v in input_shape), batch, *channels, int(bf16))
+    return dispatch.choose("conv", probes, shape=shape, default="loop")
+
+
+def stack_models(
+    models: Sequence[nn.Module],
+    how: str = "auto",
+    device: str = "cpu",
+    *,
+    input_shape: Sequence[int] | None = None,
+    batch_size: int = 100,
+    bf16: bool = False,
+) -> GroupedStack | LoopStack | FusedConvStack:
+    """Stack K single models (``how``: ``auto`` asks ``conv_stacking``).
+
+    Parameters
+    ----------
+    models : sequence of nn.Module
+        K models of one architecture, input [B, C, H, W] -> logits [B, classes].
+    how : str
+        One of ``STACKINGS``.
+    device : str
+        ``"cpu"`` or ``"cuda"``.
+    input_shape : sequence of int, optional
+        (C, H, W) of one image; ``auto`` fuses on the CPU only where it is known.
+    batch_size : int
+        Images per model per step (``auto``'s probe).
+    bf16 : bool
+        Whether the training runs in bf16 autocast (``auto``'s probe).
+
+    Returns
+    -------
+    GroupedStack, LoopStack or FusedConvStack
+        Input [K, B, C, H, W] -> logits [K, B, classes].
     """
     if how not in STACKINGS:
         raise ValueError(f"model.stacking={how!r} is not one of {STACKINGS}")
-    if how == "loop" or (how == "auto" and device != "cuda"):
+    if how == "auto":
+        how = conv_stacking(models, device=device, input_shape=input_shape, batch_size=batch_size, bf16=bf16)
+    if how == "loop":
         return LoopStack(models)
+    if how == "fused":
+        if device != "cpu":
+            raise ValueError(f"model.stacking='fused' runs on the CPU, not {device}; use 'grouped', 'loop' or 'auto'")
+        try:
+            for m in models:
+                fusable(m, input_shape)
+            return FusedConvStack(models)
+        except NotFusedNetwork as exc:
+            raise ValueError(
+                f"model.stacking='fused' cannot compute this network: {exc}; use 'grouped', 'loop' or 'auto'"
+            ) from None
     try:
         return GroupedStack(models)
     except NotFusable as exc:

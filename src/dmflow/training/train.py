@@ -181,6 +181,8 @@ def train_stack(
         width=settings.width,
         stacking=settings.stacking,
         device=device,
+        batch_size=settings.batch_size,
+        bf16=lightning_precision(settings.precision, device) == "bf16-mixed",
     ).to(torch.get_default_dtype())
     if x_train.ndim == 4:
         # channels-last: faster convolutions, and far faster CPU max-pooling (docs/images.md)
