@@ -41,8 +41,17 @@ real run is slower than this estimate.
 Run:  python benchmarks/train_throughput.py [--quick] [--threads 1] [--record]
 
 ``--arch cnn`` or ``--arch resnet9`` measures a conv net instead, on synthetic
-32x32x3 images: (a) one Trainer.fit per model, and the stack both ways, (b)
-grouped convolutions and (c) a loop over the K models in one step.
+images of ``--image-shape`` (3,32,32; 1,28,28 is Fashion-MNIST's shape), ``--num-train``
+of them, each model on half: (a) one Trainer.fit per model, and the stack of K three
+ways, (b) grouped convolutions, (c) a loop over the K models in one step, (d) the fused
+kernels (``model.stacking: fused``; cnn only). Each round runs (a)'s first half, the
+three stacks (each first in turn) and (a)'s second half, and prints its rates; then the
+best rates, the medians of the rounds' own ratios (the goal: (d) >= 2x (b)), the useful
+GFLOP/s of each stack and their fraction of ``torch.bmm`` on the same products as
+im2col matrices (the machine's float32 matmul rate at those shapes), and how far (d)'s
+margins are from (c)'s. The Fashion-MNIST target:
+``--arch cnn --width 0.5 --image-shape 1,28,28 --num-train 5000 --stack-size 50
+--epochs 5 --threads 2``.
 
 ``--quick`` is a tiny version that only checks the script still runs. Nothing is
 asserted about wall-clock times; the numbers are printed. ``--record`` also appends
@@ -136,27 +145,44 @@ CONV_SECTION = "train_throughput.py --arch cnn / resnet9"
 CONV_HEADER = (
     "arch",
     "width",
+    "image",
+    "n",
     "threads",
     "K",
     "single",
     "epochs",
+    "batch",
     "rounds",
     "precision",
     "1-min load",
     "(a) models/s",
     "(b) grouped models/s",
     "(c) loop models/s",
-    "(b)/(a)",
-    "(c)/(a)",
-    "(b)/(c)",
+    "(d) fused models/s",
+    "(d)/(b) median",
+    "(d)/(c) median",
+    "(d)/(a) median",
+    "(c)/(b) median",
+    "(d) GFLOP/s",
+    "(b) GFLOP/s",
+    "bmm GFLOP/s",
+    "(d) of bmm",
+    "max margin diff (d)-(c)",
 )
 CONV_NOTES = """\
-The conv nets on synthetic 32x32x3 images (`python benchmarks/train_throughput.py --arch cnn|resnet9`).
-**arch**, **width** (channel multiplier), **threads**, **K** (models in the stacks), **single** (models
-trained one `Trainer.fit` each), **epochs**, **rounds** (`--repeats`), **precision** (`--precision` and the
-Lightning flag), **1-min load** (at start / at the end); models/s of the best time over the rounds of
-**(a)** one `Trainer.fit` per model, **(b)** the stack with grouped convolutions, **(c)** the stack as a
-loop over its models in one step, and the ratios of those rates."""
+The conv nets on synthetic images (`python benchmarks/train_throughput.py --arch cnn|resnet9 --image-shape C,H,W`;
+see its docstring). **arch**, **width** (channel multiplier), **image** (C x H x W), **n** (training images; each
+model trains on round(0.5 n)), **threads**, **K** (models in the stacks), **single** (models trained one
+`Trainer.fit` each), **epochs**, **batch** (images per model per step), **rounds** (`--repeats`), **precision**
+(`--precision` and the Lightning flag), **1-min load** (at start / at the end); models/s of the best time over
+the rounds of **(a)** one `Trainer.fit` per model, the stack of K with **(b)** grouped convolutions, **(c)** a loop
+over its models in one step, **(d)** the fused kernels (`model.stacking: fused`), and the medians of the rounds'
+own ratios of those rates (a round runs all four side by side). **(d) GFLOP/s**, **(b) GFLOP/s**: the useful
+FLOPs (forward, weight and input gradients of every layer, the first layer's input gradient excepted, and the
+final margins pass) per second at those rates; **bmm GFLOP/s**: `torch.bmm` on the same products as im2col
+matrices ([K, B*H*W, 9C] x [K, 9C, O] and the two gradient products, per layer) at the same thread count;
+**(d) of bmm**: the fraction of it that (d) achieves; **max margin diff**: max |margin(d) - margin(c)| over the
+K models (float32 rounding differs between the two, and training carries it on)."""
 
 
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
@@ -180,6 +206,13 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     )
     p.add_argument("--arch", choices=("mlp", "cnn", "resnet9"), default="mlp")
     p.add_argument("--width", type=float, default=1.0, help="conv nets: channel multiplier")
+    p.add_argument(
+        "--image-shape",
+        default="3,32,32",
+        help="conv nets: C,H,W of the synthetic images (1,28,28: Fashion-MNIST's shape; C of 1 or 3)",
+    )
+    p.add_argument("--num-train", type=int, default=1000, help="conv nets: training images n (subsets of 0.5 n)")
+    p.add_argument("--batch-size", type=int, default=100, help="conv nets: images per model per step")
     p.add_argument("--quick", action="store_true", help="tiny sizes: only checks that the script runs")
     record.add_arguments(p)
     args = p.parse_args(argv)
@@ -191,6 +224,11 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     if args.quick:
         args.single, args.stack_size, args.epochs, args.repeats = 2, min(args.stack_size, 8), min(args.epochs, 2), 1
     args.single = min(args.single, args.stack_size)
+    args.image_shape = tuple(int(v) for v in str(args.image_shape).split(","))
+    if len(args.image_shape) != 3 or args.image_shape[0] not in (1, 3):
+        p.error(f"--image-shape {args.image_shape}: C,H,W with C of 1 or 3")
+    if args.quick:
+        args.num_train = min(args.num_train, 250)
     return args
 
 
@@ -342,12 +380,58 @@ def measure_matmul(k: int, batch: int, d: int, h: int, c: int, quick: bool, dtyp
     return out
 
 
+def conv_flops(arch_model: nn.Module, image: tuple[int, ...]) -> tuple[list[tuple[int, int, int, int]], int]:
+    """The conv layers of one model as (H, W, C_in, C_out) at their input, and one image's forward FLOPs."""
+    layers, fwd = [], 0
+    h, w = image[1], image[2]
+    for m in arch_model.modules():
+        if isinstance(m, nn.Conv2d):
+            h = (h + 2 * m.padding[0] - m.kernel_size[0]) // m.stride[0] + 1
+            w = (w + 2 * m.padding[1] - m.kernel_size[1]) // m.stride[1] + 1
+            layers.append((h, w, m.in_channels, m.out_channels))
+            fwd += 2 * h * w * m.in_channels * m.out_channels * m.kernel_size[0] * m.kernel_size[1]
+        elif isinstance(m, nn.MaxPool2d):
+            h, w = h // 2, w // 2
+        elif isinstance(m, nn.Linear):
+            fwd += 2 * m.in_features * m.out_features
+    return layers, fwd
+
+
+def conv_bmm_rate(layers: list[tuple[int, int, int, int]], k: int, batch: int, quick: bool) -> tuple[float, float]:
+    """float32 ``torch.bmm`` GFLOP/s on a training step's conv products as im2col matrices, and of a square matmul.
+
+    Per layer: the forward [K, B*H*W, 9C] x [K, 9C, O], the weight gradient [K, 9C, B*H*W] x
+    [K, B*H*W, O] and (all but the first layer) the input gradient [K, B*H*W, O] x [K, O, 9C];
+    the rate is their FLOPs over their summed best times.
+    """
+    g = torch.Generator().manual_seed(0)
+    flops = seconds = 0.0
+    for i, (h, w, cin, cout) in enumerate(layers):
+        rows, inner = batch * h * w, 9 * cin
+        cols = torch.randn(k, rows, inner, generator=g)
+        weight = torch.randn(k, inner, cout, generator=g)
+        out = torch.randn(k, rows, cout, generator=g)
+        products = [partial(torch.bmm, cols, weight), partial(torch.bmm, cols.transpose(1, 2), out)]
+        if i > 0:
+            products.append(partial(torch.bmm, out, weight.transpose(1, 2)))
+        for fn in products:
+            seconds += best_time(fn, 0.05 if quick else 0.2, repeats=3)
+            flops += 2.0 * k * rows * inner * cout
+    size = 512 if quick else 2048
+    a, b = torch.randn(size, size, generator=g), torch.randn(size, size, generator=g)
+    square = 2 * size**3 / best_time(lambda: a @ b, 0.05 if quick else 0.3)
+    return flops / seconds / 1e9, square / 1e9
+
+
 def conv_benchmark(args: argparse.Namespace, machine: list[str]) -> None:
-    """cnn / resnet9 on synthetic 32x32x3 images: one by one vs grouped vs loop."""
+    """cnn / resnet9 on synthetic images: one by one, and the stack grouped, as a loop and fused, side by side."""
+    from dmflow.training.convnets import build_single
+
     load_start = os.getloadavg()[0]
-    x, y = synthetic_images(1200, 10, seed=0)
-    x = ((x / 255.0 - 0.5) / 0.25).astype(np.float32)
-    n = 250 if args.quick else 1000
+    c, h, w = args.image_shape
+    n = args.num_train
+    x, y = synthetic_images(n + 200, 10, seed=0, size=h)
+    x = ((x[:, :c, :, :w] / 255.0 - 0.5) / 0.25).astype(np.float32)
     data = {
         "X_train": x[:n],
         "y_train": y[:n],
@@ -360,53 +444,112 @@ def conv_benchmark(args: argparse.Namespace, machine: list[str]) -> None:
     rng = np.random.default_rng(0)
     subsets = np.stack([np.sort(rng.choice(n, k_sub, replace=False)) for _ in range(K)])
     seeds = np.arange(K)
+    flag = lightning_precision(args.precision, "cpu")
 
-    def run(idx: np.ndarray, stacking: str) -> StackResult:
-        settings = TrainSettings(
+    def settings(stacking: str, k: int) -> TrainSettings:
+        return TrainSettings(
             arch=args.arch,
             width=args.width,
             stacking=stacking,
             epochs=args.epochs,
-            batch_size=100,
+            batch_size=args.batch_size,
             optimizer="sgd",
             lr=0.05,
             weight_decay=5e-4,
             label_smoothing=0.1,
             augment=AugmentSettings(flip=True, translate=2),
-            stack_size=len(idx),
+            stack_size=k,
             device="cpu",
             precision=args.precision,
         )
-        return train_stack(data, subsets[idx], seeds[idx], settings=settings)
 
-    run(np.arange(1), "grouped")  # warm-up
-    times = {"one": math.inf, "grouped": math.inf, "loop": math.inf}
-    for _ in range(args.repeats):
-        times["one"] = min(times["one"], timed(lambda: [run(np.array([i]), "loop") for i in range(args.single)])[0])
-        for how in ("grouped", "loop"):
-            times[how] = min(times[how], timed(partial(run, np.arange(K), how))[0])
-    rates = {"one": args.single / times["one"], "grouped": K / times["grouped"], "loop": K / times["loop"]}
+    def run(idx: np.ndarray, stacking: str) -> StackResult:
+        return train_stack(data, subsets[idx], seeds[idx], settings=settings(stacking, len(idx)))
+
+    stacks = ("grouped", "loop", "fused")
+    fused_ok = True
+    try:
+        run(np.arange(1), "fused")  # warm-up; compiles (or loads) the kernels
+    except ValueError as exc:  # resnet9, odd sizes: the fused kernels do not apply
+        print(f"(d) fused: {exc}")
+        fused_ok, stacks = False, ("grouped", "loop")
+    run(np.arange(1), "grouped")
+    halves = (range(args.single // 2), range(args.single // 2, args.single))
+    best = {name: math.inf for name in ("one", *stacks)}
+    ratios: dict[str, list[float]] = {"d/b": [], "d/c": [], "d/a": [], "c/b": []}
+    results: dict[str, StackResult] = {}
+    for r in range(args.repeats):
+        t_one, _ = timed(lambda: [run(np.array([i]), "loop") for i in halves[0]])
+        order = stacks[r % len(stacks) :] + stacks[: r % len(stacks)]  # each stack first in turn
+        times = {}
+        for name in order:
+            times[name], results[name] = timed(partial(run, np.arange(K), name))
+        t_two, _ = timed(lambda: [run(np.array([i]), "loop") for i in halves[1]])
+        times["one"] = t_one + t_two
+        best = {name: min(best[name], times[name]) for name in best}
+        rate = {name: (args.single if name == "one" else K) / t for name, t in times.items()}
+        ratios["c/b"].append(rate["loop"] / rate["grouped"])
+        if fused_ok:
+            ratios["d/b"].append(rate["fused"] / rate["grouped"])
+            ratios["d/c"].append(rate["fused"] / rate["loop"])
+            ratios["d/a"].append(rate["fused"] / rate["one"])
+        print(
+            f"round {r + 1}: models/s "
+            + ", ".join(f"{name} {rate[name]:.3f}" for name in ("one", *stacks))
+            + f"  (1-min load {os.getloadavg()[0]:.2f})",
+            flush=True,
+        )
+    rates = {name: (args.single if name == "one" else K) / t for name, t in best.items()}
     load_end = os.getloadavg()[0]
-    flag = lightning_precision(args.precision, "cpu")
-    line = "-" * 72
+    median = {key: float(np.median(v)) if v else None for key, v in ratios.items()}
+
+    layers, fwd = conv_flops(build_single(args.arch, args.image_shape, 10, width=args.width), args.image_shape)
+    first = 2 * layers[0][0] * layers[0][1] * layers[0][2] * layers[0][3] * 9
+    train_example = 3 * fwd - first  # forward + both gradients of every layer, but the first layer's input gradient
+    flops_model = args.epochs * k_sub * train_example + fwd * (200 + k_sub)  # + the final margins/accuracy pass
+    bmm, square = conv_bmm_rate(layers, K, args.batch_size, args.quick)
+    gflops = {name: flops_model * rates[name] / 1e9 for name in stacks}
+    margin_diff = float(np.abs(results["fused"].margins - results["loop"].margins).max()) if fused_ok else None
+
+    line = "-" * 78
     print(line)
     print(
         f"conv throughput  {args.arch} width {args.width}  torch {torch.__version__}  threads {args.threads}  "
-        f"1-min load {os.getloadavg()[0]:.2f}{'  [QUICK]' if args.quick else ''}"
+        f"1-min load {load_start:.2f} at start, {load_end:.2f} at the end{'  [QUICK]' if args.quick else ''}"
     )
     print(
-        f"synthetic 32x32x3, n={n}, subset {k_sub}, {args.epochs} epochs, batch 100, SGD, flip + translate, channels-last, "
-        f"train.precision={args.precision} -> {flag}"
+        f"synthetic {c}x{h}x{w}, n={n}, subset {k_sub}, {args.epochs} epochs, batch {args.batch_size}, SGD, "
+        f"flip + translate, train.precision={args.precision} -> {flag}"
     )
     print(line)
-    print(f"{'run (best of ' + str(args.repeats) + ')':<34}{'models':>8}{'seconds':>10}{'models/s':>12}")
-    print(f"{'(a) one Trainer.fit per model':<34}{args.single:>8}{times['one']:>10.2f}{rates['one']:>12.2f}")
-    print(f"{'(b) stacked, grouped convolutions':<34}{K:>8}{times['grouped']:>10.2f}{rates['grouped']:>12.2f}")
-    print(f"{'(c) stacked, loop in one step':<34}{K:>8}{times['loop']:>10.2f}{rates['loop']:>12.2f}")
+    print(f"{'run (best of ' + str(args.repeats) + ')':<38}{'models':>8}{'seconds':>10}{'models/s':>12}")
+    names = {"one": "(a) one Trainer.fit per model", "grouped": "(b) stacked, grouped convolutions"}
+    names |= {"loop": "(c) stacked, loop in one step", "fused": "(d) stacked, fused kernels"}
+    for name in ("one", *stacks):
+        models = args.single if name == "one" else K
+        print(f"{names[name]:<38}{models:>8}{best[name]:>10.2f}{rates[name]:>12.3f}")
     print(
-        f"ratios: (b)/(a) {rates['grouped'] / rates['one']:.2f}x   (c)/(a) {rates['loop'] / rates['one']:.2f}x   "
-        f"(b)/(c) {rates['grouped'] / rates['loop']:.2f}x"
+        "medians of the rounds' ratios: "
+        + ", ".join(
+            f"({a})/({b}) {median[a + '/' + b]:.2f}x" for a, b in ("db", "dc", "da", "cb") if median[a + "/" + b]
+        )
     )
+    if fused_ok:
+        print(f"goal (d) >= 2x (b): {'met' if median['d/b'] >= 2 else 'NOT met'} ({median['d/b']:.2f}x)")
+    print(line)
+    print(
+        f"useful FLOPs per model {flops_model / 1e9:.2f} G (forward {fwd / 1e6:.2f} M per image; train 3x forward less "
+        f"the first layer's input gradient, x {args.epochs} epochs x {k_sub}; + the final pass)"
+    )
+    for name in stacks:
+        print(f"  {names[name]:<36} {gflops[name]:7.1f} GFLOP/s = {gflops[name] / bmm:6.1%} of bmm at the same shapes")
+    print(
+        f"float32 bmm on the step's im2col products (K={K}, B={args.batch_size}): {bmm:.1f} GFLOP/s; "
+        f"square matmul {square:.1f} GFLOP/s"
+    )
+    if fused_ok:
+        accs = ", ".join(f"{name} {float(results[name].acc_target.mean()):.3f}" for name in stacks)
+        print(f"max |margin(d) - margin(c)| over the K models: {margin_diff:.2e}; mean target accuracy {accs}")
     print(line)
     if args.record:
         fmt = record.fmt
@@ -418,19 +561,29 @@ def conv_benchmark(args: argparse.Namespace, machine: list[str]) -> None:
             + [
                 args.arch,
                 f"{args.width:g}",
+                "x".join(map(str, args.image_shape)),
+                str(n),
                 str(args.threads),
                 str(K),
                 str(args.single),
                 str(args.epochs),
+                str(args.batch_size),
                 str(args.repeats),
                 f"{args.precision} ({flag})",
                 f"{load_start:.2f} / {load_end:.2f}",
                 fmt(rates["one"]),
                 fmt(rates["grouped"]),
                 fmt(rates["loop"]),
-                fmt(rates["grouped"] / rates["one"]),
-                fmt(rates["loop"] / rates["one"]),
-                fmt(rates["grouped"] / rates["loop"]),
+                fmt(rates.get("fused")),
+                fmt(median["d/b"]),
+                fmt(median["d/c"]),
+                fmt(median["d/a"]),
+                fmt(median["c/b"]),
+                fmt(gflops.get("fused"), ".1f"),
+                fmt(gflops["grouped"], ".1f"),
+                fmt(bmm, ".1f"),
+                fmt(100 * gflops["fused"] / bmm, ".1f") + "%" if fused_ok else "-",
+                fmt(margin_diff, ".1e"),
             ],
             notes=CONV_NOTES,
         )

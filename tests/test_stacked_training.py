@@ -345,7 +345,7 @@ def test_fused_and_loop_stacks_train_like_each_model_alone(stacking):
 
 
 def test_auto_conv_stacking_is_measured_once_and_each_path_can_be_forced(monkeypatch):
-    """``auto`` asks the dispatch point (a probe of loop and fused, once per process and shape class);
+    """``auto`` asks the dispatch point (fused unless loop probes faster, once per process and shape class);
     ``model.stacking`` forces each path; networks or shapes the kernels cannot compute are never probed."""
     monkeypatch.delenv(dispatch.ENV, raising=False)
     dispatch.force(None)
@@ -353,12 +353,12 @@ def test_auto_conv_stacking_is_measured_once_and_each_path_can_be_forced(monkeyp
     monkeypatch.setattr(dispatch, "_best", lambda run, give_up=float("inf"): measured.append(run) or 1.0)
     models = build_seeded("cnn", (1, 8, 8), 3, seeds=[1, 2], width=0.5)
     try:
-        assert isinstance(stack_models(models, "auto", input_shape=(1, 8, 8), batch_size=4), LoopStack)
-        assert len(measured) == 2 and dispatch.chosen()["conv"] == "loop"  # equal times: the default stays
+        assert isinstance(stack_models(models, "auto", input_shape=(1, 8, 8), batch_size=4), FusedConvStack)
+        assert len(measured) == 2 and dispatch.chosen()["conv"] == "fused"  # equal times: the default stays
         stack_models(models, "auto", input_shape=(1, 8, 8), batch_size=4)
         assert len(measured) == 2  # measured once per process and shape class
-        monkeypatch.setattr(dispatch, "choose", lambda kind, probes, **kw: "fused")
-        assert isinstance(stack_models(models, "auto", input_shape=(1, 8, 8)), FusedConvStack)
+        monkeypatch.setattr(dispatch, "choose", lambda kind, probes, **kw: "loop")  # as where loop measures faster
+        assert isinstance(stack_models(models, "auto", input_shape=(1, 8, 8)), LoopStack)
         for how, kind in [("fused", FusedConvStack), ("loop", LoopStack), ("grouped", GroupedStack)]:
             assert isinstance(stack_models(models, how, input_shape=(1, 8, 8)), kind)
         # no probe where the kernels cannot compute the network: odd sizes, an unknown shape, resnet9, CUDA

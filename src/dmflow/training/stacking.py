@@ -194,16 +194,17 @@ def conv_stacking(
     """How ``model.stacking: auto`` stacks these K models here: ``"grouped"``, ``"loop"`` or ``"fused"``.
 
     The one place that decides. On CUDA, ``grouped`` where every layer fuses (one kernel
-    per layer instead of K), else ``loop``. On the CPU, ``fused`` where the network has
-    ``cnn``'s shape (``dmflow.training.fused.fusable``) and the dispatch point
-    (``dmflow.core.kernels.choose``, kind ``"conv"``) measures it at least ``WIN`` times
-    faster than ``loop``: one training step of ``PROBE_MODELS`` models of this network on
+    per layer instead of K), else ``loop``. On the CPU, where the network has ``cnn``'s
+    shape (``dmflow.training.fused.fusable``), ``fused`` unless the dispatch point
+    (``dmflow.core.kernels.choose``, kind ``"conv"``) measures ``loop`` at least ``WIN``
+    times faster: one training step of ``PROBE_MODELS`` models of this network on
     ``PROBE_BATCH`` images each of ``input_shape``, in bf16 autocast where the training is
-    (a few milliseconds each; once per process and shape class, logged); else ``loop``,
-    which measured faster than grouped convolutions on CPUs. On an AVX2 CPU the fused
-    kernels trained the stacked ``cnn`` several times as fast as either
-    (benchmarks/train_throughput.py --arch cnn); on a CPU whose bf16 convolutions run on
-    matrix units the torch path may win, hence the measurement. ``model.stacking`` set to
+    (tens of milliseconds; a loop whose first step already takes ``LOSES`` times fused's
+    is not timed again; once per process and shape class, logged); other networks
+    ``loop``, which measured faster than grouped convolutions on CPUs. On an AVX2 CPU the
+    fused kernels trained the stacked ``cnn`` several times as fast as either
+    (benchmarks/train_throughput.py --arch cnn); where bf16 convolutions run on matrix
+    units (AMX) the torch path may win, hence the measurement. ``model.stacking`` set to
     ``grouped``, ``loop`` or ``fused`` forces a path instead.
 
     Parameters
@@ -250,7 +251,7 @@ def conv_stacking(
     }
     channels = tuple(m.out_channels for m in first if isinstance(m, nn.Conv2d))
     shape = (*(int(v) for v in input_shape), batch, *channels, int(bf16))
-    return dispatch.choose("conv", probes, shape=shape, default="loop")
+    return dispatch.choose("conv", probes, shape=shape, default="fused")
 
 
 def stack_models(
