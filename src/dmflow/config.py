@@ -18,7 +18,7 @@ from typing import Any
 import jsonschema
 import yaml
 
-from dmflow.attribution import MISSING_TRAKER, traker_installed
+from dmflow.attribution import MISSING_TRAKER, TRAK_MODELS_ALLOWED, trak_counts, traker_installed
 from dmflow.core.schema import builtin_architectures, load_schema, validator
 from dmflow.core.seeds import alpha_key
 from dmflow.data.sources import DataError, DataWarning, dataset_info
@@ -40,6 +40,8 @@ def _describe(error: jsonschema.ValidationError) -> str:
     if key == "model.arch":
         choices = ", ".join(map(repr, builtin_architectures()))
         return f"model.arch={error.instance!r} is not allowed; choose one of {choices} or a custom model as 'package.module:factory'"
+    if key == "baselines.trak_models" or key.startswith("baselines.trak_models."):
+        return f"{key}={error.instance!r} is not allowed; {TRAK_MODELS_ALLOWED}"
     if key == "baselines.trak_proj_dim":
         return f"baselines.trak_proj_dim={error.instance!r} is not allowed; use 'auto' or an integer of at least 8"
     if error.validator == "enum":
@@ -120,7 +122,12 @@ def _check_model(model: dict, feature_shape: tuple[int, ...], num_classes: int) 
 
 
 def _check_baselines(baselines: dict, n: int) -> None:
-    """TRAK needs traker, and a projection dimension below n (else its kernel is singular)."""
+    """TRAK's model counts increase, TRAK needs traker, and a projection dimension below n (else its kernel
+    is singular)."""
+    try:
+        trak_counts(baselines["trak_models"])
+    except ValueError as exc:
+        raise ConfigError(str(exc)) from None
     if not baselines["enabled"] or "trak" not in baselines["methods"]:
         return
     if not traker_installed():
