@@ -27,9 +27,9 @@ UMASK = 0o022
 @pytest.fixture(scope="module")
 def tiny_run(tmp_path_factory) -> Workflow:
     """The tiny config run once, under umask 022, with a relative results folder (so the run can be copied),
-    with the baselines (TRAK on 2 models)."""
+    with the baselines (TRAK over 1 and 2 models)."""
     run = Workflow(tmp_path_factory.mktemp("tiny"))
-    run.write_config(tiny_config("results", baselines={"enabled": True, "trak_models": 2}))
+    run.write_config(tiny_config("results", baselines={"enabled": True, "trak_models": [1, 2]}))
     old = os.umask(UMASK)
     try:
         run.run()
@@ -89,7 +89,8 @@ def test_analyses_summary_and_figures(tiny_run):
     layout = Layout(str(tiny_run.results))
     summary_md = open(layout.summary()).read()
     assert "LDS (Spearman)" in summary_md and "Counterfactual retraining" in summary_md
-    assert "| trak | 2 |" in summary_md and "Datamodels vs baselines" in summary_md
+    assert "| trak | 1 |" in summary_md and "| trak | 2 |" in summary_md and "Datamodels vs baselines" in summary_md
+    assert "At equal compute" in summary_md
     for link in re.findall(r"\]\(([^)]+)\)", summary_md):
         assert (tiny_run.results / link).is_file(), link  # every link of summary.md resolves
     influencers = pd.read_parquet(layout.influencers_table("0.5"))
@@ -104,8 +105,9 @@ def test_analyses_summary_and_figures(tiny_run):
 def test_baselines_are_scored_beside_the_datamodels_by_compute(tiny_run):
     layout = Layout(str(tiny_run.results))
     table = pd.read_csv(layout.compare_table("0.5"))
-    assert list(table.method) == ["datamodels (40 models)", "datamodels", "trak", "input_similarity"]
-    assert list(table.models_trained) == [40, 80, 2, 0]
+    assert list(table.method) == ["datamodels (40 models)", "datamodels", "trak", "trak", "input_similarity"]
+    assert list(table.models_trained) == [40, 80, 1, 2, 0]
+    assert table.seconds[2] < table.seconds[3]  # TRAK's curve: the first model's share, then both
     assert np.isfinite(table[["seconds", "lds_single", "lds_mean"]].to_numpy()).all() and (table.seconds > 0).all()
     fit = json.loads(open(layout.manifest("0.5", "fit")).read())
     assert table.seconds[1] == pytest.approx(fit["train_seconds"]) and table.seconds[0] == pytest.approx(
@@ -113,12 +115,11 @@ def test_baselines_are_scored_beside_the_datamodels_by_compute(tiny_run):
     )
     trak = json.loads(open(layout.baseline_info("trak")).read())
     assert trak["proj_dim"] == 16 and trak["projector"] == "BasicProjector"  # auto: n = 100 -> 16
-    for name in ("trak", "input_similarity"):
+    assert [p["name"] for p in trak["points"]] == ["trak-k1", "trak"]
+    assert np.load(layout.baseline_curve("trak")).shape == (1, 100, 30)
+    for name, row in (("trak-k1", 2), ("trak", 3), ("input_similarity", 4)):
         scored = json.loads(open(layout.method_summary("0.5", name)).read())
-        assert (
-            scored["method"]["name"] == name
-            and scored["lds_mean"]["mean"] == table.lds_mean[table.method == name].item()
-        )
+        assert scored["method"]["name"] == name and scored["lds_mean"]["mean"] == table.lds_mean[row]
         assert len(pd.read_csv(layout.method_table("0.5", name))) == 30
 
 
