@@ -7,14 +7,19 @@ import warnings
 
 from snakemake.settings.types import DeploymentMethod
 
-from dmflow.config import ConfigError, validate_config
+from dmflow.config import ConfigError, read_config_file, validate_config
 from dmflow.core.layout import Layout, alpha_dir, block_ids, chunk_ids
 from dmflow.core.schema import result_keys
 from dmflow.data.sources import DataWarning, dataset_sizes
 from dmflow.stages.moments import MOMENT_ARRAYS, PARTS, PROCESS_MB, fit_bytes, moments_bytes
 from dmflow.store.schema import STORE_NAMES
 
+# Snakemake has read the config files already (a YTE template's code has run, an alias bomb is in
+# memory as shared objects); each is read again here as plain data, so that what dmflow
+# check-config refuses in a file (a template, an alias bomb, Python tags) stops the run too.
 try:
+    for _configfile in workflow.configfiles:
+        read_config_file(_configfile)
     with warnings.catch_warnings(record=True) as _caught:
         warnings.simplefilter("always", DataWarning)
         _validated = validate_config(config)

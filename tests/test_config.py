@@ -158,3 +158,27 @@ def test_every_value_in_config_yaml_is_valid_and_the_empty_config_is_the_schemas
     assert validate_config({}) == defaults()
     shipped = load_config(REPO / "config.yaml")
     assert shipped["dataset"]["num_train"] == 1000 and set(shipped) == set(defaults())
+
+
+def test_the_config_counts_the_fit_rows_as_the_moments_split_them():
+    """The check of fit.val_fraction counts the rows as ``split_validation_rows`` divides them."""
+    from dmflow.config import _fit_rows
+    from dmflow.lasso.path import split_validation_rows
+
+    for models in (1, 2, 3, 4, 7, 16, 100, 1001):
+        for val_fraction in (0.01, 0.1, 0.25, 0.5, 0.9, 0.99):
+            fit, _ = split_validation_rows(np.arange(models), val_fraction, seed=0, alpha=0.5)
+            assert _fit_rows(models, val_fraction) == len(fit), (models, val_fraction)
+
+
+def test_check_config_prints_exactly_what_read_config_file_and_validate_config_give(tmp_path):
+    """One reader for check-config and the Snakefile: JSON first, then YAML, as Snakemake reads --configfile."""
+    import json
+
+    from dmflow.config import read_config_file
+
+    (tmp_path / "c.json").write_text(json.dumps({"seed": 5, "masks": {"alphas": [0.25]}}))
+    (tmp_path / "c.yaml").write_text("seed: 5\nmasks:\n  alphas: [0.25]\n")
+    for name in ("c.json", "c.yaml"):
+        assert read_config_file(tmp_path / name) == {"seed": 5, "masks": {"alphas": [0.25]}}
+        assert load_config(tmp_path / name)["masks"]["alphas"] == [0.25]

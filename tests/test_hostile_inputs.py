@@ -234,3 +234,170 @@ def test_a_results_path_with_spaces_and_shell_characters_runs_end_to_end(workflo
     workflow.run()
     assert (results / "datamodels" / "0.5.npz").is_file() and (results / "summary.md").is_file()
     assert not list(workflow.root.rglob("pwned")) and not (workflow.root / "x").exists()
+
+
+# --- config files: templates, alias bombs, values that would fail inside a job (issue 34) ----------------
+
+
+YTE_CONFIG = """__use_yte__: true
+results: ?"results/" + "from-a-template"
+"""
+
+
+def _alias_bomb(levels: int) -> str:
+    """A few hundred bytes of YAML whose masks.alphas expands to 9^levels values (each level 9 aliases
+    of the one before)."""
+    items = ["&a0 [x,x,x,x,x,x,x,x,x]"] + [f"&a{i} [" + ",".join([f"*a{i - 1}"] * 9) + "]" for i in range(1, levels)]
+    return "masks:\n  alphas: [" + ", ".join(items) + "]\n"
+
+
+def _one_line_config_error(proc) -> str:
+    lines = [line for line in (proc.stdout + proc.stderr).splitlines() if "config error" in line]
+    assert proc.returncode != 0 and len(lines) == 1 and "Traceback" not in proc.stderr, proc.stderr[-3000:]
+    return lines[0]
+
+
+def test_a_yte_template_config_is_refused_by_check_config_without_running_it(tmp_path):
+    """Snakemake would evaluate a YTE template's code (``__use_yte__: true``); check-config reads plain data."""
+    marker = tmp_path / "ran"
+    path = tmp_path / "yte.yaml"
+    path.write_text(YTE_CONFIG + f'seed: ?__import__("pathlib").Path({str(marker)!r}).touch() or 0\n')
+    line = _one_line_config_error(dmflow_cli("check-config", path, check=False))
+    assert "__use_yte__: dmflow configs are plain YAML, not YTE templates" in line and str(path) in line
+    assert not marker.exists()
+
+
+@pytest.mark.workflow
+def test_a_yte_template_config_stops_the_workflow_with_check_configs_line(workflow):
+    path = workflow.root / "yte.yaml"
+    path.write_text(YTE_CONFIG)
+    proc = workflow.run("--dry-run", "--configfile", str(path), check=False)
+    assert "__use_yte__: dmflow configs are plain YAML" in _one_line_config_error(proc)
+    assert "Job stats" not in proc.stdout
+
+
+def test_a_yaml_alias_bomb_is_refused_in_one_short_line_at_once(tmp_path):
+    import time
+
+    path = tmp_path / "bomb.yaml"
+    path.write_text(_alias_bomb(9))  # 387 bytes, 387 million values expanded
+    start = time.perf_counter()
+    line = _one_line_config_error(dmflow_cli("check-config", path, check=False, timeout=60))
+    assert time.perf_counter() - start < 30
+    assert "more than 100000 values once its YAML aliases (*name) are expanded" in line and str(path) in line
+    # below the limit (66,430 values), the schema's error echoes an excerpt of the value, not all of it
+    path.write_text(_alias_bomb(5))
+    line = _one_line_config_error(dmflow_cli("check-config", path, check=False, timeout=60))
+    assert line.startswith("dmflow: config error: masks.alphas.4=[[[[['x', 'x',") and len(line) < 700
+    assert "..." in line and "is not of type 'number'" in line
+
+
+def test_an_alias_bomb_or_a_recursive_config_given_as_objects_is_refused():
+    level = ["x"] * 9
+    for _ in range(8):
+        level = [level] * 9
+    with pytest.raises(ConfigError, match="more than 100000 values once its YAML aliases"):
+        validate_config({"masks": {"alphas": level}})
+    loop: list = []
+    loop.append(loop)
+    with pytest.raises(ConfigError, match="the config refers to itself"):
+        validate_config({"masks": {"alphas": loop}})
+
+
+@pytest.mark.parametrize(
+    "text,expected",
+    [
+        ("a: &a [*a]\n", "the config refers to itself"),
+        ("results: " + "[" * 5000 + "]" * 5000 + "\n", "nests lists or mappings too deeply to read"),
+        ("results: " + "[" * 40 + "]" * 40 + "\n", "nests lists or mappings deeper than 32 levels"),
+        ("results: !!python/tuple [1]\n", "could not determine a constructor for the tag"),
+        ("results: [\n", "not valid YAML: expected the node content, but found '<stream end>' (line 2, column 1)"),
+        ("- 1\n", "the config must be a mapping of keys, got list"),
+        (b"\xff\xfe", "cannot read the config file (not UTF-8 text)"),
+        ("masks: {alphas: 'x" + "y" * 100_000 + "'}\n", "masks.alphas='xyyyy"),
+    ],
+)
+def test_a_malformed_config_file_is_one_short_line(tmp_path, text, expected):
+    path = tmp_path / "cfg.yaml"
+    (path.write_bytes if isinstance(text, bytes) else path.write_text)(text)
+    line = _one_line_config_error(dmflow_cli("check-config", path, check=False))
+    assert expected in line and len(line) < 700, line
+
+
+@pytest.mark.workflow
+def test_an_alias_bomb_stops_the_workflow_in_one_line(workflow):
+    path = workflow.root / "bomb.yaml"
+    path.write_text(_alias_bomb(9))
+    proc = workflow.run("--dry-run", "--configfile", str(path), check=False)
+    assert "more than 100000 values once its YAML aliases" in _one_line_config_error(proc)
+
+
+@pytest.mark.parametrize(
+    "config,expected",
+    [
+        (
+            {"masks": {"fit_models": 100, "chunk_size": 100}, "fit": {"val_fraction": 0.99}},
+            "fit.val_fraction=0.99 holds out 99 of the masks.fit_models=100 models for validation, leaving 1 to "
+            "fit; at least 2 are needed",
+        ),
+        (
+            {"masks": {"fit_models": 3, "chunk_size": 3}, "fit": {"val_fraction": 0.9}},
+            "holds out 3 of the masks.fit_models=3 models for validation, leaving 0 to fit",
+        ),
+        (
+            {"masks": {"fit_models": 16, "chunk_size": 16}, "evaluate": {"learning_curve": [0.125, 1.0]}},
+            "evaluate.learning_curve: fraction 0.125 of masks.fit_models=16 is 2 models, leaving 1 to fit",
+        ),
+        ({"results": "-rf"}, "results='-rf' starts with '-', which the stage commands would read as an option"),
+        ({"results": "./-rf/x"}, "results='./-rf/x' starts with '-'"),
+        ({"results": "out/" + "x" * 256}, "is 256 bytes long; a file or folder name may have at most 255"),
+        ({"results": "/" + "/".join(["x" * 200] * 20)}, "leave room for the files inside it"),
+    ],
+)
+def test_a_config_that_would_fail_inside_a_job_is_refused_in_one_line(config, expected):
+    with pytest.raises(ConfigError) as err:
+        validate_config(config)
+    assert expected in str(err.value) and "\n" not in str(err.value)
+
+
+def test_the_smallest_fit_the_config_check_accepts_runs(tmp_path):
+    """Two fit rows (4 models, half held out) pass the check and fit; one would not."""
+    from dmflow.lasso.path import FitSettings
+    from dmflow.stages.fit import fit_moments_block
+    from dmflow.stages.moments import moments
+
+    from helpers import planted_fit, write_store_folder
+
+    small = {"masks": {"fit_models": 4, "chunk_size": 4}, "fit": {"val_fraction": 0.5}}
+    validate_config({**small, "evaluate": {"learning_curve": [1.0]}})
+    x, y, _ = planted_fit(n=40, m=4, t=5)
+    (tmp_path / "store").mkdir()
+    write_store_folder(tmp_path / "store", x, y)
+    manifest = moments(tmp_path / "store", tmp_path / "moments", val_fraction=0.5, seed=0)
+    block = fit_moments_block(tmp_path / "moments", 0, targets_per_job=5, settings=FitSettings(val_fraction=0.5))
+    assert manifest["counts"] == {"fit": 2, "val": 2} and np.isfinite(block["weight"]).all()
+
+
+def test_targets_per_job_above_the_targets_is_sized_like_the_rule(tmp_path):
+    """The rule gives a fit job memory for min(targets_per_job, T) targets; the job asks for no more."""
+    from dmflow.lasso.path import FitSettings
+    from dmflow.stages.fit import fit_block
+    from dmflow.stages.moments import PROCESS_MB, fit_bytes, moments
+
+    from helpers import planted_fit, write_store_folder
+
+    x, y, _ = planted_fit(n=40, m=200, t=5)
+    (tmp_path / "store").mkdir()
+    write_store_folder(tmp_path / "store", x, y)
+    moments(tmp_path / "store", tmp_path / "moments", val_fraction=0.1, seed=0)
+    targets_per_job = 10**6
+    mem_mb = int(PROCESS_MB + fit_bytes(40, min(targets_per_job, 5)) / 2**20)  # rules/common.smk's fit_mem_mb
+    result = fit_block(
+        tmp_path / "moments",
+        tmp_path / "block.npz",
+        block=0,
+        targets_per_job=targets_per_job,
+        settings=FitSettings(val_fraction=0.1),
+        mem_mb=mem_mb,
+    )
+    assert list(result["targets"]) == [0, 1, 2, 3, 4] and (tmp_path / "block.npz").is_file()
