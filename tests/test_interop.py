@@ -5,6 +5,7 @@
 from __future__ import annotations
 
 import json
+import os
 from pathlib import Path
 
 import numpy as np
@@ -315,7 +316,7 @@ def test_the_three_commands_from_the_shell(tmp_path):
     out = tmp_path / "again"
     dmflow_cli("import-store", "--source", src, "--alpha", 0.5, "--split", "eval", "--out-dir", out)
     assert json.loads((out / "manifest.json").read_text())["num_models"] == 600
-    np.save(tmp_path / "s.npy", np.ones((50, 6)))
+    np.save(tmp_path / "s.npy", np.random.default_rng(0).normal(size=(50, 6)))  # constant scores are refused
     dmflow_cli(
         "score-attribution", "--run", layout.results, "--alpha", 0.5, "--scores", tmp_path / "s.npy", "--name", "ones"
     )
@@ -377,3 +378,268 @@ def test_workflow_writers_replace_only_regular_files(tmp_path):
     assert not (tmp_path / "target.json").exists()
     atomic_save_json(tmp_path / "plain.json", {"a": 1})
     atomic_save_json(tmp_path / "plain.json", {"a": 2})  # a regular file it wrote: replaced
+
+
+# --- faults and bad input, round three (issue 34 items 7, 8) -----------------------------------------
+
+
+def _npy_with_shape(path, shape_text: str):
+    """A float32 [50, 6] .npy whose header is rewritten to claim ``shape_text`` (e.g. a negative dimension)."""
+    np.save(path, np.zeros((50, 6), np.float32))
+    data = path.read_bytes()
+    end = data.index(b"\n") + 1
+    header = data[10:end].decode("latin1").replace("(50, 6)", shape_text).rstrip()
+    header += " " * ((64 - (10 + len(header) + 1) % 64) % 64) + "\n"
+    path.write_bytes(data[:8] + len(header).to_bytes(2, "little") + header.encode("latin1") + data[end:])
+    return path
+
+
+def _pickle(path):
+    import pickle
+
+    path.write_bytes(pickle.dumps(np.zeros((50, 6))))
+    return path
+
+
+def _text(path):
+    path.write_text("0.1,0.2\n0.3,0.4\n")
+    return path
+
+
+def _npz_file(path):
+    with open(path, "wb") as fh:
+        np.savez(fh, scores=np.zeros((50, 6)))
+    return path
+
+
+MALFORMED_NPY = {
+    "negative dimension": (lambda p: _npy_with_shape(p, "(-50, 6)"), "its header claims shape [-50, 6] (negative)"),
+    "negative second dimension": (lambda p: _npy_with_shape(p, "(50, -6)"), "claims shape [50, -6] (negative)"),
+    "header past the data": (
+        lambda p: _npy_with_shape(p, "(99999999999999999999, 6)"),
+        "claims shape [99999999999999999999, 6] of float32 (2399999999999999999976 bytes) but the file holds 1200",
+    ),
+    "a text file": (_text, "is not an .npy file (it starts with b'0.1,0.2\\n', not numpy's b'\\x93NUMPY')"),
+    "a pickle": (_pickle, "is a Python pickle, not an .npy array (dmflow never unpickles a file)"),
+    "an npz": (_npz_file, "is an .npz archive; give"),
+    "empty": (lambda p: p.write_bytes(b"") or p, "is empty, not an .npy array"),
+}
+
+
+def test_a_malformed_npy_is_named_for_what_it_is_in_one_line_by_score_attribution_and_import_store(tmp_path):
+    layout = _run(tmp_path)
+    good = _arrays(tmp_path)
+    for name, (make, message) in MALFORMED_NPY.items():
+        bad = make(tmp_path / f"{name}.npy")
+        with pytest.raises(StoreError) as err:
+            score_run_attribution(layout.results, bad, alpha=0.5, name="m")
+        assert message in str(err.value) and str(bad) in str(err.value) and "\n" not in str(err.value), str(err.value)
+        with pytest.raises(StoreError) as err:
+            import_store(bad, good["margins"], tmp_path / "store", alpha=0.5, split="eval")
+        assert message in str(err.value) and "\n" not in str(err.value), str(err.value)
+    proc = dmflow_cli(
+        "score-attribution", "--run", layout.results, "--alpha", 0.5, "--scores", bad, "--name", "m", check=False
+    )
+    assert proc.returncode == 1 and proc.stderr.strip().count("\n") == 0 and message in proc.stderr
+    assert not (tmp_path / "store").exists() and not (tmp_path / "results" / "evaluation" / "0.5" / "methods").exists()
+
+
+def test_imported_margins_beyond_float32_are_named_not_called_diverged(tmp_path):
+    margins = np.zeros((12, 2, 3))
+    margins[4, 1, 2] = 1e300
+    paths = _arrays(tmp_path, margins=margins)
+    with pytest.raises(StoreError) as err:
+        import_store(paths["masks"], paths["margins"], tmp_path / "store", alpha=0.5, split="eval")
+    assert str(err.value) == (
+        f"{paths['margins']}: row 4, replicate 1, target 2: margin 1e+300 is finite but beyond float32's range "
+        "(+-3.4e+38), in which dmflow stores margins; rescale the margins (or mark such models diverged with a "
+        "status file)"
+    )
+
+
+def test_imported_seeds_beyond_int64_are_refused_not_wrapped(tmp_path):
+    seeds = np.zeros((12, 2), np.uint64)
+    seeds[7, 0] = 2**64 - 1
+    paths = _arrays(tmp_path, seeds=seeds)
+    with pytest.raises(StoreError, match=r"row 7, replicate 0: seed 18446744073709551615 is beyond int64"):
+        import_store(
+            paths["masks"], paths["margins"], tmp_path / "store", alpha=0.5, split="eval", seeds=paths["seeds"]
+        )
+    seeds[7, 0] = 2**63 - 1  # the largest seed int64 holds is kept as it is
+    paths = _arrays(tmp_path, seeds=seeds)
+    import_store(paths["masks"], paths["margins"], tmp_path / "store", alpha=0.5, split="eval", seeds=paths["seeds"])
+    assert open_store(tmp_path / "store").seeds[7, 0] == 2**63 - 1
+
+
+def test_a_failed_import_leaves_no_folder_it_created(tmp_path):
+    paths = _arrays(tmp_path, masks=_int_masks_with_a_two())
+    out = tmp_path / "new" / "deeper" / "store"
+    with pytest.raises(StoreError, match="row 4 holds 2 at column 0"):
+        import_store(paths["masks"], paths["margins"], out, alpha=0.5, split="eval")
+    assert not (tmp_path / "new").exists()
+    (tmp_path / "kept").mkdir()  # a folder that was there stays
+    with pytest.raises(StoreError):
+        import_store(paths["masks"], paths["margins"], tmp_path / "kept" / "store", alpha=0.5, split="eval")
+    assert (tmp_path / "kept").is_dir() and not (tmp_path / "kept" / "store").exists()
+
+
+def test_constant_scores_say_the_lds_is_undefined(tmp_path):
+    import warnings
+
+    layout = _run(tmp_path)
+    np.save(tmp_path / "ones.npy", np.ones((50, 6)))  # every mask holds 25 ones: mask @ ones is 25 everywhere
+    with pytest.raises(StoreError) as err:
+        score_run_attribution(layout.results, tmp_path / "ones.npy", alpha=0.5, name="ones")
+    assert "LDS undefined: constant predictions" in str(err.value) and "every one of the 6 targets" in str(err.value)
+    proc = dmflow_cli(
+        "score-attribution", "--run", layout.results, "--alpha", 0.5, "--scores", tmp_path / "ones.npy",
+        "--name", "ones", check=False,
+    )  # fmt: skip
+    assert proc.returncode == 1 and proc.stderr.strip().count("\n") == 0 and "LDS undefined" in proc.stderr
+    scores = np.random.default_rng(0).normal(size=(50, 6))
+    scores[:, 2] = 7.0  # one target's predictions constant
+    np.save(tmp_path / "some.npy", scores)
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        table, summary = score_run_attribution(layout.results, tmp_path / "some.npy", alpha=0.5, name="some")
+    assert not [w for w in caught if issubclass(w.category, RuntimeWarning)]
+    assert np.isnan(table.lds_mean[2]) and np.isfinite(table.lds_mean.drop(2)).all()
+    assert summary["counts"]["targets_constant_predictions"] == 1 and np.isfinite(summary["lds_mean"]["mean"])
+    proc = dmflow_cli(
+        "score-attribution", "--run", layout.results, "--alpha", 0.5, "--scores", tmp_path / "some.npy",
+        "--name", "some", check=False,
+    )  # fmt: skip
+    assert proc.returncode == 0 and "1 of 6 targets: LDS undefined: constant predictions" in proc.stderr
+    assert "RuntimeWarning" not in proc.stderr
+
+
+def test_output_names_at_the_file_name_limit_are_written_and_longer_ones_are_one_line(tmp_path):
+    """The temporary name beside an output adds 16+ characters; a name the filesystem takes is still written."""
+    from dmflow.core.io import atomic_save_npz, load_npz
+
+    layout = _run(tmp_path)
+    out = tmp_path / ("x" * 252 + ".pt")  # 255 bytes
+    dmflow_cli("export", "--format", "madrylab", "--run", layout.results, "--alpha", 0.5, "--out", out)
+    assert set(torch.load(out, weights_only=True)) == {"weight", "bias", "lam"}
+    atomic_save_npz(tmp_path / ("y" * 251 + ".npz"), {"a": np.arange(3)})
+    assert list(load_npz(tmp_path / ("y" * 251 + ".npz"))["a"]) == [0, 1, 2]
+    assert not [p for p in tmp_path.iterdir() if ".tmp" in p.name]
+    proc = dmflow_cli(
+        "export", "--format", "madrylab", "--run", layout.results, "--alpha", 0.5, "--out", tmp_path / ("z" * 256),
+        check=False,
+    )  # fmt: skip
+    assert proc.returncode == 1 and proc.stderr.strip().count("\n") == 0, proc.stderr
+    assert "File name too long (a file name may have at most 255 bytes, a path 4096)" in proc.stderr
+
+
+def test_import_store_into_a_path_that_is_a_file_is_one_line(tmp_path):
+    _arrays(tmp_path)
+    (tmp_path / "taken").write_text("not a folder")
+    proc = dmflow_cli(
+        "import-store", "--source", tmp_path, "--alpha", 0.5, "--split", "eval", "--out-dir", tmp_path / "taken",
+        check=False,
+    )  # fmt: skip
+    assert proc.returncode == 1 and proc.stderr.strip().count("\n") == 0, proc.stderr
+    assert f"dmflow import-store: {tmp_path / 'taken'}: File exists (a file is where a folder is needed)" in proc.stderr
+    assert (tmp_path / "taken").read_text() == "not a folder"
+
+
+class _OwnFilesystem:
+    """A folder on a tmpfs of its own where this process may mount one (as root), else a plain folder."""
+
+    def __init__(self, path, size: str) -> None:
+        import subprocess
+
+        self.path = path
+        path.mkdir()
+        self.mounted = (
+            os.geteuid() == 0
+            and subprocess.run(
+                ["mount", "-t", "tmpfs", "-o", f"size={size}", "tmpfs", path], capture_output=True
+            ).returncode
+            == 0
+        )
+
+    def read_only(self, folder) -> None:
+        """Make ``folder`` (the whole tmpfs, when mounted) read-only to this process."""
+        import subprocess
+
+        if self.mounted:
+            subprocess.run(["mount", "-o", "remount,ro", self.path], check=True)
+        elif os.geteuid() != 0:
+            folder.chmod(0o555)
+        else:
+            pytest.skip("root, and no tmpfs can be mounted here: no folder is read-only to this process")
+
+    def close(self) -> None:
+        import subprocess
+
+        if self.mounted:
+            subprocess.run(["umount", "-l", self.path], check=False)
+
+
+@pytest.fixture
+def own_filesystem(tmp_path):
+    made = []
+
+    def make(size="4m"):
+        made.append(_OwnFilesystem(tmp_path / f"fs{len(made)}", size))
+        return made[-1]
+
+    yield make
+    for fs in made:
+        fs.close()
+
+
+def test_a_read_only_output_folder_is_one_line_for_import_export_and_score(own_filesystem, tmp_path):
+    fs = own_filesystem()
+    layout = _run(fs.path)
+    np.save(tmp_path / "s.npy", np.random.default_rng(0).normal(size=(50, 6)))
+    fs.read_only(fs.path / "results" / "evaluation" / "0.5")
+    fs.read_only(fs.path)
+    runs = {
+        "import-store": ("--source", fs.path / "arrays", "--alpha", 0.5, "--split", "eval", "--out-dir", fs.path / "x"),
+        "export": ("--format", "madrylab", "--run", layout.results, "--alpha", 0.5, "--out", fs.path / "dm.pt"),
+        "score-attribution": (
+            "--run", layout.results, "--alpha", 0.5, "--scores", tmp_path / "s.npy", "--name", "s",
+        ),
+    }  # fmt: skip
+    for command, args in runs.items():
+        proc = dmflow_cli(command, *args, check=False)
+        assert proc.returncode == 1 and proc.stderr.strip().count("\n") == 0, (command, proc.stderr)
+        assert proc.stderr.startswith(f"dmflow {command}: {fs.path}") and (
+            "Read-only file system" in proc.stderr or "Permission denied" in proc.stderr
+        ), (command, proc.stderr)
+
+
+def test_a_full_disk_is_one_line_naming_the_path_and_the_space_needed(own_filesystem, tmp_path):
+    from dmflow.core.io import atomic_path, atomic_save_npz
+
+    fs = own_filesystem("1m")
+    if not fs.mounted:
+        pytest.skip("no tmpfs can be mounted here (needs root): no disk to fill")
+    with pytest.raises(OSError) as err:
+        atomic_save_npz(fs.path / "big.npz", {"a": np.zeros(2**18)})  # 2 MB
+    assert err.value.filename == str(fs.path / "big.npz")
+    assert "no space left on its device (it needs ~2.0 MB, " in err.value.strerror and "MB free)" in err.value.strerror
+    with pytest.raises(OSError) as err:  # a writer that does not say its size: found out as it writes
+        with atomic_path(fs.path / "stream.bin") as tmp:
+            with open(tmp, "wb") as fh:
+                for _ in range(4):
+                    fh.write(b"x" * 2**19)
+    assert err.value.filename == str(fs.path / "stream.bin") and "no space left on its device (" in str(err.value)
+    assert not list(fs.path.iterdir())  # no file, no temporary
+    masks = np.zeros((4000, 1000), bool)
+    masks[:, :500] = True
+    np.save(tmp_path / "masks.npy", masks)
+    np.save(tmp_path / "margins.npy", np.zeros((4000, 2, 100), np.float32))  # a 3.3 MB store
+    proc = dmflow_cli(
+        "import-store", "--source", tmp_path, "--alpha", 0.5, "--split", "eval", "--out-dir", fs.path / "store",
+        check=False,
+    )  # fmt: skip
+    assert proc.returncode == 1 and proc.stderr.strip().count("\n") == 0, proc.stderr
+    assert (
+        f"dmflow import-store: {fs.path / 'store' / 'masks.npy'}: no space left on its device (it needs ~"
+        in proc.stderr
+    )
+    assert not list(fs.path.iterdir())

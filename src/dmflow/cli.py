@@ -9,6 +9,7 @@ are passed as one JSON object (``--train '{"epochs": 20, ...}'``).
 from __future__ import annotations
 
 import argparse
+import errno
 import json
 import logging
 import sys
@@ -579,6 +580,26 @@ def main(argv: list[str] | None = None) -> None:
         raise SystemExit(f"dmflow: config error: {exc}") from None
     except (StoreError, DataError, DeviceError, kernels.KernelError, FileError) as exc:
         raise SystemExit(f"dmflow {args.command}: {exc}") from None
+    except OSError as exc:  # the system refused a read or write: a full disk, a read-only folder, a name too long
+        raise SystemExit(f"dmflow {args.command}: {_os_error_line(exc)}") from None
+
+
+OS_ERROR_HINTS = {
+    errno.ENAMETOOLONG: "a file name may have at most 255 bytes, a path 4096",
+    errno.EEXIST: "a file is where a folder is needed",
+    errno.ENOTDIR: "a file is where a folder is needed",
+    errno.EISDIR: "a folder is where a file is needed",
+    errno.EROFS: "the folder is on a read-only file system; write elsewhere",
+    errno.EACCES: "no permission for this path as this user",
+}
+
+
+def _os_error_line(exc: OSError) -> str:
+    """An OSError as one line: the path, the system's reason and what to do."""
+    where = ": ".join(str(name) for name in (exc.filename, exc.filename2) if name is not None)
+    reason = exc.strerror or str(exc)
+    hint = OS_ERROR_HINTS.get(exc.errno)
+    return " ".join(f"{where + ': ' if where else ''}{reason}{f' ({hint})' if hint else ''}".splitlines())
 
 
 if __name__ == "__main__":

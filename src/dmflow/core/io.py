@@ -13,10 +13,12 @@ arrays their sha256 in a manifest. A file that fails is named in one line
 
 from __future__ import annotations
 
+import errno
 import glob
 import hashlib
 import json
 import os
+import shutil
 import tempfile
 import zipfile
 from collections.abc import Iterable, Iterator, Mapping
@@ -59,8 +61,48 @@ def _umask() -> int:
     return mask
 
 
+NAME_MAX = 255
+"""The longest file name (bytes) Linux and macOS filesystems take."""
+
+
+def _temporary_name(final: Path, suffix: str) -> tuple[str, str]:
+    """(prefix, suffix) of ``final``'s temporaries, ``.{name}.`` and ``.tmp{suffix}`` around mkstemp's 8
+    characters; for a name too long to take them, its first 100 bytes and a hash of the whole name (still
+    a prefix no other file's temporaries have), and no suffix past 32 bytes (no format needs one)."""
+    prefix, tail = f".{final.name}.", f".tmp{suffix}"
+    if len(os.fsencode(prefix + tail)) + 8 <= NAME_MAX:
+        return prefix, tail
+    digest = hashlib.sha256(os.fsencode(final.name)).hexdigest()[:16]
+    return f".{os.fsdecode(os.fsencode(final.name)[:100])}.{digest}.", tail if len(os.fsencode(tail)) <= 32 else ".tmp"
+
+
+def no_space(path: Path, needed: int | None = None) -> OSError:
+    """The one-line ENOSPC error of a write to ``path``: the space free on its device, and the space needed."""
+    try:
+        free = f"{shutil.disk_usage(Path(path).parent).free / 2**20:.1f} MB free"
+    except OSError:
+        free = "free space unknown"
+    need = f"it needs ~{needed / 2**20:.1f} MB, " if needed else ""
+    return OSError(
+        errno.ENOSPC, f"no space left on its device ({need}{free}); free some space or write elsewhere", str(path)
+    )
+
+
+def check_free_space(path: Path, needed: int) -> None:
+    """Refuse a write of ``needed`` bytes to ``path`` before it starts, if its device has less free (memory-mapped
+    writes to a full disk would end in SIGBUS, not an error).
+
+    Raises
+    ------
+    OSError
+        ENOSPC, one line (``no_space``): ``path``, the space it needs and the space free.
+    """
+    if shutil.disk_usage(Path(path).parent).free < needed:
+        raise no_space(path, needed)
+
+
 @contextmanager
-def atomic_path(final: Path, suffix: str = "") -> Iterator[Path]:
+def atomic_path(final: Path, suffix: str = "", *, needed: int | None = None) -> Iterator[Path]:
     """Yield a temporary path beside ``final``; rename it onto ``final`` only on success.
 
     The file gets the mode a plain ``open()`` would give it (0666 minus the umask), not
@@ -68,16 +110,23 @@ def atomic_path(final: Path, suffix: str = "") -> Iterator[Path]:
     Temporaries of ``final`` that a killed writer left behind (``.{name}.*.tmp{suffix}``)
     are removed first: at scale each can be the size of the store. Only a regular file is
     ever replaced: a folder, a device, a pipe or a symbolic link at ``final`` is refused
-    (``FileError``), never replaced or followed.
+    (``FileError``), never replaced or followed. A full disk is one ``OSError`` line naming
+    ``final``, the space free and, given ``needed`` (bytes), the space needed, checked first.
     """
     final = Path(final)
     if final.is_symlink() or (final.exists() and not final.is_file()):
         kind = "a symbolic link" if final.is_symlink() else "a folder" if final.is_dir() else "not a regular file"
         raise FileError(f"{final}: is {kind}; dmflow replaces only regular files it wrote (move it away first)")
     final.parent.mkdir(parents=True, exist_ok=True)
-    for stale in final.parent.glob(f".{glob.escape(final.name)}.*.tmp{glob.escape(suffix)}"):
+    prefix, tail = _temporary_name(final, suffix)
+    for stale in final.parent.glob(f"{glob.escape(prefix)}*{glob.escape(tail)}"):
         stale.unlink(missing_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=f".{final.name}.", suffix=f".tmp{suffix}", dir=final.parent)
+    if needed:
+        check_free_space(final, needed)
+    try:
+        fd, tmp = tempfile.mkstemp(prefix=prefix, suffix=tail, dir=final.parent)
+    except OSError as exc:
+        raise OSError(exc.errno, f"cannot create a file in its folder ({exc.strerror})", str(final)) from None
     os.fchmod(fd, 0o666 & ~_umask())
     os.close(fd)
     tmp_path = Path(tmp)
@@ -86,6 +135,10 @@ def atomic_path(final: Path, suffix: str = "") -> Iterator[Path]:
         with open(tmp_path, "rb+") as fh:
             os.fsync(fh.fileno())
         os.replace(tmp_path, final)
+    except OSError as exc:
+        if exc.errno in (errno.ENOSPC, errno.EDQUOT):
+            raise no_space(final, needed) from None
+        raise
     finally:
         if tmp_path.exists():
             tmp_path.unlink()
@@ -122,7 +175,8 @@ def atomic_save_npz(final: Path, arrays: Mapping[str, np.ndarray]) -> None:
     ``np.savez`` stamps each member with the current time, so equal arrays would give
     different files (and checksums); a fixed timestamp makes equal content equal bytes.
     """
-    with atomic_path(final, ".npz") as tmp:
+    needed = sum(np.asanyarray(value).nbytes for value in arrays.values())
+    with atomic_path(final, ".npz", needed=needed) as tmp:
         with zipfile.ZipFile(tmp, "w", compression=zipfile.ZIP_STORED, allowZip64=True) as zf:
             for key, value in arrays.items():
                 info = zipfile.ZipInfo(f"{key}.npy", date_time=(1980, 1, 1, 0, 0, 0))
@@ -132,7 +186,7 @@ def atomic_save_npz(final: Path, arrays: Mapping[str, np.ndarray]) -> None:
 
 def atomic_save_npy(final: Path, array: np.ndarray) -> None:
     """Write one ``.npy`` atomically."""
-    with atomic_path(final, ".npy") as tmp:
+    with atomic_path(final, ".npy", needed=np.asanyarray(array).nbytes) as tmp:
         np.save(tmp, array)
 
 

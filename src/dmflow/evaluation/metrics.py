@@ -10,6 +10,7 @@ against one run (Spearman-Brown for the seed mean).
 from __future__ import annotations
 
 import itertools
+import warnings
 
 import numpy as np
 import pandas as pd
@@ -19,6 +20,19 @@ from dmflow.store.schema import Store
 
 MIN_CEILING = 0.1
 """Below this noise ceiling retraining noise swamps any signal: no fraction of the ceiling is reported."""
+CONSTANT_SPREAD = 1e-5
+"""A target's predictions whose spread over the eval masks is at most this share of their largest size are
+constant (float32's rounding of ``mask @ weight`` aside): its correlations are undefined (NaN)."""
+CONSTANT_PREDICTIONS = (
+    "LDS undefined: constant predictions (mask @ scores is the same on every eval mask: scores constant "
+    "per target, with subsets of one size, or zero)"
+)
+
+
+def constant_predictions(pred: np.ndarray) -> np.ndarray:
+    """bool [T]: the targets whose predictions [m, T] are the same on every mask (``CONSTANT_SPREAD``)."""
+    pred = np.asarray(pred, dtype=np.float64)
+    return pred.max(axis=0) - pred.min(axis=0) <= CONSTANT_SPREAD * np.abs(pred).max(axis=0)
 
 
 def pearson(a: np.ndarray, b: np.ndarray) -> np.ndarray:
@@ -157,9 +171,12 @@ def score_table(
         ``summarise``'s headline numbers.
     """
     table = pd.DataFrame({"target": np.arange(pred.shape[1]), "target_id": np.asarray(target_ids)})
+    constant = constant_predictions(pred)
     for key, values in score(pred, store, bias=bias).items():
-        table[key] = values
-    return table, summarise(table, store)
+        table[key] = np.where(constant, np.nan, values) if key in CORRELATIONS else values
+    summary = summarise(table, store)
+    summary["counts"]["targets_constant_predictions"] = int(constant.sum())
+    return table, summary
 
 
 def _stats(values: np.ndarray) -> dict[str, float]:
@@ -176,11 +193,13 @@ def summarise(table: pd.DataFrame, store: Store) -> dict:
 
     The errors are summarised where the table has them (datamodels; not attributions).
     """
-    out = {key: _stats(table[key].to_numpy()) for key in (*CORRELATIONS, *ERRORS, *CEILINGS) if key in table}
-    out["fraction_of_ceiling"] = {
-        "pearson_single": fraction_of_ceiling(np.nanmean(table.pearson_single), np.nanmean(table.ceiling_single)),
-        "pearson_mean": fraction_of_ceiling(np.nanmean(table.pearson_mean), np.nanmean(table.ceiling_mean)),
-    }
+    with warnings.catch_warnings():  # a column of NaN only (no target scored) has a NaN mean, said in counts
+        warnings.simplefilter("ignore", RuntimeWarning)
+        out = {key: _stats(table[key].to_numpy()) for key in (*CORRELATIONS, *ERRORS, *CEILINGS) if key in table}
+        out["fraction_of_ceiling"] = {
+            "pearson_single": fraction_of_ceiling(np.nanmean(table.pearson_single), np.nanmean(table.ceiling_single)),
+            "pearson_mean": fraction_of_ceiling(np.nanmean(table.pearson_mean), np.nanmean(table.ceiling_mean)),
+        }
     out["counts"] = {
         "targets": int(len(table)),
         "targets_scored": int(np.isfinite(table.lds_mean).sum()),
@@ -287,9 +306,17 @@ def score_attribution(
     table : DataFrame
         One row per target: ``target``, ``target_id``, ``CORRELATIONS``, ``CEILINGS``.
     summary : dict
-        Means and medians, the fraction of the ceiling, counts.
+        Means and medians, the fraction of the ceiling, counts (``targets_constant_predictions``: the
+        targets whose correlations are undefined, NaN in the table).
+
+    Raises
+    ------
+    ValueError
+        One line: the scores (``orient_attribution``), or predictions constant for every target.
     """
     n, num_targets = store.masks.shape[1], store.margins.shape[2]
     weight = orient_attribution(scores, n=n, num_targets=num_targets, transpose=transpose)
     pred = predict(store.masks, weight, np.zeros(num_targets, dtype=np.float32))
+    if constant_predictions(pred).all():
+        raise ValueError(f"{CONSTANT_PREDICTIONS} for every one of the {num_targets} targets; nothing to score")
     return score_table(pred, store, target_ids=target_ids)

@@ -10,6 +10,7 @@ incomplete, and a bad chunk leaves any earlier store as it was.
 from __future__ import annotations
 
 import logging
+import math
 import os
 import re
 import zipfile
@@ -21,7 +22,7 @@ from pathlib import Path
 import numpy as np
 
 from dmflow.core.codes import STATUS_OK
-from dmflow.core.io import atomic_path, atomic_save_json, load_json, sha256_file
+from dmflow.core.io import atomic_path, atomic_save_json, check_free_space, load_json, sha256_file
 from dmflow.core.layout import seconds_path
 from dmflow.core.seeds import chunk_seeds
 from dmflow.store.masks import PackedMasks, pack
@@ -33,6 +34,7 @@ from dmflow.store.schema import (
     check_chunk,
     check_imported,
     check_imported_rows,
+    check_imported_seeds,
     open_npy,
 )
 
@@ -93,6 +95,10 @@ def _write_arrays(
     out_dir.mkdir(parents=True, exist_ok=True)
     shapes = {spec.name: spec.shape(m=m, n=n, replicates=replicates, targets=num_targets) for spec in STORE_ARRAYS}
     with ExitStack() as renames:
+        check_free_space(
+            out_dir / "masks.npy",
+            sum(math.prod(s) * spec.dtype.itemsize for spec, s in zip(STORE_ARRAYS, shapes.values())),
+        )
         outs = {}
         for spec in STORE_ARRAYS:
             tmp = renames.enter_context(atomic_path(out_dir / f"{spec.name}.npy", ".npy"))
@@ -132,6 +138,15 @@ def _write_arrays(
     if diverged:
         log.info("%s: %d of %d models diverged; they are left out", out_dir, diverged, total)
     return manifest
+
+
+def _remove_empty(folders: Sequence[Path]) -> None:
+    """Remove these folders (deepest first) while they are empty."""
+    for folder in folders:
+        try:
+            folder.rmdir()
+        except OSError:
+            return
 
 
 def write_store(
@@ -322,22 +337,36 @@ def import_store(
             outs["masks"][rows] = pack(block_masks)
             outs["margins"][rows] = block_margins
             outs["status"][rows] = block_status
-            outs["seeds"][rows] = np.asarray(sources["seeds"][rows]) if "seeds" in sources else -1
+            outs["seeds"][rows] = (
+                check_imported_seeds(sources["seeds"][rows], first_row=start, names=names) if "seeds" in sources else -1
+            )
             outs["acc_target"][rows] = np.nan
             outs["acc_subset"][rows] = np.nan
         imported.update({key: {"path": os.fspath(path), "sha256": sha256_file(path)} for key, path in paths.items()})
 
     imported: dict[str, dict] = {}  # filled once every row has passed its checks
-    manifest = _write_arrays(
-        out_dir,
-        fill,
-        m=m,
-        n=n,
-        num_targets=num_targets,
-        replicates=replicates,
-        max_diverged_fraction=max_diverged_fraction,
-        fields={"alpha": alpha, "split": split, "seed": None, "chunk_size": None, "chunks": [], "imported": imported},
-    )
+    created = [folder for folder in (Path(out_dir), *Path(out_dir).parents) if not folder.exists()]  # deepest first
+    try:
+        manifest = _write_arrays(
+            out_dir,
+            fill,
+            m=m,
+            n=n,
+            num_targets=num_targets,
+            replicates=replicates,
+            max_diverged_fraction=max_diverged_fraction,
+            fields={
+                "alpha": alpha,
+                "split": split,
+                "seed": None,
+                "chunk_size": None,
+                "chunks": [],
+                "imported": imported,
+            },
+        )
+    except BaseException:
+        _remove_empty(created)  # a failed import leaves no folder it created
+        raise
     log.info("imported %s: %d models x %d replicates, n=%d, T=%d", out_dir, m, replicates, n, num_targets)
     return manifest
 

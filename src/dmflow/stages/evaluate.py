@@ -130,7 +130,14 @@ def score_attribution(
     if ids.shape != (num_targets,):
         raise StoreError(f"{eval_store}: {len(ids)} target ids for a store of {num_targets} targets")
     store = open_store(Path(eval_store))
-    scores_table, headline = metrics.score_attribution(weight, store, target_ids=ids, transpose=False)
+    try:
+        scores_table, headline = metrics.score_attribution(weight, store, target_ids=ids, transpose=False)
+    except ValueError as exc:
+        raise StoreError(f"{where}: {exc}") from None
+    if constant := headline["counts"]["targets_constant_predictions"]:
+        log.warning(
+            "%s: %d of %d targets: %s; NaN in their rows", where, constant, num_targets, metrics.CONSTANT_PREDICTIONS
+        )
     headline["method"] = {
         "name": name,
         "scores": None if source is None else str(source),

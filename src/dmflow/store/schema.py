@@ -12,6 +12,7 @@ file (``train/{alpha}/{split}/{chunk}.npz``) holds the same arrays but ``masks``
 
 from __future__ import annotations
 
+import math
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -52,16 +53,58 @@ class StoreError(ValueError):
     """A chunk or store that fails validation; the message names the file and the problem."""
 
 
+NPY_MAGIC = b"\x93NUMPY"
+"""The first bytes of every ``.npy`` file."""
+
+
+def _not_npy(head: bytes, what: str) -> str:
+    """What a file that lacks numpy's magic is instead, by its first bytes."""
+    if not head:
+        return "is empty, not an .npy array"
+    if head.startswith(b"PK\x03\x04"):
+        return f"is an .npz archive; give {what} as one .npy array"
+    if head[:1] == b"\x80":
+        return "is a Python pickle, not an .npy array (dmflow never unpickles a file)"
+    return f"is not an .npy file (it starts with {head[:8]!r}, not numpy's {NPY_MAGIC!r}); write it with np.save"
+
+
 def open_npy(path: Path, what: str) -> np.ndarray:
     """One ``.npy`` array from outside dmflow (``what`` it should be, for the message), memory-mapped: only
-    its header is read here, and it is never unpickled. A StoreError names the file when it is not one."""
+    its header is read here, and it is never unpickled. A StoreError names the file when it is not one: not
+    an ``.npy`` (by its first bytes), object (pickled) data, or a header whose shape is negative or claims
+    other than the bytes the file holds."""
+    path = Path(path)
+    try:
+        with open(path, "rb") as fh:
+            head = fh.read(8)
+            if not head.startswith(NPY_MAGIC):
+                raise StoreError(f"{path}: {_not_npy(head, what)}")
+            fh.seek(0)
+            version = np.lib.format.read_magic(fh)
+            read = np.lib.format.read_array_header_1_0 if version == (1, 0) else np.lib.format.read_array_header_2_0
+            shape, _, dtype = read(fh)
+            offset = fh.tell()
+        size = path.stat().st_size
+    except StoreError:
+        raise
+    except (ValueError, OSError, EOFError, OverflowError) as exc:
+        raise StoreError(f"{path}: not a readable .npy array ({type(exc).__name__}: {exc})") from None
+    if dtype.hasobject:
+        raise StoreError(
+            f"{path}: not a readable .npy array: it holds pickled (object) data; dmflow reads numbers only"
+        )
+    if any(d < 0 for d in shape):
+        raise StoreError(f"{path}: not a readable .npy array: its header claims shape {list(shape)} (negative)")
+    claimed = math.prod(shape) * dtype.itemsize
+    if claimed != size - offset:
+        raise StoreError(
+            f"{path}: not a readable .npy array: its header claims shape {list(shape)} of {dtype} ({claimed} bytes) "
+            f"but the file holds {size - offset} bytes of data (truncated or not written by np.save)"
+        )
     try:
         array = np.load(path, mmap_mode="r", allow_pickle=False)
-    except (ValueError, OSError, EOFError) as exc:
+    except (ValueError, OSError, EOFError, OverflowError) as exc:
         raise StoreError(f"{path}: not a readable .npy array ({type(exc).__name__}: {exc})") from None
-    if not isinstance(array, np.ndarray):
-        array.close()
-        raise StoreError(f"{path}: an .npz archive; give {what} as one .npy array")
     return array
 
 
@@ -247,6 +290,15 @@ def check_imported_rows(
         values = values[:, None, :]
     finite = np.isfinite(values).all(axis=2)
     if status is None:
+        beyond = np.argwhere(np.isfinite(margins) & ~np.isfinite(values.reshape(margins.shape)))
+        if beyond.size:
+            r, *rest = beyond[0]
+            where = f"row {first_row + r}" + (f", replicate {rest[0]}" if len(rest) == 2 else "")
+            raise StoreError(
+                f"{names['margins']}: {where}, target {rest[-1]}: margin {margins[tuple(beyond[0])]:.3g} is finite "
+                f"but beyond float32's range (+-{np.finfo(np.float32).max:.3g}), in which dmflow stores margins; "
+                "rescale the margins (or mark such models diverged with a status file)"
+            )
         codes = np.where(finite, STATUS_OK, STATUS_DIVERGED).astype(np.uint8)
     else:
         if not np.isin(status, list(MODEL_STATUS)).all():
@@ -260,3 +312,16 @@ def check_imported_rows(
                 f"margins in a model that {names['status']} marks ok"
             )
     return masks, values, codes
+
+
+def check_imported_seeds(seeds: np.ndarray, *, first_row: int, names: dict[str, str]) -> np.ndarray:
+    """One block of imported seeds [b, R] as the store's int64; a seed int64 cannot hold (an unsigned seed
+    of 2^63 or more) is a StoreError line naming the file and row, never wrapped to a negative number."""
+    seeds = np.asarray(seeds)
+    if seeds.dtype.kind == "u" and seeds.size and seeds.max() > np.iinfo(np.int64).max:
+        r, j = np.argwhere(seeds > np.iinfo(np.int64).max)[0]
+        raise StoreError(
+            f"{names['seeds']}: row {first_row + r}, replicate {j}: seed {seeds[r, j]} is beyond int64 "
+            f"(0..{np.iinfo(np.int64).max}), in which the store keeps seeds"
+        )
+    return seeds.astype(np.int64)
