@@ -401,3 +401,22 @@ def test_targets_per_job_above_the_targets_is_sized_like_the_rule(tmp_path):
         mem_mb=mem_mb,
     )
     assert list(result["targets"]) == [0, 1, 2, 3, 4] and (tmp_path / "block.npz").is_file()
+
+
+def test_diverged_models_that_leave_fewer_than_two_fit_rows_stop_the_moments_in_one_line(tmp_path):
+    """The config check counts every fit model; at run time diverged ones may leave too few rows to fit."""
+    from dmflow.stages.moments import moments
+    from dmflow.store.schema import StoreError
+
+    from helpers import planted_fit, write_store_folder
+
+    x, y, _ = planted_fit(n=40, m=8, t=5)
+    status = np.ones((8, 1), np.uint8)
+    status[:3] = 0  # 3 usable rows; val_fraction 0.5 holds out 2
+    y[3:] = np.nan
+    (tmp_path / "store").mkdir()
+    write_store_folder(tmp_path / "store", x, y, status)
+    with pytest.raises(StoreError) as err:
+        moments(tmp_path / "store", tmp_path / "moments", val_fraction=0.5, seed=0)
+    assert "3 usable rows (5 diverged) less 2 validation rows leave 1 to fit; at least 2 are needed" in str(err.value)
+    assert "\n" not in str(err.value) and not (tmp_path / "moments").exists()

@@ -37,6 +37,9 @@ from dmflow.lasso.path import BUCKET_BYTES, CD_BUFFER_ENTRIES, DENSE_MAX_N, UNIO
 from dmflow.stages.collect import open_store
 from dmflow.store.schema import StoreError, usable_rows
 
+MIN_FIT_ROWS = 2
+"""The fewest fit rows the moments fit (one gives a zero Gram; ``dmflow.config`` checks the same number)."""
+
 log = logging.getLogger(__name__)
 
 PARTS = ("fit", "val")
@@ -122,6 +125,11 @@ def moments(
     if len(rows) < 3:
         raise StoreError(f"{store}: only {len(rows)} usable rows (every other model diverged); nothing to fit")
     fit_rows, val_rows = split_validation_rows(rows, val_fraction, seed=seed, alpha=view.manifest["alpha"])
+    if len(fit_rows) < MIN_FIT_ROWS:  # the config check counts every model; diverged ones may leave too few
+        raise StoreError(
+            f"{store}: {len(rows)} usable rows ({m - len(rows)} diverged) less {len(val_rows)} validation rows "
+            f"leave {len(fit_rows)} to fit; at least {MIN_FIT_ROWS} are needed: lower fit.val_fraction or train more models"
+        )
     parts = dict(zip(PARTS, count_moments(view.masks, view.margins[:, 0, :], [fit_rows, val_rows], device=device)))
     every = {"fit": parts["fit"], "all": parts["fit"].combine(parts["val"])}
     lips = {key: top_eigenvalue(mom) for key, mom in every.items()}
