@@ -167,7 +167,10 @@ CONV_HEADER = (
     "(b) GFLOP/s",
     "bmm GFLOP/s",
     "(d) of bmm",
+    "matmul GFLOP/s",
+    "(d) of matmul",
     "max margin diff (d)-(c)",
+    "max margin diff (b)-(c)",
 )
 CONV_NOTES = """\
 The conv nets on synthetic images (`python benchmarks/train_throughput.py --arch cnn|resnet9 --image-shape C,H,W`;
@@ -181,8 +184,10 @@ own ratios of those rates (a round runs all four side by side). **(d) GFLOP/s**,
 FLOPs (forward, weight and input gradients of every layer, the first layer's input gradient excepted, and the
 final margins pass) per second at those rates; **bmm GFLOP/s**: `torch.bmm` on the same products as im2col
 matrices ([K, B*H*W, 9C] x [K, 9C, O] and the two gradient products, per layer) at the same thread count;
-**(d) of bmm**: the fraction of it that (d) achieves; **max margin diff**: max |margin(d) - margin(c)| over the
-K models (float32 rounding differs between the two, and training carries it on)."""
+**(d) of bmm**: the fraction of it that (d) achieves; **matmul GFLOP/s**, **(d) of matmul**: the same for one
+2048 x 2048 float32 matmul (the machine's matmul rate at its best shape); **max margin diff**: the largest
+difference of a margin between (d) and (c), and between (b) and (c), over the K models (float32 rounding
+differs between the stacks, and training carries it on: the second is its size between two torch paths)."""
 
 
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
@@ -510,6 +515,7 @@ def conv_benchmark(args: argparse.Namespace, machine: list[str]) -> None:
     bmm, square = conv_bmm_rate(layers, K, args.batch_size, args.quick)
     gflops = {name: flops_model * rates[name] / 1e9 for name in stacks}
     margin_diff = float(np.abs(results["fused"].margins - results["loop"].margins).max()) if fused_ok else None
+    torch_diff = float(np.abs(results["grouped"].margins - results["loop"].margins).max())
 
     line = "-" * 78
     print(line)
@@ -542,14 +548,20 @@ def conv_benchmark(args: argparse.Namespace, machine: list[str]) -> None:
         f"the first layer's input gradient, x {args.epochs} epochs x {k_sub}; + the final pass)"
     )
     for name in stacks:
-        print(f"  {names[name]:<36} {gflops[name]:7.1f} GFLOP/s = {gflops[name] / bmm:6.1%} of bmm at the same shapes")
+        print(
+            f"  {names[name]:<36} {gflops[name]:7.1f} GFLOP/s = {gflops[name] / bmm:6.1%} of bmm at the same shapes, "
+            f"{gflops[name] / square:6.1%} of the square matmul"
+        )
     print(
         f"float32 bmm on the step's im2col products (K={K}, B={args.batch_size}): {bmm:.1f} GFLOP/s; "
         f"square matmul {square:.1f} GFLOP/s"
     )
     if fused_ok:
         accs = ", ".join(f"{name} {float(results[name].acc_target.mean()):.3f}" for name in stacks)
-        print(f"max |margin(d) - margin(c)| over the K models: {margin_diff:.2e}; mean target accuracy {accs}")
+        print(
+            f"max |margin(d) - margin(c)| over the K models: {margin_diff:.2e} (|margin(b) - margin(c)|: "
+            f"{torch_diff:.2e}); mean target accuracy {accs}"
+        )
     print(line)
     if args.record:
         fmt = record.fmt
@@ -583,7 +595,10 @@ def conv_benchmark(args: argparse.Namespace, machine: list[str]) -> None:
                 fmt(gflops["grouped"], ".1f"),
                 fmt(bmm, ".1f"),
                 fmt(100 * gflops["fused"] / bmm, ".1f") + "%" if fused_ok else "-",
+                fmt(square, ".1f"),
+                fmt(100 * gflops["fused"] / square, ".1f") + "%" if fused_ok else "-",
                 fmt(margin_diff, ".1e"),
+                fmt(torch_diff, ".1e"),
             ],
             notes=CONV_NOTES,
         )

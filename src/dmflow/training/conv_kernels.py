@@ -41,11 +41,11 @@ def _conv_2x2_2v(xf, xb, rs, cin, wf, wb, o8):
     """A 2x2 block of output pixels, 16 output channels (two vectors) from ``wb``; x patch origin ``xb``."""
     z = vsplat(0.0, wf)
     p00a, p00b, p01a, p01b, p10a, p10b, p11a, p11b = z, z, z, z, z, z, z, z
-    for ty in range(3):
-        for tx in range(3):
-            xt = xb + ty * rs + tx * cin
-            wt = wb + (ty * 3 + tx) * cin * o8
-            for c in range(cin):
+    for c in range(cin):  # taps innermost: a constant trip count, unrolled, whatever C is
+        for ty in range(3):
+            for tx in range(3):
+                xt = xb + ty * rs + tx * cin
+                wt = wb + (ty * 3 + tx) * cin * o8
                 wa = vload(wf, wt + c * o8)
                 wv = vload(wf, wt + c * o8 + 8)
                 v = vsplat_at(xf, xt + c)
@@ -68,11 +68,11 @@ def _conv_2x4_1v(xf, xb, rs, cin, wf, wb, o8):
     """Two horizontally adjacent 2x2 blocks (2x4 output pixels), 8 output channels (one vector)."""
     z = vsplat(0.0, wf)
     p00, p01, p02, p03, p10, p11, p12, p13 = z, z, z, z, z, z, z, z
-    for ty in range(3):
-        for tx in range(3):
-            xt = xb + ty * rs + tx * cin
-            wt = wb + (ty * 3 + tx) * cin * o8
-            for c in range(cin):
+    for c in range(cin):  # taps innermost: a constant trip count, unrolled, whatever C is
+        for ty in range(3):
+            for tx in range(3):
+                xt = xb + ty * rs + tx * cin
+                wt = wb + (ty * 3 + tx) * cin * o8
                 wa = vload(wf, wt + c * o8)
                 p00 = vfma(vsplat_at(xf, xt + c), wa, p00)
                 p01 = vfma(vsplat_at(xf, xt + cin + c), wa, p01)
@@ -90,11 +90,11 @@ def _conv_2x2_1v(xf, xb, rs, cin, wf, wb, o8):
     """One 2x2 block of output pixels, 8 output channels (one vector)."""
     z = vsplat(0.0, wf)
     p00, p01, p10, p11 = z, z, z, z
-    for ty in range(3):
-        for tx in range(3):
-            xt = xb + ty * rs + tx * cin
-            wt = wb + (ty * 3 + tx) * cin * o8
-            for c in range(cin):
+    for c in range(cin):  # taps innermost: a constant trip count, unrolled, whatever C is
+        for ty in range(3):
+            for tx in range(3):
+                xt = xb + ty * rs + tx * cin
+                wt = wb + (ty * 3 + tx) * cin * o8
                 wa = vload(wf, wt + c * o8)
                 p00 = vfma(vsplat_at(xf, xt + c), wa, p00)
                 p01 = vfma(vsplat_at(xf, xt + cin + c), wa, p01)
@@ -411,6 +411,61 @@ def _dx_window(g0, g1, g2, g3, xs, src, xo, go, xrow, grow, c, mean, gpf, s, sx)
 
 
 @nb.njit(**_JIT)
+def _input_grad(dy, wtf, cb, xs, srcf, pmf, gpf, gsf, gxf, kb, k, h, wd, cin, o8):
+    """dL/d(input) of image kb: the convolution of its padded dy with the flipped, transposed weights
+    (at ``cb`` of ``wtf``), where the previous block's output ``xs`` is positive; stored at ``gpf``, and
+    that block's sums of it and of it times (psel - mean) (``srcf``, ``pmf``) at ``gsf``, ``gxf``."""
+    hq, wq = h // 2, wd // 2
+    wp = wd + 2
+    rs, rs8, grow = wp * cin, wp * o8, wd * cin
+    c0 = 0
+    while c0 < cin:
+        z = vsplat(0.0, dy)
+        sa, xa = z, z
+        mu_a = vload(pmf, k * cin + c0)
+        if c0 + 16 <= cin:
+            sb, xb = z, z
+            mu_b = vload(pmf, k * cin + c0 + 8)
+            for i in range(hq):
+                for j in range(wq):
+                    xo = ((2 * i + 1) * wp + 2 * j + 1) * cin + c0
+                    go = ((kb * h + 2 * i) * wd + 2 * j) * cin + c0
+                    g = _conv_2x2_2v(dy, (2 * i * wp + 2 * j) * o8, rs8, o8, wtf, cb + c0, cin)
+                    sa, xa = _dx_window(g[0], g[1], g[2], g[3], xs, srcf, xo, go, rs, grow, cin, mu_a, gpf, sa, xa)
+                    sb, xb = _dx_window(
+                        g[4], g[5], g[6], g[7], xs, srcf, xo + 8, go + 8, rs, grow, cin, mu_b, gpf, sb, xb
+                    )
+            vstore(gsf, kb * cin + c0 + 8, sb)
+            vstore(gxf, kb * cin + c0 + 8, xb)
+            step = 16
+        else:
+            for i in range(hq):
+                j = 0
+                while j < wq:
+                    xo = ((2 * i + 1) * wp + 2 * j + 1) * cin + c0
+                    go = ((kb * h + 2 * i) * wd + 2 * j) * cin + c0
+                    db = (2 * i * wp + 2 * j) * o8
+                    if j + 2 <= wq:  # two windows side by side: eight accumulators
+                        g = _conv_2x4_1v(dy, db, rs8, o8, wtf, cb + c0, cin)
+                        sa, xa = _dx_window(g[0], g[1], g[2], g[3], xs, srcf, xo, go, rs, grow, cin, mu_a, gpf, sa, xa)
+                        two = 2 * cin
+                        sa, xa = _dx_window(
+                            g[4], g[5], g[6], g[7], xs, srcf, xo + two, go + two, rs, grow, cin, mu_a, gpf, sa, xa
+                        )
+                        j += 2
+                    else:
+                        g4 = _conv_2x2_1v(dy, db, rs8, o8, wtf, cb + c0, cin)
+                        sa, xa = _dx_window(
+                            g4[0], g4[1], g4[2], g4[3], xs, srcf, xo, go, rs, grow, cin, mu_a, gpf, sa, xa
+                        )
+                        j += 1
+            step = 8
+        vstore(gsf, kb * cin + c0, sa)
+        vstore(gxf, kb * cin + c0, xa)
+        c0 += step
+
+
+@nb.njit(**_JIT)
 def block_backward(  # pragma: no cover - numba
     lo,
     hi,
@@ -511,55 +566,9 @@ def block_backward(  # pragma: no cover - numba
                     for r0 in range(0, rows, 9):
                         _dw_9x1(xf, xbase, dy, acc, r0, rows, cin, wp, h, wd, o8, o0)
                     o0 += 8
-            # 3. input gradient (the convolution of dy with the flipped, transposed weights),
-            # masked by the previous block's ReLU, and that block's batch-norm sums
+            # 3. input gradient, masked by the previous block's ReLU, and that block's batch-norm sums
             if want_dx:
-                cb = k * 9 * o8 * cin
-                c0 = 0
-                while c0 < cin:
-                    two = c0 + 16 <= cin
-                    z = vsplat(0.0, xf)
-                    sa, xa, sb, xb_ = z, z, z, z
-                    mu_a = vload(pmf, k * cin + c0)
-                    mu_b = vload(pmf, k * cin + c0 + 8) if two else mu_a
-                    for i in range(hq):
-                        for j in range(wq):
-                            db = (2 * i * wp + 2 * j) * o8
-                            xo = ((2 * i + 1) * wp + 2 * j + 1) * cin + c0
-                            go = ((kb * h + 2 * i) * wd + 2 * j) * cin + c0
-                            if two:
-                                g = _conv_2x2_2v(dy, db, rs8, o8, wtf, cb + c0, cin)
-                                sa, xa = _dx_window(
-                                    g[0], g[1], g[2], g[3], xs, srcf, xo, go, rs, wd * cin, cin, mu_a, gpf, sa, xa
-                                )
-                                sb, xb_ = _dx_window(
-                                    g[4],
-                                    g[5],
-                                    g[6],
-                                    g[7],
-                                    xs,
-                                    srcf,
-                                    xo + 8,
-                                    go + 8,
-                                    rs,
-                                    wd * cin,
-                                    cin,
-                                    mu_b,
-                                    gpf,
-                                    sb,
-                                    xb_,
-                                )
-                            else:
-                                g4 = _conv_2x2_1v(dy, db, rs8, o8, wtf, cb + c0, cin)
-                                sa, xa = _dx_window(
-                                    g4[0], g4[1], g4[2], g4[3], xs, srcf, xo, go, rs, wd * cin, cin, mu_a, gpf, sa, xa
-                                )
-                    vstore(gsf, kb * cin + c0, sa)
-                    vstore(gxf, kb * cin + c0, xa)
-                    if two:
-                        vstore(gsf, kb * cin + c0 + 8, sb)
-                        vstore(gxf, kb * cin + c0 + 8, xb_)
-                    c0 += 16 if two else 8
+                _input_grad(dy, wtf, k * 9 * o8 * cin, xs, srcf, pmf, gpf, gsf, gxf, kb, k, h, wd, cin, o8)
         dwf[kc * rows * o8 : (kc + 1) * rows * o8] = acc
 
 

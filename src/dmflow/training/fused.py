@@ -4,8 +4,9 @@ of all K models in one numba kernel per pass (``dmflow.training.conv_kernels``).
 For the networks ``fusable`` accepts (``cnn``'s shape: blocks of Conv2d 3x3 / stride 1 /
 padding 1 without bias, BatchNorm2d, ReLU, MaxPool2d(2), then a global average pool,
 Flatten and Linear). Each model keeps its own weights, batch statistics, running
-statistics and gradients, exactly as if trained alone (``tests/test_images.py`` checks
-forward, gradients and whole trainings against the one-model-at-a-time networks).
+statistics and gradients, exactly as if trained alone (``tests/test_stacked_training.py``
+checks outputs, gradients, running statistics and whole trainings against the
+one-model-at-a-time networks).
 
 Why it is faster there than grouped convolutions: a CPU step of the stacked ``cnn`` is
 bound by memory traffic, not arithmetic: the first block's full-resolution output is
@@ -94,21 +95,25 @@ def threads() -> int:
     return max(1, torch.get_num_threads())
 
 
-_pool: ThreadPoolExecutor | None = None
+_pools: dict[int, ThreadPoolExecutor] = {}
 
 
 def _run(kernel, items: int, *args) -> None:
-    """kernel(lo, hi, *args) over items 0..items-1, in contiguous ranges side by side on ``threads()`` threads."""
-    global _pool
+    """kernel(lo, hi, *args) over items 0..items-1, in contiguous ranges side by side on ``threads()`` threads.
+
+    The kernels release the interpreter lock, so plain threads run them in parallel; they
+    wait on a queue between calls, not spinning, which matters where other processes
+    share the cores.
+    """
     n = threads()
     if n == 1 or items < 2:
         kernel(0, items, *args)
         return
-    if _pool is None or _pool._max_workers != n:
-        _pool = ThreadPoolExecutor(max_workers=n, thread_name_prefix="dmflow-fused")
+    if n not in _pools:
+        _pools[n] = ThreadPoolExecutor(max_workers=n, thread_name_prefix="dmflow-fused")
     pieces = min(items, 4 * n)  # a few ranges per thread: a slower core takes fewer
     bounds = [items * i // pieces for i in range(pieces + 1)]
-    list(_pool.map(lambda lo_hi: kernel(lo_hi[0], lo_hi[1], *args), zip(bounds[:-1], bounds[1:])))
+    list(_pools[n].map(lambda lo_hi: kernel(lo_hi[0], lo_hi[1], *args), zip(bounds[:-1], bounds[1:])))
 
 
 def _np(t: torch.Tensor) -> np.ndarray:
