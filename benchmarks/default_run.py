@@ -31,6 +31,7 @@ from dmflow.config import load_config
 from dmflow.core.schema import result_keys
 
 import record
+from workflow_run import headline, run_workflow
 
 REPO = Path(__file__).resolve().parents[1]
 SECTION = "default_run.py"
@@ -81,8 +82,8 @@ def main() -> None:
     dm = [sys.executable, "-m", "dmflow"]
     with tempfile.TemporaryDirectory(prefix="dmflow-default-") as tmp:
         results = Path(tmp) / "results"
-        wall = timed([sys.executable, "-m", "snakemake", "--cores", str(args.cores), "--config", f"results={results}"])
-        summary = json.loads((results / "evaluation/0.5/summary.json").read_text())
+        wall = run_workflow(REPO / "config.yaml", args.cores, results)
+        figures = headline(results, "0.5")
         chosen = json.loads((results / "moments/0.5/manifest.json").read_text()).get("kernels", {})
         kernels = f"{chosen.get('gram', '?')} / {chosen.get('cross', '?')}"
         store = results / "store/0.5"
@@ -105,8 +106,7 @@ def main() -> None:
             np.array_equal(np.load(f), np.load(b / "moments" / f.name)) for f in sorted((a / "moments").glob("*.npy"))
         )
         same_curve = (a / "curve.csv").read_text() == (b / "curve.csv").read_text()
-    lds1, ldsm = summary["lds_single"]["mean"], summary["lds_mean"]["mean"]
-    frac = summary["fraction_of_ceiling"]["pearson_mean"]
+    lds1, ldsm, frac = figures["lds_single"], figures["lds_mean"], figures["ceiling"]
     m_auto, m_int8 = seconds["moments"]["auto"], seconds["moments"][FORCED]
     print(
         f"default run: {wall:.0f} s on {args.cores} cores (load {load}); LDS {lds1:.4f} / {ldsm:.4f}; kernels {kernels}\n"

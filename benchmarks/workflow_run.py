@@ -95,6 +95,14 @@ def headline(results: Path, alpha: str) -> dict:
     return out
 
 
+def run_workflow(configfile: Path, cores: int, results: Path) -> float:
+    """Wall seconds of ``snakemake --cores CORES --configfile CONFIGFILE`` with ``results`` as its results folder."""
+    cmd = [sys.executable, "-m", "snakemake", "--cores", str(cores), "--configfile", str(configfile)]
+    start = time.perf_counter()
+    subprocess.run([*cmd, "--config", f"results={results}"], check=True, cwd=REPO)
+    return time.perf_counter() - start
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--configfile", type=Path, default=REPO / "config.yaml")
@@ -111,10 +119,7 @@ def main() -> None:
     alpha = alpha_dir(config["masks"]["alphas"][0])
     with tempfile.TemporaryDirectory(prefix="dmflow-run-") as tmp:
         results = (args.results or Path(tmp) / "results").resolve()
-        cmd = [sys.executable, "-m", "snakemake", "--cores", str(args.cores), "--configfile", str(args.configfile)]
-        start = time.perf_counter()
-        subprocess.run([*cmd, "--config", f"results={results}"], check=True, cwd=REPO)
-        wall = time.perf_counter() - start
+        wall = run_workflow(args.configfile, args.cores, results)
         figures = headline(results, alpha)
         n = json.loads((results / "store" / alpha / "fit" / "manifest.json").read_text())
     print(f"{args.configfile}: {wall:.0f} s on {args.cores} cores (load {load} at start)")
