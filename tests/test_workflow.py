@@ -69,6 +69,7 @@ def test_evaluation_scores_every_target_against_the_held_out_masks(tiny_run):
     assert summary["counts"] == {
         "targets": 30,
         "targets_scored": summary["counts"]["targets_scored"],
+        "targets_constant_predictions": int((table.nnz == 0).sum()),  # their LDS is undefined, not zero
         "eval_masks": 10,
         "replicates": 2,
         "diverged_models_excluded": 0,
