@@ -338,3 +338,15 @@ def _same(a, b) -> bool:
     if isinstance(a, np.ndarray):
         return np.array_equal(a, b, equal_nan=True)
     return a == b
+
+
+def test_a_json_file_with_integer_keys_reads_back_under_its_seal(tmp_path):
+    """Keys become strings in JSON, and sort differently then (10 before 5): the seal is of what is read back.
+    The Fashion-MNIST run's counterfactual summary ({k: flip rate} for k = 5..80) was refused before this."""
+    from dmflow.core.io import atomic_save_json, load_json
+
+    atomic_save_json(
+        tmp_path / "s.json", {"flip_rate_top": {5: 0.1, 10: 0.2, 80: 0.5}, "ks": (5, 10, 80), "r": float("nan")}
+    )
+    back = load_json(tmp_path / "s.json")
+    assert back["flip_rate_top"] == {"5": 0.1, "10": 0.2, "80": 0.5} and back["ks"] == [5, 10, 80]

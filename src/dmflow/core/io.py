@@ -191,8 +191,11 @@ def atomic_save_npy(final: Path, array: np.ndarray) -> None:
 
 
 def atomic_save_json(final: Path, obj: Mapping[str, Any]) -> None:
-    """Write a JSON object atomically, pretty-printed, sealed with the sha256 of its content (``SEAL``)."""
-    body = {key: value for key, value in obj.items() if key != SEAL}
+    """Write a JSON object atomically, pretty-printed, sealed with the sha256 of its content (``SEAL``).
+
+    The seal is taken of the object as JSON gives it back (keys become strings: {5: a, 10: b} sorts as
+    "10", "5" once read), so that ``load_json`` finds the same digest."""
+    body = json.loads(json.dumps({key: value for key, value in obj.items() if key != SEAL}))
     with atomic_path(final) as tmp:
         tmp.write_text(json.dumps({**body, SEAL: _digest(body)}, indent=2, sort_keys=True) + "\n")
 
