@@ -201,11 +201,12 @@ def conv_stacking(
     ``PROBE_BATCH`` images each of ``input_shape``, in bf16 autocast where the training is
     (tens of milliseconds; a loop whose first step already takes ``LOSES`` times fused's
     is not timed again; once per process and shape class, logged); other networks
-    ``loop``, which measured faster than grouped convolutions on CPUs. On an AVX2 CPU the
-    fused kernels trained the stacked ``cnn`` several times as fast as either
-    (benchmarks/train_throughput.py --arch cnn); where bf16 convolutions run on matrix
-    units (AMX) the torch path may win, hence the measurement. ``model.stacking`` set to
-    ``grouped``, ``loop`` or ``fused`` forces a path instead.
+    ``loop``, as before (it measured faster than grouped convolutions on an AMX Xeon, and
+    within 10 % of them on an AVX2 EPYC). On that EPYC the fused kernels trained the
+    stacked ``cnn`` 4x as fast as either (benchmarks/train_throughput.py --arch cnn); where
+    bf16 convolutions run on matrix units (AMX) the torch path may win, hence the
+    measurement. ``model.stacking`` set to ``grouped``, ``loop`` or ``fused`` forces a
+    path instead.
 
     Parameters
     ----------
