@@ -101,6 +101,15 @@ def check_free_space(path: Path, needed: int) -> None:
         raise no_space(path, needed)
 
 
+def _not_regular(path: Path) -> str | None:
+    """What stands at ``path`` if it is something dmflow never replaces (a link, a folder, a device...), else None."""
+    if path.is_symlink():
+        return "a symbolic link"
+    if path.exists() and not path.is_file():
+        return "a folder" if path.is_dir() else "not a regular file"
+    return None
+
+
 @contextmanager
 def atomic_path(final: Path, suffix: str = "", *, needed: int | None = None) -> Iterator[Path]:
     """Yield a temporary path beside ``final``; rename it onto ``final`` only on success.
@@ -114,8 +123,7 @@ def atomic_path(final: Path, suffix: str = "", *, needed: int | None = None) -> 
     ``final``, the space free and, given ``needed`` (bytes), the space needed, checked first.
     """
     final = Path(final)
-    if final.is_symlink() or (final.exists() and not final.is_file()):
-        kind = "a symbolic link" if final.is_symlink() else "a folder" if final.is_dir() else "not a regular file"
+    if kind := _not_regular(final):
         raise FileError(f"{final}: is {kind}; dmflow replaces only regular files it wrote (move it away first)")
     final.parent.mkdir(parents=True, exist_ok=True)
     prefix, tail = _temporary_name(final, suffix)
@@ -162,8 +170,7 @@ def check_new_output(path: Path, *, force: bool = False, inside: Path | None = N
         raise FileError(
             f"{path}: inside the run's results folder {inside}, which only the workflow writes; name a file elsewhere"
         )
-    if path.is_symlink() or (path.exists() and not path.is_file()):
-        kind = "a symbolic link" if path.is_symlink() else "a folder" if path.is_dir() else "not a regular file"
+    if kind := _not_regular(path):
         raise FileError(f"{path}: is {kind}; name a new file (dmflow replaces only regular files)")
     if path.exists() and not force:
         raise FileError(f"{path}: exists; give --force to replace it, or name a new file")

@@ -55,12 +55,27 @@ def bf16_training_pays() -> bool:
     (benchmarks/train_throughput.py, ``precision`` rows); elsewhere bf16 is converted in
     software, tens of times slower, and float32 runs unmeasured.
     """
-    shape = (16, 128, 256)  # K models' [batch, d_in] x [d_in, d_out]: a stacked hidden layer
-    probes = {}
-    for name, dtype in (("float32", torch.float32), ("bf16", torch.bfloat16)):
-        a, b = torch.ones(shape, dtype=dtype), torch.ones((shape[0], shape[2], shape[1]), dtype=dtype)
-        probes[name] = functools.partial(torch.bmm, a, b)
-    return dispatch.choose("train", probes, shape=shape) == "bf16"
+    probes = {
+        name: functools.partial(_bmm_probe, dtype)
+        for name, dtype in (("float32", torch.float32), ("bf16", torch.bfloat16))
+    }
+    return dispatch.choose("train", probes, shape=PROBE_SHAPE) == "bf16"
+
+
+PROBE_SHAPE = (16, 128, 256)
+"""``bf16_training_pays``' probe: K models' [batch, d_in] x [d_in, d_out], a stacked hidden layer."""
+
+
+@functools.cache
+def _probe_operands(dtype: torch.dtype) -> tuple[torch.Tensor, torch.Tensor]:
+    k, b, d = PROBE_SHAPE
+    return torch.ones((k, b, d), dtype=dtype), torch.ones((k, d, b), dtype=dtype)
+
+
+def _bmm_probe(dtype: torch.dtype) -> torch.Tensor:
+    """One probe product; its operands are made on the first call only, so a forced or cached choice
+    (every stack after the first) allocates nothing."""
+    return torch.bmm(*_probe_operands(dtype))
 
 
 def lightning_precision(precision: str, device: str) -> str:
