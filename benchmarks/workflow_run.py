@@ -23,6 +23,7 @@ import os
 import subprocess
 import sys
 import tempfile
+import threading
 import time
 from pathlib import Path
 
@@ -31,6 +32,7 @@ import pandas as pd
 
 from dmflow.config import load_config
 from dmflow.core.layout import alpha_dir
+from dmflow.evaluation.compare import equal_compute
 
 import record
 
@@ -58,7 +60,8 @@ NOTES = """`python benchmarks/workflow_run.py --configfile CONFIG` (see its docs
 targets) against one seed and the seed mean; **of ceiling**: Pearson vs the seed mean over the noise ceiling;
 **learning curve**: LDS vs the seed mean per fit-model count; **baselines**: each method's points (TRAK per model
 count); **cf.**: counterfactual retraining, the correlation and least-squares slope of actual on predicted margin
-changes, and the flip rate of removing the top-k helpers against k random examples at the largest k."""
+changes, and the flip rate of removing the top-k helpers against k random examples at the largest k. **1-min load**:
+at the start / the mean of samples every 10 s while the run ran (its own jobs count: ~cores on a quiet machine)."""
 
 
 def headline(results: Path, alpha: str) -> dict:
@@ -81,6 +84,8 @@ def headline(results: Path, alpha: str) -> dict:
             f"{method} " + ", ".join(f"{int(r.models_trained)}: {r.lds_mean:.3f}" for r in group.itertuples())
             for method, group in rows.groupby("method", sort=False)
         )
+        if verdict := equal_compute(table, "trak"):
+            out["equal_compute"] = verdict
     cf = results / "counterfactual" / alpha
     if (cf / "changes.csv").is_file():
         changes = pd.read_csv(cf / "changes.csv").dropna(subset=["predicted_change", "actual_change"])
@@ -95,12 +100,26 @@ def headline(results: Path, alpha: str) -> dict:
     return out
 
 
-def run_workflow(configfile: Path, cores: int, results: Path) -> float:
-    """Wall seconds of ``snakemake --cores CORES --configfile CONFIGFILE`` with ``results`` as its results folder."""
+def run_workflow(configfile: Path, cores: int, results: Path) -> tuple[float, float]:
+    """Wall seconds of ``snakemake --cores CORES --configfile CONFIGFILE`` with ``results`` as its results
+    folder, and the mean 1-min load average sampled every 10 s while it ran (the run's own jobs included:
+    about ``cores`` on an otherwise quiet machine)."""
     cmd = [sys.executable, "-m", "snakemake", "--cores", str(cores), "--configfile", str(configfile)]
+    samples: list[float] = []
+    done = threading.Event()
+
+    def sample() -> None:
+        while not done.wait(10.0):
+            samples.append(os.getloadavg()[0])
+
+    sampler = threading.Thread(target=sample, daemon=True)
     start = time.perf_counter()
-    subprocess.run([*cmd, "--config", f"results={results}"], check=True, cwd=REPO)
-    return time.perf_counter() - start
+    sampler.start()
+    try:
+        subprocess.run([*cmd, "--config", f"results={results}"], check=True, cwd=REPO)
+    finally:
+        done.set()
+    return time.perf_counter() - start, float(np.mean(samples)) if samples else float("nan")
 
 
 def main() -> None:
@@ -119,10 +138,11 @@ def main() -> None:
     alpha = alpha_dir(config["masks"]["alphas"][0])
     with tempfile.TemporaryDirectory(prefix="dmflow-run-") as tmp:
         results = (args.results or Path(tmp) / "results").resolve()
-        wall = run_workflow(args.configfile, args.cores, results)
+        wall, mean_load = run_workflow(args.configfile, args.cores, results)
         figures = headline(results, alpha)
         n = json.loads((results / "store" / alpha / "fit" / "manifest.json").read_text())
-    print(f"{args.configfile}: {wall:.0f} s on {args.cores} cores (load {load} at start)")
+    load = f"{load} / {mean_load:.1f}"
+    print(f"{args.configfile}: {wall:.0f} s on {args.cores} cores (1-min load at start / mean while running: {load})")
     for key, value in figures.items():
         print(f"  {key}: {value}")
     if args.record:
