@@ -13,6 +13,9 @@ top-k removal at the largest k against k random examples.
 Nothing is asserted; the figures are printed (and recorded with ``--record``).
 
 Run:  python benchmarks/workflow_run.py --configfile configs/fashion-mnist.yaml [--cores 2] [--results DIR] [--record]
+      python benchmarks/workflow_run.py --configfile ... --results DIR --from-log LOG --record
+      (records a finished run of this script: wall time, cores and load from the first line it printed, saved in LOG,
+      the figures again from DIR)
 """
 
 from __future__ import annotations
@@ -20,6 +23,7 @@ from __future__ import annotations
 import argparse
 import json
 import os
+import re
 import subprocess
 import sys
 import tempfile
@@ -122,13 +126,32 @@ def run_workflow(configfile: Path, cores: int, results: Path) -> tuple[float, fl
     return time.perf_counter() - start, float(np.mean(samples)) if samples else float("nan")
 
 
+def _logged_run(log: Path, configfile: Path) -> tuple[float, int, str]:
+    """Wall seconds, cores and load cell of this script's run of ``configfile`` as it printed them to ``log``."""
+    pattern = re.compile(
+        rf"^{re.escape(str(configfile))}: (\d+) s on (\d+) cores \(1-min load at start / mean while running: (.+)\)$"
+    )
+    for line in log.read_text().splitlines():
+        if match := pattern.match(line):
+            return float(match[1]), int(match[2]), match[3]
+    raise SystemExit(f"{log}: no line '{configfile}: N s on C cores (...)' of a finished run of this script")
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--configfile", type=Path, default=REPO / "config.yaml")
     parser.add_argument("--cores", type=int, default=2)
     parser.add_argument("--results", type=Path, default=None, help="results folder (default: a temporary one)")
+    parser.add_argument(
+        "--from-log",
+        type=Path,
+        default=None,
+        help="record the finished run this script printed to LOG (needs --results)",
+    )
     record.add_arguments(parser)
     args = parser.parse_args()
+    if args.from_log and not args.results:
+        parser.error("--from-log needs --results: the folder of the run the log describes")
     results_file = record.results_file(parser, args)
     if args.record:
         record.check_section(results_file, SECTION, HEADER)
@@ -138,10 +161,13 @@ def main() -> None:
     alpha = alpha_dir(config["masks"]["alphas"][0])
     with tempfile.TemporaryDirectory(prefix="dmflow-run-") as tmp:
         results = (args.results or Path(tmp) / "results").resolve()
-        wall, mean_load = run_workflow(args.configfile, args.cores, results)
+        if args.from_log:
+            wall, args.cores, load = _logged_run(args.from_log, args.configfile)
+        else:
+            wall, mean_load = run_workflow(args.configfile, args.cores, results)
+            load = f"{load} / {mean_load:.1f}"
         figures = headline(results, alpha)
         n = json.loads((results / "store" / alpha / "fit" / "manifest.json").read_text())
-    load = f"{load} / {mean_load:.1f}"
     print(f"{args.configfile}: {wall:.0f} s on {args.cores} cores (1-min load at start / mean while running: {load})")
     for key, value in figures.items():
         print(f"  {key}: {value}")
