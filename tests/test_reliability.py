@@ -170,6 +170,52 @@ def test_a_chunk_that_cannot_be_written_leaves_no_file(tmp_path, tiny_data):
     assert list(out.parent.iterdir()) == []  # neither the chunk nor a temporary file
 
 
+@pytest.mark.parametrize("damage", ["one flipped bit", "another chunk's masks", "ints"])
+def test_a_masks_file_that_is_not_the_seeds_draw_is_refused_before_training(tmp_path, tiny_data, damage):
+    """Masks files carry no checksum; train-chunk draws them again from the seed and refuses any other."""
+    from dmflow.stages.masks import make_masks
+
+    np.savez(tmp_path / "data.npz", **tiny_data)
+    masks = tmp_path / "m.npy"
+    kw = dict(alpha=0.5, split="fit", chunk_size=20, seed=0)
+    make_masks(tmp_path / "data.npz", masks, chunk=0, **kw)
+    if damage == "one flipped bit":
+        rows = np.load(masks)
+        rows[7, 3] = ~rows[7, 3]
+        np.save(masks, rows)
+        expected = f"dmflow train-chunk: {masks}: row 7 is not what seed 0 draws for chunk 0 of split 'fit'"
+    elif damage == "another chunk's masks":
+        make_masks(tmp_path / "data.npz", masks, chunk=1, **kw)
+        expected = f"dmflow train-chunk: {masks}: row 0 is not what seed 0 draws for chunk 0 of split 'fit'"
+    else:
+        np.save(masks, np.load(masks).astype(np.int64))
+        expected = f"dmflow train-chunk: {masks}: masks int64[20, {tiny_data['y_train'].shape[0]}] are not bool"
+    out = tmp_path / "out.npz"
+    proc = dmflow_cli(
+        "train-chunk",
+        "--data",
+        tmp_path / "data.npz",
+        "--masks",
+        masks,
+        "--alpha",
+        "0.5",
+        "--split",
+        "fit",
+        "--chunk",
+        "0",
+        "--model",
+        '{"arch": "logreg"}',
+        "--train",
+        '{"epochs": 1, "batch_size": 10, "optimizer": "adam", "lr": 0.01, "weight_decay": 0, "momentum": 0.9, "stack_size": 20, "device": "cpu"}',
+        "--out",
+        out,
+        check=False,
+    )
+    assert proc.returncode != 0
+    assert proc.stderr.strip().splitlines()[-1].startswith(expected)
+    assert not out.exists()
+
+
 _KEYS = {section: list(spec.get("properties", {})) for section, spec in load_schema()["properties"].items()}
 _values = st.one_of(
     st.none(),

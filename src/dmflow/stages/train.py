@@ -13,6 +13,7 @@ from dmflow.core.codes import STATUS_OK
 from dmflow.core.io import atomic_save_json, atomic_save_npz, load_npz
 from dmflow.core.layout import seconds_path
 from dmflow.core.seeds import chunk_seeds
+from dmflow.store.masks import check_chunk_masks
 from dmflow.training.settings import TrainSettings
 from dmflow.training.train import train_chunk as train_models
 
@@ -40,6 +41,9 @@ def train_chunk(
     torch.set_num_threads(max(1, int(threads)))
     arrays = load_npz(data)
     mask_rows = np.load(masks, allow_pickle=False)
+    check_chunk_masks(
+        mask_rows, Path(masks), arrays["y_train"].shape[0], alpha=alpha, split=split, chunk=chunk, seed=seed
+    )
     seeds = chunk_seeds(seed, alpha, split, chunk=chunk, rows=mask_rows.shape[0], replicates=replicates)
     start = time.perf_counter()
     result = train_models(arrays, mask_rows, seeds, settings=settings)

@@ -2,8 +2,11 @@
 
 from __future__ import annotations
 
+from pathlib import Path
+
 import numpy as np
 
+from dmflow.core.io import FileError
 from dmflow.core.seeds import chunk_seed_sequence
 
 
@@ -28,6 +31,26 @@ def chunk_masks(n: int, alpha: float, split: str, *, chunk: int, chunk_size: int
     the number of chunks."""
     rng = np.random.default_rng(chunk_seed_sequence(seed, alpha, split, chunk=chunk))
     return draw_masks(n, alpha, chunk_size, rng=rng)
+
+
+def check_chunk_masks(
+    masks: np.ndarray, path: Path, n: int, *, alpha: float, split: str, chunk: int, seed: int
+) -> None:
+    """Raise ``FileError`` (one line) unless ``masks`` (read from ``path``) are the chunk's draw
+    (``chunk_masks`` with as many rows): a masks file carries no checksum, but it is a pure function of
+    the seed, so drawing it again proves it before any model trains on a flipped bit or an edit."""
+    rows = masks.shape[0] if masks.ndim == 2 else 0
+    if masks.dtype != np.bool_ or masks.ndim != 2 or masks.shape[1] != n or rows == 0:
+        raise FileError(
+            f"{path}: masks {masks.dtype}{list(masks.shape)} are not bool [rows, {n}]; delete it and rerun (make_masks)"
+        )
+    expected = chunk_masks(n, alpha, split, chunk=chunk, chunk_size=rows, seed=seed)
+    if not np.array_equal(masks, expected):
+        bad = int(np.flatnonzero((masks != expected).any(axis=1))[0])
+        raise FileError(
+            f"{path}: row {bad} is not what seed {seed} draws for chunk {chunk} of split {split!r} "
+            "(corrupt or edited); delete it and rerun (make_masks)"
+        )
 
 
 def pack(masks: np.ndarray) -> np.ndarray:
