@@ -1,8 +1,8 @@
 """Counterfactual promises: masks remove exactly the chosen examples; changes and flips are measured right."""
 
 import numpy as np
-import pytest
 import pandas as pd
+import pytest
 
 from dmflow.evaluation.counterfactual import analyse, design, slope, spread_targets
 from dmflow.store.masks import subset_size
