@@ -1,17 +1,22 @@
 """Influencers, leakage, embeddings and the notebook entry: right targets, order and signs."""
 
+from pathlib import Path
+
 import numpy as np
+import pandas as pd
 import pytest
 from sklearn.datasets import make_classification
 
 from dmflow.analysis.embeddings import component_ends, embed, normalised_embeddings
 from dmflow.analysis.influence import gallery_targets, influencer_table, top_influencers
-from dmflow.analysis.leakage import datamodel_evidence
+from dmflow.analysis.leakage import STANDOUT_Z, datamodel_evidence, robust_z
+from dmflow.core.io import atomic_save_json, atomic_save_npz, write_table
+from dmflow.core.layout import Layout
 from dmflow.core.seeds import chunk_seeds
 from dmflow.data.prepare import as_images, prepare_data
 from dmflow.lasso.path import FitSettings, fit_targets, split_validation_rows
 from dmflow.plots.galleries import as_image, pictures, value_range
-from dmflow.stages.analysis import leakage_ranking
+from dmflow.stages.analysis import leakage_ranking, summary
 from dmflow.store.masks import chunk_masks
 from dmflow.training.settings import TrainSettings
 from dmflow.training.train import train_chunk
@@ -142,3 +147,80 @@ def test_galleries_draw_every_image_in_the_sources_value_range():
     assert as_image(digits[1, 0][None], pics.low, pics.high).max() == pytest.approx(0.25)
     assert value_range(np.zeros((1, 3, 2, 2), np.uint8)) == (0.0, 255.0)  # images: the full byte range
     assert pictures(None, None) is None
+
+
+# --- summary.md: honest headlines -----------------------------------------------------------------
+
+
+def _finished_run(results, *, weight: np.ndarray, leak_scores: np.ndarray, slope: float) -> Layout:
+    """The files summary.md reads for alpha 0.5, written as the stages write them."""
+    layout = Layout(results)
+    stat = {"mean": 0.8}
+    atomic_save_json(
+        Path(layout.eval_summary("0.5")),
+        {
+            "counts": {"eval_masks": 40, "replicates": 2, "targets": weight.shape[1], "diverged_models_excluded": 0},
+            **{k: stat for k in ("lds_single", "lds_mean", "pearson_single", "pearson_mean", "replicate_corr")},
+            **{k: {"mean": 0.9} for k in ("ceiling_single", "ceiling_mean")},
+            "fraction_of_ceiling": {"pearson_single": 0.88, "pearson_mean": 0.89},
+        },
+    )
+    atomic_save_npz(Path(layout.datamodels("0.5")), {"weight": weight, "bias": np.zeros(weight.shape[1])})
+    atomic_save_json(
+        Path(layout.cf_summary("0.5")),
+        {
+            "num_targets": 3,
+            "replicates": 2,
+            "correlation_predicted_actual": 0.9,
+            "slope_actual_vs_predicted": slope,
+            "flip_rate_top": {5: 0.5, 10: 0.75},
+            "flip_rate_random": {5: 0.0, 10: 0.0},
+        },
+    )
+    t = len(leak_scores)
+    table = pd.DataFrame(
+        {
+            "rank": np.arange(1, t + 1),
+            "target": np.arange(t),
+            "train_index": np.arange(t),
+            "score": np.sort(leak_scores)[::-1],
+            "similarity": 0.95,
+            "similarity_rank": 1,
+            "evidence": 0.5,
+            "weight_rank": 1,
+            "target_id": np.arange(500, 500 + t),
+            "train_id": np.arange(t),
+        }
+    )
+    table["robust_z"] = robust_z(table.score.to_numpy())
+    table["stands_out"] = table.robust_z >= STANDOUT_Z
+    write_table(table, Path(layout.leakage_table("0.5")))
+    return layout
+
+
+def test_summary_states_the_support_size_the_counterfactual_slope_and_whether_leakage_stands_out(tmp_path):
+    rng = np.random.default_rng(0)
+    weight = np.where(rng.random((100, 40)) < 0.6, rng.normal(size=(100, 40)), 0.0)
+    nonzero = (weight != 0).sum(axis=0)
+    natural = rng.normal(0.08, 0.03, 40).clip(0.01)
+    layout = _finished_run(tmp_path / "a", weight=weight, leak_scores=natural, slope=1.6)
+    text = summary(layout.results, ["0.5"], tmp_path / "a.md")
+    assert (
+        f"Datamodel support: {nonzero.mean():.0f} of n = 100 weights are non-zero per target on average "
+        f"({nonzero.mean() / 100:.0%}; median {np.median(nonzero):.0f}); most weights are non-zero: "
+        "these datamodels are not sparse." in text
+    )
+    assert "r = 0.900; the actual changes are 1.60x the predicted ones (least-squares slope)" in text
+    assert "k=5: 0.500 vs 0.000, k=10: 0.750 vs 0.000" in text
+    assert "Leakage: No leakage candidate stands out from the data's natural similarity" in text
+    assert "The closest pairs (ordinary near neighbours)" in text and "Top leakage candidates" not in text
+    assert "stands out)" not in text
+
+    sparse = np.where(rng.random((100, 40)) < 0.05, 1.0, 0.0)
+    leaked = np.concatenate([natural, [0.9]])
+    layout = _finished_run(tmp_path / "b", weight=sparse, leak_scores=leaked, slope=1.0)
+    text = summary(layout.results, ["0.5"], tmp_path / "b.md")
+    assert "weights are non-zero per target on average" in text and "not sparse" not in text
+    assert "Leakage: 1 of 41 targets have a leakage candidate that stands out" in text
+    assert "- 500 -> 0: score 0.900 (z " in text and ", stands out), similarity" in text
+    assert "Top leakage candidates (target id -> training id" in text

@@ -2,8 +2,9 @@
 
 import numpy as np
 import pandas as pd
+import pytest
 
-from dmflow.evaluation.counterfactual import analyse, design, spread_targets
+from dmflow.evaluation.counterfactual import analyse, design, slope, spread_targets
 from dmflow.store.masks import subset_size
 
 
@@ -40,6 +41,13 @@ def test_design_is_deterministic_and_targets_spread_over_margins():
     assert np.array_equal(a, b) and ca.equals(cb)
     preds = np.array([5.0, -1.0, 3.0, 0.0, 10.0])
     assert list(spread_targets(preds, 3)) == [1, 2, 4]
+
+
+def test_the_slope_is_how_many_times_the_predicted_change_the_actual_one_is():
+    predicted = np.array([-1.0, -2.0, 0.0, -4.0])
+    assert slope(predicted, 1.6 * predicted + 0.3) == pytest.approx(1.6)
+    assert slope(predicted, predicted) == pytest.approx(1.0)
+    assert np.isnan(slope(np.zeros(4), predicted)) and np.isnan(slope(predicted[:1], predicted[:1]))
 
 
 def test_analyse_measures_changes_flips_and_brittleness():
@@ -79,5 +87,12 @@ def test_analyse_measures_changes_flips_and_brittleness():
     for case, (d0, d1) in change.items():
         assert np.isclose(got[case], d0 + d1, atol=1e-5)
     assert summary["correlation_predicted_actual"] > 0.95
+    predicted = rows.predicted_change.to_numpy()
+    expected = np.polyfit(predicted, rows.actual_change.to_numpy(), 1)[0]
+    assert summary["slope_actual_vs_predicted"] == pytest.approx(expected) and 1.0 < expected < 1.2
+    top = rows[rows.kind == "top"]
+    assert summary["slope_actual_vs_predicted_top"] == pytest.approx(
+        np.polyfit(top.predicted_change, top.actual_change, 1)[0]
+    )
     assert summary["flip_rate_top"] == {1: 0.0, 2: 0.5} and summary["flip_rate_random"] == {1: 0.0, 2: 0.0}
     assert dict(zip(brittle.target, brittle.smallest_k.fillna(-1))) == {0: 2, 1: -1}

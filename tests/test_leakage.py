@@ -13,7 +13,7 @@ import pytest
 import torch
 from sklearn.datasets import load_digits
 
-from dmflow.analysis.leakage import datamodel_evidence, leakage_table, similarity_blocks
+from dmflow.analysis.leakage import STANDOUT_Z, datamodel_evidence, leakage_table, robust_z, similarity_blocks, verdict
 from dmflow.core.seeds import chunk_seeds
 from dmflow.data.prepare import as_images, prepare_data
 from dmflow.lasso.path import FitSettings, fit_targets, split_validation_rows
@@ -93,6 +93,38 @@ def test_a_copy_with_small_weights_outranks_natural_pairs_with_large_ones():
     )
     pd.testing.assert_frame_equal(scaled.drop(columns="weight"), table.drop(columns="weight"))  # scale-free
     assert list(table.columns[:6]) == ["rank", "target", "train_index", "score", "similarity", "similarity_rank"]
+
+
+def test_robust_z_is_in_robust_standard_deviations_above_the_median_and_ignores_a_few_outliers():
+    rng = np.random.default_rng(0)
+    natural = rng.normal(0.1, 0.02, 1000)
+    z = robust_z(np.concatenate([natural, [0.1 + 10 * 0.02, 0.9, 0.95]]))
+    assert np.median(z[:1000]) == pytest.approx(0, abs=0.05)
+    assert np.percentile(z[:1000], 84) == pytest.approx(1, abs=0.1)  # one sd of normal data
+    assert z[1000] == pytest.approx(10, rel=0.1) and (z[1001:] > 30).all()
+    assert (z[:1000] < STANDOUT_Z).all()
+    assert np.isfinite(robust_z(np.full(5, 0.3))).all() and len(robust_z(np.array([]))) == 0
+
+
+def test_a_copy_stands_out_from_natural_neighbours_and_the_verdict_says_which_or_none():
+    """Digits without copies: the top pairs are ordinary neighbours and the verdict says so; with one
+    exact copy of a target in the training set, that pair stands out and is named."""
+    x = load_digits().images
+    train, target = x[:400], x[400:600]
+    data = {"train_ids": np.arange(1000, 1401), "y_train": np.zeros(401, int), "y_target": np.zeros(200, int)}
+    w = np.zeros((400, 200))
+    natural = leakage_table(w, data, np.arange(200), x_train=as_images(train), x_target=as_images(target), images=True)
+    assert not natural.stands_out.any() and natural.robust_z.max() < STANDOUT_Z
+    assert verdict(natural).startswith("No leakage candidate stands out from the data's natural similarity")
+    assert f"{natural.score.iloc[0]:.3f}" in verdict(natural)
+    copied = np.concatenate([train, target[7:8]])  # training example 400 is target 7
+    table = leakage_table(
+        np.zeros((401, 200)), data, np.arange(200), x_train=as_images(copied), x_target=as_images(target), images=True
+    )
+    assert table.stands_out.sum() == 1 and (table.iloc[0].target, table.iloc[0].train_index) == (7, 400)
+    assert table.iloc[0].robust_z >= STANDOUT_Z
+    assert verdict(table).startswith("1 of 200 targets have a leakage candidate that stands out")
+    assert "7 -> 1400 (z " in verdict(table)
 
 
 # --- planted copies, real models, real datamodels -----------------------------------------------
@@ -197,6 +229,20 @@ def test_exact_copies_rank_in_the_top_20_leakage_candidates(planted):
     assert found[: len(planted.hard)].all(), "a copy of a hard target (low mean margin) is missed"
     rows = planted.run.table.set_index("target").loc[planted.target[planted.kind == "exact"]]
     assert (rows.similarity > 0.9999).all() and (rows.similarity_rank == 1).all()
+    assert rows.stands_out.all(), f"exact copies' robust z: {rows.robust_z.round(1).tolist()}"
+
+
+@pytest.mark.workflow
+def test_only_planted_copies_stand_out_and_nothing_without_them(planted):
+    """The data's natural similarity: no natural pair stands out, with or without the copies beside it;
+    every pair that stands out is a planted copy and the shifted and noisy copies rank right below."""
+    assert not planted.natural.table.stands_out.any(), planted.natural.table.head(3)
+    table = planted.run.table
+    out = table[table.stands_out]
+    assert set(zip(out.target, out.train_index)) <= set(zip(planted.target, planted.train_index))
+    natural = table[~table.target.isin(planted.target)]
+    near = table[table.target.isin(planted.target[planted.kind != "exact"])]
+    assert near.robust_z.min() > natural.robust_z.max()
 
 
 @pytest.mark.workflow

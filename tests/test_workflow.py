@@ -315,7 +315,7 @@ def test_a_user_config_file_does_not_inherit_the_shipped_config_yaml(workflow):
     user.write_text(yaml.safe_dump({"results": str(workflow.results)}))  # every other key omitted
     proc = workflow.run("--configfile", str(user), "--dry-run", "--printshellcmds")
     used = _shell_json_params(proc.stdout)
-    checked = json.loads(dmflow_cli("check-config", user).stdout)
+    checked = yaml.safe_load(dmflow_cli("check-config", user).stdout)
     assert set(used) == {"dataset", "model", "train", "fit"}
     for section, params in used.items():
         assert params == {k: v for k, v in checked[section].items() if k in params}, section

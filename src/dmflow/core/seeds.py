@@ -12,6 +12,9 @@ SPLITS: dict[str, int] = {"fit": 0, "eval": 1, "counterfactual": 2}
 """The mask splits (the lasso's data, held-out masks, counterfactual retrainings) and
 their stable integer ids, part of every seed."""
 
+FIT_REPLICATES = 1
+"""Models trained per mask of the fit split (the eval and counterfactual splits' come from the config)."""
+
 PURPOSE_VALIDATION_ROWS = 101
 """Seed key for choosing the validation rows of the fit split."""
 

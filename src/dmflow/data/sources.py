@@ -268,6 +268,10 @@ def read_cifar_batch(path: Path) -> tuple[np.ndarray, np.ndarray]:
     return data.reshape(-1, 3, 32, 32), labels
 
 
+SYNTHETIC_CIFAR10 = {"train": 5000, "test": 1000, "classes": 10}
+"""The sizes of ``dmflow synthetic-cifar10``'s folder unless given: CIFAR-10's classes, a tenth of its images."""
+
+
 def synthetic_images(
     num: int, num_classes: int, seed: int, *, size: int = 32, noise: float = 90.0
 ) -> tuple[np.ndarray, np.ndarray]:

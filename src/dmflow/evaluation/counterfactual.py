@@ -6,6 +6,12 @@ for that target (among those in the base), and as a control k random examples of
 base; retrain R seeds per case with the same training code. The datamodel predicts
 the change of the target's margin as minus the sum of the removed weights; the
 actual change is the R-seed mean margin minus the base's R-seed mean margin.
+
+Headlines: the correlation r of actual and predicted changes says whether the datamodel
+orders the removals right; the slope (least squares of actual on predicted, with an
+intercept) says how large the actual changes are for a predicted one: 1 when the
+datamodel's scale is right, above 1 when removing examples changes the margin more than
+the sum of their weights predicts (the lasso shrinks weights towards 0).
 """
 
 from __future__ import annotations
@@ -77,6 +83,26 @@ def design(
     return np.stack(masks), table
 
 
+def slope(predicted: np.ndarray, actual: np.ndarray) -> float:
+    """The least-squares slope of ``actual`` on ``predicted``, with an intercept.
+
+    Parameters
+    ----------
+    predicted, actual : float [cases]
+        The datamodel's predicted margin changes and the retrained ones.
+
+    Returns
+    -------
+    float
+        How many times the predicted change the actual one is; NaN for fewer than two
+        cases or when every prediction is the same.
+    """
+    predicted, actual = np.asarray(predicted, np.float64), np.asarray(actual, np.float64)
+    spread = predicted - predicted.mean() if len(predicted) else predicted
+    denominator = float(spread @ spread)
+    return float(spread @ (actual - actual.mean()) / denominator) if len(predicted) > 1 and denominator > 0 else np.nan
+
+
 def analyse(
     cases: pd.DataFrame, margins: np.ndarray, status: np.ndarray
 ) -> tuple[pd.DataFrame, pd.DataFrame, pd.DataFrame, dict]:
@@ -114,6 +140,7 @@ def analyse(
         )
     brittleness = pd.DataFrame.from_records(brittle, columns=["target", "base_margin", "smallest_k"])
     valid = np.isfinite(rows.actual_change)
+    top = rows[valid & (rows.kind == "top")]
     summary = {
         "num_targets": int(rows.target.nunique()),
         "num_targets_correct": int(correct.target.nunique()),
@@ -122,11 +149,9 @@ def analyse(
         "correlation_predicted_actual": float(
             np.corrcoef(rows.predicted_change[valid], rows.actual_change[valid])[0, 1]
         ),
-        "correlation_predicted_actual_top": float(
-            np.corrcoef(
-                rows[valid & (rows.kind == "top")].predicted_change, rows[valid & (rows.kind == "top")].actual_change
-            )[0, 1]
-        ),
+        "correlation_predicted_actual_top": float(np.corrcoef(top.predicted_change, top.actual_change)[0, 1]),
+        "slope_actual_vs_predicted": slope(rows.predicted_change[valid], rows.actual_change[valid]),
+        "slope_actual_vs_predicted_top": slope(top.predicted_change, top.actual_change),
         "flip_rate_top": {int(r.k): float(r.top) for r in flips.itertuples()},
         "flip_rate_random": {int(r.k): float(r.random) for r in flips.itertuples()},
         "diverged_models_excluded": int((~ok).sum()),

@@ -73,8 +73,11 @@ def counterfactual_figure(rows: pd.DataFrame, flips: pd.DataFrame, summary: dict
     a.plot([lo, hi], [lo, hi], color="grey", ls="--", lw=1)
     a.set_xlabel("predicted margin change (datamodel)")
     a.set_ylabel(f"actual margin change (mean of {summary['replicates']} seeds)")
+    slope = summary.get("slope_actual_vs_predicted", np.nan)
     a.set_title(
-        f"Counterfactuals: r = {summary['correlation_predicted_actual']:.2f} (N={summary['num_targets']} targets)"
+        f"Counterfactuals (N={summary['num_targets']} targets): r = {summary['correlation_predicted_actual']:.2f}\n"
+        f"slope: actual change = {slope:.2f} x predicted",
+        fontsize=10,
     )
     a.legend(fontsize=8)
     for kind in ("top", "random"):

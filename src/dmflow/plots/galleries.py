@@ -7,6 +7,7 @@ value range, so that a faint image looks faint and a digit looks like a digit.
 
 from __future__ import annotations
 
+import textwrap
 from collections.abc import Sequence
 from dataclasses import dataclass
 
@@ -112,11 +113,22 @@ def influencer_gallery(
     return fig
 
 
-def pair_gallery(pairs: pd.DataFrame, pics: Pictures | None) -> Figure:
-    """Leakage candidates (rows of the leakage table): each target beside its candidate training example, by rank."""
+def pair_gallery(pairs: pd.DataFrame, pics: Pictures | None, *, headline: str | None = None) -> Figure:
+    """Leakage candidates (rows of the leakage table): each target beside its candidate training example, by rank.
+
+    ``headline``: the sentence on top (whether any candidate stands out). A pair whose row has
+    ``stands_out`` true is drawn in red, with the robust z of its score.
+    """
     cols = 5
     rows = max(1, -(-len(pairs) // cols))
-    fig = Figure(figsize=(2.8 * cols, 2.0 * rows))
+    lines = [
+        *(textwrap.wrap(headline, width=30 * cols) if headline else []),
+        "Leakage candidates by score: target (blue; red where it stands out) and training example (green)",
+        "sim = input-space similarity, w = datamodel weight (#its rank among the target's weights)",
+    ]
+    header = 0.18 * len(lines) + 0.2  # inches above the first row's titles
+    fig = Figure(figsize=(2.8 * cols, 2.0 * rows + header))
+    fig.subplots_adjust(top=1 - header / (2.0 * rows + header))
     axes = fig.subplots(rows, 2 * cols, squeeze=False)
     for ax in axes.flat:
         ax.axis("off")
@@ -125,11 +137,13 @@ def pair_gallery(pairs: pd.DataFrame, pics: Pictures | None) -> Figure:
         a, b = axes[r, 2 * c], axes[r, 2 * c + 1]
         a.axis("on")
         b.axis("on")
+        out = bool(getattr(row, "stands_out", False))
         _show(
             a,
             _picture(pics, "target", row.target),
-            f"#{row.rank} score {row.score:.2f}\ntarget {row.target_id}\ny={row.target_label}",
-            "blue",
+            f"#{row.rank} score {row.score:.2f}\ntarget {row.target_id}\ny={row.target_label}"
+            + (f" z={row.robust_z:.1f}" if out else ""),
+            "red" if out else "blue",
         )
         _show(
             b,
@@ -137,11 +151,7 @@ def pair_gallery(pairs: pd.DataFrame, pics: Pictures | None) -> Figure:
             f"train {row.train_id} y={row.train_label}\nsim {row.similarity:.3f}\nw {row.weight:+.2f} (#{row.weight_rank})",
             "green",
         )
-    fig.suptitle(
-        "Leakage candidates by score: target (blue) and training example (green)\n"
-        "sim = input-space similarity, w = datamodel weight (#its rank among the target's weights)",
-        fontsize=10,
-    )
+    fig.suptitle("\n".join(lines), fontsize=10, y=0.995)
     return fig
 
 

@@ -79,7 +79,7 @@ def leakage(
     ranked = leakage_ranking(dm["weight"], arrays, dm["target_ids"], image_shape=image_shape)
     write_table(ranked, table)
     pics = galleries.pictures(*_source_images(arrays, image_shape))
-    save_figure(galleries.pair_gallery(ranked.head(pairs), pics), figure)
+    save_figure(galleries.pair_gallery(ranked.head(pairs), pics, headline=leak.verdict(ranked)), figure)
     return ranked
 
 
@@ -133,6 +133,30 @@ def _compare_lines(table: pd.DataFrame) -> list[str]:
     return lines
 
 
+def _slope_words(cf_summary: dict) -> str:
+    """The slope of actual on predicted change as words, from the counterfactual summary (empty without it)."""
+    slope = cf_summary.get("slope_actual_vs_predicted")
+    if slope is None:
+        return ""
+    return f"; the actual changes are {slope:.2f}x the predicted ones (least-squares slope)"
+
+
+def _support_lines(datamodels: Path) -> list[str]:
+    """The datamodels' support size: non-zero weights per target, mean and median over targets, of n."""
+    if not datamodels.exists():
+        return []
+    weight = load_npz(datamodels)["weight"]
+    n = weight.shape[0]
+    nonzero = (weight != 0).sum(axis=0)
+    mean, median = float(nonzero.mean()), float(np.median(nonzero))
+    words = "most weights are non-zero: these datamodels are not sparse" if mean >= n / 2 else "the rest are 0"
+    return [
+        f"Datamodel support: {mean:.0f} of n = {n} weights are non-zero per target on average "
+        f"({mean / n:.0%}; median {median:.0f}); {words}.",
+        "",
+    ]
+
+
 def _alpha_section(layout: Layout, alpha: str) -> list[str]:
     """The markdown lines of one alpha (the files it reads are optional but the evaluation's summary)."""
     link = layout.relative
@@ -152,6 +176,7 @@ def _alpha_section(layout: Layout, alpha: str) -> list[str]:
         "",
         f"Two retrainings of the same mask agree at r = {_fmt(ev['replicate_corr']['mean'])}.",
         "",
+        *_support_lines(Path(layout.datamodels(alpha))),
         f"Figures: [predicted vs actual]({link(layout.eval_figure(alpha))}), "
         f"table: [per target]({link(layout.eval_table(alpha))}).",
         "",
@@ -181,24 +206,34 @@ def _alpha_section(layout: Layout, alpha: str) -> list[str]:
         s = load_json(cf)
         lines += [
             f"Counterfactual retraining ({s['num_targets']} targets, {s['replicates']} seeds each): predicted vs actual "
-            f"margin change r = {_fmt(s['correlation_predicted_actual'])}. Predictions flipped by removing the top-k "
+            f"margin change r = {_fmt(s['correlation_predicted_actual'])}{_slope_words(s)}. "
+            "Predictions flipped by removing the top-k "
             "helpers vs k random examples: "
             + ", ".join(
-                f"k={k}: {_fmt(s['flip_rate_top'][k])} vs {_fmt(s['flip_rate_random'][k])}" for k in s["flip_rate_top"]
+                f"k={k}: {_fmt(s['flip_rate_top'][k])} vs {_fmt(s['flip_rate_random'][k])}"
+                for k in sorted(s["flip_rate_top"], key=int)
             )
             + f" ([figure]({link(layout.cf_figure(alpha))}), [brittleness]({link(layout.cf_brittleness_figure(alpha))})).",
             "",
         ]
     leak_table = Path(layout.leakage_table(alpha))
     if leak_table.exists():
-        top = pd.read_csv(leak_table).head(5)
+        ranked = pd.read_csv(leak_table)
+        if "stands_out" not in ranked:  # a table from before the robust z
+            ranked["robust_z"] = leak.robust_z(ranked.score.to_numpy())
+            ranked["stands_out"] = ranked.robust_z >= leak.STANDOUT_Z
+        top = ranked.head(5)
         lines += [
-            "Top leakage candidates (target id -> training id: score, input similarity and its rank, "
-            "datamodel evidence, weight rank):",
+            f"Leakage: {leak.verdict(ranked)}",
+            "",
+            ("Top leakage candidates" if top.stands_out.any() else "The closest pairs (ordinary near neighbours)")
+            + " (target id -> training id: score and its robust z, input similarity and its rank, datamodel "
+            "evidence, weight rank):",
             "",
         ]
         lines += [
-            f"- {r.target_id} -> {r.train_id}: score {r.score:.3f}, similarity {r.similarity:.3f} "
+            f"- {r.target_id} -> {r.train_id}: score {r.score:.3f} (z {r.robust_z:.1f}"
+            f"{', stands out' if r.stands_out else ''}), similarity {r.similarity:.3f} "
             f"(rank {r.similarity_rank}), evidence {r.evidence:.2f}, weight rank {r.weight_rank}"
             for r in top.itertuples()
         ]
