@@ -16,7 +16,7 @@ from hypothesis import strategies as st
 from dmflow.config import ConfigError, validate_config
 from dmflow.core.schema import load_schema
 
-from helpers import Workflow, dmflow_cli, planted_fit, tiny_config, write_store_folder
+from helpers import Workflow, dmflow_cli, planted_fit, read_npz, tiny_config, write_store_folder
 
 
 @pytest.fixture()
@@ -170,9 +170,10 @@ def test_a_chunk_that_cannot_be_written_leaves_no_file(tmp_path, tiny_data):
     assert list(out.parent.iterdir()) == []  # neither the chunk nor a temporary file
 
 
-@pytest.mark.parametrize("damage", ["one flipped bit", "another chunk's masks", "ints"])
+@pytest.mark.parametrize("damage", ["one flipped bit", "another chunk's masks", "ints", "designed"])
 def test_a_masks_file_that_is_not_the_seeds_draw_is_refused_before_training(tmp_path, tiny_data, damage):
-    """Masks files carry no checksum; train-chunk draws them again from the seed and refuses any other."""
+    """Masks files carry no checksum; train-chunk draws a fit or eval chunk's again from the seed and refuses any
+    other. Counterfactual masks are designed, not drawn: any bool [rows, n] trains."""
     from dmflow.stages.masks import make_masks
 
     np.savez(tmp_path / "data.npz", **tiny_data)
@@ -187,9 +188,12 @@ def test_a_masks_file_that_is_not_the_seeds_draw_is_refused_before_training(tmp_
     elif damage == "another chunk's masks":
         make_masks(tmp_path / "data.npz", masks, chunk=1, **kw)
         expected = f"dmflow train-chunk: {masks}: row 0 is not what seed 0 draws for chunk 0 of split 'fit'"
-    else:
+    elif damage == "ints":
         np.save(masks, np.load(masks).astype(np.int64))
         expected = f"dmflow train-chunk: {masks}: masks int64[20, {tiny_data['y_train'].shape[0]}] are not bool"
+    else:
+        make_masks(tmp_path / "data.npz", masks, chunk=1, **kw)  # not chunk 0's draw, as designed masks are not
+    split = "counterfactual" if damage == "designed" else "fit"
     out = tmp_path / "out.npz"
     proc = dmflow_cli(
         "train-chunk",
@@ -200,7 +204,7 @@ def test_a_masks_file_that_is_not_the_seeds_draw_is_refused_before_training(tmp_
         "--alpha",
         "0.5",
         "--split",
-        "fit",
+        split,
         "--chunk",
         "0",
         "--model",
@@ -211,6 +215,10 @@ def test_a_masks_file_that_is_not_the_seeds_draw_is_refused_before_training(tmp_
         out,
         check=False,
     )
+    if damage == "designed":
+        assert proc.returncode == 0, proc.stderr
+        assert read_npz(out)["margins"].shape[0] == 20
+        return
     assert proc.returncode != 0
     assert proc.stderr.strip().splitlines()[-1].startswith(expected)
     assert not out.exists()
