@@ -222,7 +222,11 @@ def _check_devices(cfg: dict) -> None:
 
 
 def _check_model(model: dict, feature_shape: tuple[int, ...], num_classes: int) -> None:
-    """Conv and custom models need images; a custom factory must build a model for this data."""
+    """Conv and custom models need images; a custom factory must build a model for this data; a user
+    LightningModule must import, be one, and give logits for this data (``_check_lightning``)."""
+    if model["lightning"] is not None:
+        _check_lightning(model, feature_shape, num_classes)
+        return
     arch = model["arch"]
     if arch in ("logreg", "mlp"):
         return
@@ -242,6 +246,24 @@ def _check_model(model: dict, feature_shape: tuple[int, ...], num_classes: int) 
         check_factory(factory, image_shape, num_classes)
     except ValueError as exc:
         raise ConfigError(f"model.arch={excerpt(arch)} is not a model factory: {exc}") from None
+
+
+def _check_lightning(model: dict, feature_shape: tuple[int, ...], num_classes: int) -> None:
+    """Import ``model.lightning`` (pytorch_lightning too: a second or two, paid only when it is set), check
+    it is a LightningModule with forward, training_step and configure_optimizers, build it once with
+    ``model.lightning_args`` and run its forward on two zero examples of this data's shape."""
+    if model["stacking"] not in ("auto", "loop"):
+        raise ConfigError(
+            f"model.stacking={model['stacking']!r} applies to dmflow's own models; with model.lightning "
+            "choose 'auto' (stacked with torch.func where the module allows) or 'loop'"
+        )
+    from dmflow.training.user_module import check_lightning_class, load_lightning_class  # torch, lightning
+
+    shape = (1, *feature_shape) if len(feature_shape) == 2 else tuple(feature_shape)
+    try:
+        check_lightning_class(load_lightning_class(model["lightning"]), shape, num_classes, model["lightning_args"])
+    except ValueError as exc:
+        raise ConfigError(str(exc)) from None
 
 
 def _check_baselines(baselines: dict, n: int) -> None:
