@@ -86,6 +86,8 @@ def _describe(error: jsonschema.ValidationError) -> str:
         return (
             f"model.arch={value} is not allowed; choose one of {choices} or a custom model as 'package.module:factory'"
         )
+    if key == "model.lightning":
+        return f"model.lightning={value} is not allowed; give a LightningModule as 'package.module:Class' (null: dmflow's own models)"
     if key == "baselines.trak_models" or key.startswith("baselines.trak_models."):
         return f"{key}={value} is not allowed; {TRAK_MODELS_ALLOWED}"
     if key == "baselines.trak_proj_dim":
@@ -314,6 +316,11 @@ def validate_config(config: dict[str, Any]) -> dict[str, Any]:
     _check_devices(cfg)
     _check_baselines(cfg["baselines"], info.num_train)
     _check_model(cfg["model"], info.feature_shape, info.num_classes)
+    if cfg["model"]["lightning"] is not None and cfg["baselines"]["enabled"] and "trak" in cfg["baselines"]["methods"]:
+        raise ConfigError(
+            "baselines.methods has 'trak', which does not train a model.lightning module (it trains dmflow's own "
+            "models); leave 'trak' out of baselines.methods or baselines.enabled false"
+        )
     if cfg["fit"]["cvxpy_solver"] and cfg["fit"]["solver"] == "cvxpy":
         import cvxpy  # heavy; only when the cvxpy solver is asked for
 
