@@ -22,6 +22,7 @@ from __future__ import annotations
 
 import copy
 import importlib
+import inspect
 import logging
 import sys
 import warnings
@@ -218,7 +219,10 @@ class VmappedModules(pl.LightningModule):
             [nn.Parameter(torch.stack([m.get_parameter(n).detach() for m in modules]).clone()) for n in self.names]
         )
         self.optimizer_class = type(optimizer)
-        self.optimizer_options = {k: v for k, v in optimizer.param_groups[0].items() if k != "params"}
+        # the group's options that the constructor takes (AdamW's group also holds decoupled_weight_decay,
+        # which its constructor sets itself)
+        accepted = inspect.signature(self.optimizer_class.__init__).parameters
+        self.optimizer_options = {k: v for k, v in optimizer.param_groups[0].items() if k in accepted and k != "params"}
         # the template is not a submodule: its own parameters are never trained or moved
         self._template = [_TrainingStep(copy.deepcopy(modules[0]))]
         self.register_buffer("finite", torch.ones(len(modules), dtype=torch.bool))
