@@ -25,7 +25,10 @@ from helpers import tiny_config
 
 PACKAGE = "dmflow_user_models"
 LDS_FLOOR = 0.1
-"""On the tiny config (10 eval masks), the built-in MLP's mean LDS over scored targets was MEASURED_BUILTIN."""
+"""Measured on the tiny config up to the evaluation (AMD EPYC, 2 cores): mean seed-mean LDS over the scored
+targets 0.35 for the built-in MLP (23 targets), 0.23 for TinyMLP (27 targets); their models are alike (target
+accuracy 0.465 / 0.457, margin spread across models 0.474 / 0.474): 10 eval masks make a target's LDS noisy.
+Margins unrelated to the subsets (a wrong model, a wrong target order) score about 0."""
 
 USER_MODELS = textwrap.dedent(
     '''

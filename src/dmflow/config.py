@@ -263,7 +263,9 @@ def _check_lightning(model: dict, feature_shape: tuple[int, ...], num_classes: i
 
     shape = (1, *feature_shape) if len(feature_shape) == 2 else tuple(feature_shape)
     try:
-        check_lightning_class(load_lightning_class(model["lightning"]), shape, num_classes, model["lightning_args"])
+        check_lightning_class(
+            load_lightning_class(model["lightning"]), shape, num_classes=num_classes, args=model["lightning_args"]
+        )
     except ValueError as exc:
         raise ConfigError(str(exc)) from None
 

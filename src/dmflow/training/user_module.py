@@ -100,13 +100,23 @@ def load_lightning_class(spec: str) -> type:
     return cls
 
 
-def build_user_module(cls: type, input_shape: Sequence[int], num_classes: int, args: dict) -> pl.LightningModule:
+def build_user_module(cls: type, input_shape: Sequence[int], *, num_classes: int, args: dict) -> pl.LightningModule:
     """``cls(input_shape=tuple(input_shape), num_classes=num_classes, **args)``."""
     return cls(input_shape=tuple(int(s) for s in input_shape), num_classes=int(num_classes), **args)
 
 
-def check_lightning_class(cls: type, input_shape: Sequence[int], num_classes: int, args: dict) -> None:
+def check_lightning_class(cls: type, input_shape: Sequence[int], *, num_classes: int, args: dict) -> None:
     """Build the class once and run its ``forward`` on two zero examples.
+
+    Parameters
+    ----------
+    cls : type
+        From ``load_lightning_class``.
+    input_shape : sequence of int
+        One example's shape: ``(d,)`` or ``(C, H, W)``.
+    num_classes : int
+    args : dict
+        ``model.lightning_args``.
 
     Raises
     ------
@@ -115,7 +125,7 @@ def check_lightning_class(cls: type, input_shape: Sequence[int], num_classes: in
     """
     call = f"{cls.__name__}(input_shape={tuple(input_shape)}, num_classes={num_classes}, **model.lightning_args)"
     try:
-        module = build_user_module(cls, input_shape, num_classes, args)
+        module = build_user_module(cls, input_shape, num_classes=num_classes, args=args)
     except Exception as exc:  # a user's code: any failure is the answer
         raise ValueError(f"{KEY}: {call} raised {type(exc).__name__}: {exc}") from None
     try:
@@ -135,12 +145,29 @@ def check_lightning_class(cls: type, input_shape: Sequence[int], num_classes: in
 def build_seeded_modules(
     cls: type, seeds: Sequence[int], input_shape: Sequence[int], *, num_classes: int, args: dict
 ) -> list[pl.LightningModule]:
-    """K modules, module i built with the global torch seed ``seeds[i]`` (the global RNG forked, not disturbed)."""
+    """K modules, module i built with the global torch seed ``seeds[i]`` (the global RNG forked, not disturbed).
+
+    Parameters
+    ----------
+    cls : type
+        From ``load_lightning_class``.
+    seeds : sequence of int, length K
+    input_shape : sequence of int
+        One example's shape: ``(d,)`` or ``(C, H, W)``.
+    num_classes : int
+    args : dict
+        ``model.lightning_args``.
+
+    Returns
+    -------
+    list of LightningModule
+        K modules, in the default dtype's parameters as the class builds them.
+    """
     modules = []
     for seed in seeds:
         with torch.random.fork_rng(devices=[]):
             torch.manual_seed(int(seed))
-            modules.append(build_user_module(cls, input_shape, num_classes, args))
+            modules.append(build_user_module(cls, input_shape, num_classes=num_classes, args=args))
     return modules
 
 
@@ -268,6 +295,20 @@ def user_stacking(
     y [K, B]), without random draws (vmap refuses them: a module that draws, e.g. dropout,
     trains alone, its draws from its own seed) and without reading a tensor's value
     (``.item()``), giving each model's own loss.
+
+    Parameters
+    ----------
+    modules : sequence of LightningModule, length K
+        From ``build_seeded_modules``.
+    stacking : str
+        ``model.stacking``: ``auto`` or ``loop``.
+    probe : (x [K, B, ...], y int64 [K, B])
+        One batch per model.
+
+    Returns
+    -------
+    (str, str)
+        ``"vmap"`` or ``"loop"``, and why, for the job's log line.
     """
     if stacking == "loop":
         return "loop", "model.stacking is 'loop'"
