@@ -17,9 +17,10 @@ import torch
 from dmflow.config import ConfigError, validate_config
 from dmflow.core.layout import Layout
 from dmflow.data.augment import AugmentSettings
+from dmflow.training.factory import load_lightning_class
 from dmflow.training.settings import TrainSettings
 from dmflow.training.train import train_stack
-from dmflow.training.user_module import build_seeded_modules, load_lightning_class, user_stacking
+from dmflow.training.user_module import build_seeded_modules, user_stacking
 
 from helpers import tiny_config
 

@@ -24,7 +24,7 @@ from dmflow.core.schema import builtin_architectures, load_schema, validator
 from dmflow.core.seeds import alpha_key
 from dmflow.data.sources import DataError, DataWarning, dataset_info
 from dmflow.store.masks import subset_size
-from dmflow.training.factory import check_factory, load_factory
+from dmflow.training.factory import check_factory, check_lightning_class, load_factory, load_lightning_class
 
 MESSAGE_CHARS = 600
 """The longest config error line; a longer one keeps its start (the key) and its end (what is allowed)."""
@@ -259,8 +259,6 @@ def _check_lightning(model: dict, feature_shape: tuple[int, ...], num_classes: i
             f"model.stacking={model['stacking']!r} applies to dmflow's own models; with model.lightning "
             "choose 'auto' (stacked with torch.func where the module allows) or 'loop'"
         )
-    from dmflow.training.user_module import check_lightning_class, load_lightning_class  # torch, lightning
-
     shape = (1, *feature_shape) if len(feature_shape) == 2 else tuple(feature_shape)
     try:
         check_lightning_class(

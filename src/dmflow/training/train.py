@@ -17,18 +17,12 @@ from dmflow.core.codes import STATUS_DIVERGED, STATUS_OK
 from dmflow.core.device import resolve_device
 from dmflow.data.augment import AugmentSettings
 from dmflow.data.batches import StackedSubsetDataModule, gather_rows
+from dmflow.training.factory import load_lightning_class
 from dmflow.training.models import VECTOR_ARCHITECTURES, build_stacked_model
 from dmflow.training.module import StackedEnsembleModule, margins_from_logits
 from dmflow.training.settings import TrainSettings
 from dmflow.training.stacking import LoopStack
-from dmflow.training.user_module import (
-    FiniteLoss,
-    OneModelData,
-    VmappedModules,
-    build_seeded_modules,
-    load_lightning_class,
-    user_stacking,
-)
+from dmflow.training.user_module import FiniteLoss, OneModelData, VmappedModules, build_seeded_modules, user_stacking
 
 log = logging.getLogger(__name__)
 

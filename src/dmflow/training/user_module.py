@@ -21,13 +21,10 @@ chooses; it stacks only what trains exactly as the models alone would.
 from __future__ import annotations
 
 import copy
-import importlib
 import inspect
 import logging
-import sys
 import warnings
 from collections.abc import Sequence
-from pathlib import Path
 from typing import Any
 
 import pytorch_lightning as pl
@@ -35,11 +32,11 @@ import torch
 from torch import nn
 
 from dmflow.data.batches import StackedSubsetDataModule
-from dmflow.training.factory import FACTORY_PATTERN
+from dmflow.training.factory import LIGHTNING_KEY as KEY
+from dmflow.training.factory import build_user_module
 
 log = logging.getLogger(__name__)
 
-KEY = "model.lightning"
 ELEMENTWISE_OPTIMIZERS = (
     torch.optim.SGD,
     torch.optim.Adam,
@@ -51,95 +48,6 @@ ELEMENTWISE_OPTIMIZERS = (
 stacked models updates each exactly as one over that model alone."""
 PROBE_RTOL = 1e-5
 """How close the stacked probe's losses must be to the models' own (float rounding only)."""
-
-
-def load_lightning_class(spec: str) -> type:
-    """Import ``"package.module:Class"`` (the working directory is importable too) and check that it is a
-    LightningModule defining ``forward``, ``training_step`` and ``configure_optimizers``.
-
-    Parameters
-    ----------
-    spec : str
-        ``model.lightning``.
-
-    Returns
-    -------
-    type
-        The class.
-
-    Raises
-    ------
-    ValueError
-        One line naming ``model.lightning`` and what is wrong with it.
-    """
-    where = f"{KEY}={spec!r}"
-    if not isinstance(spec, str) or not FACTORY_PATTERN.match(spec):
-        raise ValueError(f"{where}: a LightningModule is given as 'package.module:Class'")
-    module_name, attr = spec.split(":")
-    if str(Path.cwd()) not in sys.path:
-        sys.path.append(str(Path.cwd()))
-    try:
-        module = importlib.import_module(module_name)
-    except ImportError as exc:
-        raise ValueError(f"{where}: cannot import {module_name} ({exc}); is it on PYTHONPATH?") from None
-    cls = getattr(module, attr, None)
-    if not (isinstance(cls, type) and issubclass(cls, pl.LightningModule)):
-        what = (
-            "nothing" if cls is None else type(cls).__name__ if not isinstance(cls, type) else f"class {cls.__name__}"
-        )
-        raise ValueError(
-            f"{where}: {module_name}.{attr} is {what}, not a subclass of pytorch_lightning.LightningModule"
-        )
-    missing = [
-        name
-        for name in ("forward", "training_step", "configure_optimizers")
-        if getattr(cls, name) is getattr(pl.LightningModule, name)
-    ]
-    if missing:
-        raise ValueError(f"{where}: {cls.__name__} does not define {', '.join(missing)} (it must define all three)")
-    return cls
-
-
-def build_user_module(cls: type, input_shape: Sequence[int], *, num_classes: int, args: dict) -> pl.LightningModule:
-    """``cls(input_shape=tuple(input_shape), num_classes=num_classes, **args)``."""
-    return cls(input_shape=tuple(int(s) for s in input_shape), num_classes=int(num_classes), **args)
-
-
-def check_lightning_class(cls: type, input_shape: Sequence[int], *, num_classes: int, args: dict) -> None:
-    """Build the class once and run its ``forward`` on two zero examples.
-
-    Parameters
-    ----------
-    cls : type
-        From ``load_lightning_class``.
-    input_shape : sequence of int
-        One example's shape: ``(d,)`` or ``(C, H, W)``.
-    num_classes : int
-    args : dict
-        ``model.lightning_args``.
-
-    Raises
-    ------
-    ValueError
-        One line saying what the class did instead of giving logits [2, num_classes].
-    """
-    call = f"{cls.__name__}(input_shape={tuple(input_shape)}, num_classes={num_classes}, **model.lightning_args)"
-    try:
-        module = build_user_module(cls, input_shape, num_classes=num_classes, args=args)
-    except Exception as exc:  # a user's code: any failure is the answer
-        raise ValueError(f"{KEY}: {call} raised {type(exc).__name__}: {exc}") from None
-    try:
-        with torch.no_grad():
-            out = module.eval()(torch.zeros(2, *input_shape))
-    except Exception as exc:
-        raise ValueError(
-            f"{KEY}: its forward fails on a batch of shape {[2, *input_shape]}: {type(exc).__name__}: {exc}"
-        ) from None
-    if tuple(getattr(out, "shape", ())) != (2, num_classes):
-        raise ValueError(
-            f"{KEY}: its forward maps a batch of shape {[2, *input_shape]} to {list(getattr(out, 'shape', []))}, "
-            f"not [2, {num_classes}] (one logit per class)"
-        )
 
 
 def build_seeded_modules(
@@ -194,9 +102,8 @@ class FiniteLoss(pl.Callback):
     def __init__(self) -> None:
         self.finite = True
 
-    def on_train_batch_end(self, trainer, pl_module, outputs, batch, batch_idx) -> None:
-        loss = outputs if isinstance(outputs, torch.Tensor) else (outputs or {}).get("loss")
-        if loss is not None and not bool(torch.isfinite(loss.detach()).all()):
+    def on_before_backward(self, trainer: pl.Trainer, pl_module: pl.LightningModule, loss: torch.Tensor) -> None:
+        if not bool(torch.isfinite(loss.detach()).all()):
             self.finite = False
 
 
