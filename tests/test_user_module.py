@@ -207,6 +207,24 @@ def test_the_margin_is_the_one_of_design_from_the_modules_forward(user_package):
     np.testing.assert_allclose(result.margins[0], logits[np.arange(6), yt] - others, rtol=1e-5, atol=1e-6)
 
 
+@pytest.mark.parametrize("stacking", ["auto", "loop"])
+def test_a_diverging_module_is_marked_diverged(user_package, stacking):
+    """A loss that becomes non-finite is recorded (``finite_loss``), stacked or one by one, so the chunk's
+    status marks the model diverged."""
+    x, y = _images(20, 4)
+    data = {"X_train": x, "y_train": y, "X_target": x[:4], "y_target": y[:4], "num_classes": 3}
+    settings = TrainSettings(
+        lightning=f"{user_package}:TinyMLP",
+        lightning_args={"lr": 1e30},
+        stacking=stacking,
+        epochs=3,
+        batch_size=5,
+        device="cpu",
+    )
+    result = train_stack(data, np.stack([np.arange(10), np.arange(10, 20)]), np.array([1, 2]), settings=settings)
+    assert not result.finite_loss.any()
+
+
 def test_stacking_is_chosen_in_one_place_and_says_why(user_package):
     cls = load_lightning_class(f"{user_package}:TinyMLP")
     probe = (torch.zeros(2, 4, 1, 6, 6), torch.zeros(2, 4, dtype=torch.long))
