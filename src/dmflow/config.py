@@ -24,7 +24,7 @@ from dmflow.core.schema import builtin_architectures, load_schema, validator
 from dmflow.core.seeds import alpha_key
 from dmflow.data.sources import DataError, DataWarning, dataset_info
 from dmflow.store.masks import subset_size
-from dmflow.training.factory import check_factory, load_factory
+from dmflow.training.factory import check_factory, check_lightning_class, load_factory, load_lightning_class
 
 MESSAGE_CHARS = 600
 """The longest config error line; a longer one keeps its start (the key) and its end (what is allowed)."""
@@ -86,6 +86,8 @@ def _describe(error: jsonschema.ValidationError) -> str:
         return (
             f"model.arch={value} is not allowed; choose one of {choices} or a custom model as 'package.module:factory'"
         )
+    if key == "model.lightning":
+        return f"model.lightning={value} is not allowed; give a LightningModule as 'package.module:Class' (null: dmflow's own models)"
     if key == "baselines.trak_models" or key.startswith("baselines.trak_models."):
         return f"{key}={value} is not allowed; {TRAK_MODELS_ALLOWED}"
     if key == "baselines.trak_proj_dim":
@@ -222,7 +224,11 @@ def _check_devices(cfg: dict) -> None:
 
 
 def _check_model(model: dict, feature_shape: tuple[int, ...], num_classes: int) -> None:
-    """Conv and custom models need images; a custom factory must build a model for this data."""
+    """Conv and custom models need images; a custom factory must build a model for this data; a user
+    LightningModule must import, be one, and give logits for this data (``_check_lightning``)."""
+    if model["lightning"] is not None:
+        _check_lightning(model, feature_shape, num_classes)
+        return
     arch = model["arch"]
     if arch in ("logreg", "mlp"):
         return
@@ -242,6 +248,24 @@ def _check_model(model: dict, feature_shape: tuple[int, ...], num_classes: int) 
         check_factory(factory, image_shape, num_classes)
     except ValueError as exc:
         raise ConfigError(f"model.arch={excerpt(arch)} is not a model factory: {exc}") from None
+
+
+def _check_lightning(model: dict, feature_shape: tuple[int, ...], num_classes: int) -> None:
+    """Import ``model.lightning`` (pytorch_lightning too: a second or two, paid only when it is set), check
+    it is a LightningModule with forward, training_step and configure_optimizers, build it once with
+    ``model.lightning_args`` and run its forward on two zero examples of this data's shape."""
+    if model["stacking"] not in ("auto", "loop"):
+        raise ConfigError(
+            f"model.stacking={model['stacking']!r} applies to dmflow's own models; with model.lightning "
+            "choose 'auto' (stacked with torch.func where the module allows) or 'loop'"
+        )
+    shape = (1, *feature_shape) if len(feature_shape) == 2 else tuple(feature_shape)
+    try:
+        check_lightning_class(
+            load_lightning_class(model["lightning"]), shape, num_classes=num_classes, args=model["lightning_args"]
+        )
+    except ValueError as exc:
+        raise ConfigError(str(exc)) from None
 
 
 def _check_baselines(baselines: dict, n: int) -> None:
@@ -292,6 +316,11 @@ def validate_config(config: dict[str, Any]) -> dict[str, Any]:
     _check_devices(cfg)
     _check_baselines(cfg["baselines"], info.num_train)
     _check_model(cfg["model"], info.feature_shape, info.num_classes)
+    if cfg["model"]["lightning"] is not None and cfg["baselines"]["enabled"] and "trak" in cfg["baselines"]["methods"]:
+        raise ConfigError(
+            "baselines.methods has 'trak', which does not train a model.lightning module (it trains dmflow's own "
+            "models); leave 'trak' out of baselines.methods or baselines.enabled false"
+        )
     if cfg["fit"]["cvxpy_solver"] and cfg["fit"]["solver"] == "cvxpy":
         import cvxpy  # heavy; only when the cvxpy solver is asked for
 

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from dataclasses import dataclass, fields
+from dataclasses import dataclass, field, fields
 
 from dmflow.core.schema import defaults
 from dmflow.data.augment import AugmentSettings
@@ -22,6 +22,8 @@ class TrainSettings:
     hidden: tuple[int, ...] = tuple(_MODEL["hidden"])
     width: float = _MODEL["width"]
     stacking: str = _MODEL["stacking"]
+    lightning: str | None = _MODEL["lightning"]
+    lightning_args: dict = field(default_factory=lambda: dict(_MODEL["lightning_args"]))
     epochs: int = _TRAIN["epochs"]
     batch_size: int = _TRAIN["batch_size"]
     optimizer: str = _TRAIN["optimizer"]

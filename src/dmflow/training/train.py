@@ -17,9 +17,12 @@ from dmflow.core.codes import STATUS_DIVERGED, STATUS_OK
 from dmflow.core.device import resolve_device
 from dmflow.data.augment import AugmentSettings
 from dmflow.data.batches import StackedSubsetDataModule, gather_rows
+from dmflow.training.factory import load_lightning_class
 from dmflow.training.models import VECTOR_ARCHITECTURES, build_stacked_model
 from dmflow.training.module import StackedEnsembleModule, margins_from_logits
 from dmflow.training.settings import TrainSettings
+from dmflow.training.stacking import LoopStack
+from dmflow.training.user_module import FiniteLoss, OneModelData, VmappedModules, build_seeded_modules, user_stacking
 
 log = logging.getLogger(__name__)
 
@@ -93,8 +96,9 @@ def lightning_precision(precision: str, device: str) -> str:
     return {"32": "32-true", "bf16": "bf16-mixed"}[precision]
 
 
-def _trainer(settings: TrainSettings, device: str) -> pl.Trainer:
+def _trainer(settings: TrainSettings, device: str, callbacks: list[pl.Callback] | None = None) -> pl.Trainer:
     return pl.Trainer(
+        callbacks=callbacks,
         accelerator="gpu" if device == "cuda" else "cpu",
         devices=1,
         max_epochs=settings.epochs,
@@ -181,6 +185,8 @@ def train_stack(
         Also return the trained weights (``StackResult.state``).
     """
     quiet_lightning()
+    if settings.lightning:
+        return train_user_stack(data, subsets, seeds, settings=settings)
     device = resolve_device(settings.device, "train.device")
     x_train, y_train, x_target, y_target = data["X_train"], data["y_train"], data["X_target"], data["y_target"]
     num_classes = int(data["num_classes"])
@@ -245,6 +251,81 @@ def train_stack(
     )
     state = {k: v.detach().cpu().clone() for k, v in module.net.state_dict().items()} if keep_state else {}
     return StackResult(margins, acc_target, acc_subset, module.finite.cpu().numpy(), state)
+
+
+def train_user_stack(
+    data: dict[str, np.ndarray],
+    subsets: np.ndarray,
+    seeds: np.ndarray,
+    *,
+    settings: TrainSettings,
+) -> StackResult:
+    """``train_stack`` for a user's LightningModule (``settings.lightning``, ``dmflow.training.user_module``).
+
+    Model i is built and trained with the global torch seed ``seeds[i]`` on ``subsets[i]``,
+    in its own batch order and augmentations: all K in one ``Trainer.fit`` where
+    ``user_stacking`` finds them stackable, else one ``Trainer.fit`` each (one log line
+    says which and why). Margins and accuracies come from each module's ``forward`` in eval
+    mode through ``predict_stack``, as for dmflow's own models.
+
+    Parameters
+    ----------
+    data : dict
+        The arrays of ``data.npz``.
+    subsets : int [K, k]
+        Training-example indices of each model.
+    seeds : int64 [K]
+        Each model's seed.
+    settings : TrainSettings
+    """
+    device = resolve_device(settings.device, "train.device")
+    x_train, y_train, x_target, y_target = data["X_train"], data["y_train"], data["X_target"], data["y_target"]
+    if x_train.ndim == 3:  # greyscale images [N, H, W] get their channel axis, as for the conv nets
+        x_train, x_target = x_train[:, None], x_target[:, None]
+    cls = load_lightning_class(settings.lightning)
+    modules = build_seeded_modules(
+        cls, seeds, x_train.shape[1:], num_classes=int(data["num_classes"]), args=dict(settings.lightning_args)
+    )
+    modules = [m.to(torch.get_default_dtype()) for m in modules]
+    x = torch.as_tensor(x_train, dtype=torch.get_default_dtype())
+    y = torch.as_tensor(y_train, dtype=torch.long)
+    augment = settings.augment if x_train.ndim == 4 else AugmentSettings()
+    batching = {"batch_size": settings.batch_size, "epochs": settings.epochs, "augment": augment}
+    first = torch.as_tensor(subsets[:, : settings.batch_size])
+    how, why = user_stacking(modules, settings.stacking, probe=(gather_rows(x, first), y[first]))
+    log.info(
+        "%s: %d models %s: %s", settings.lightning, len(modules), "stacked" if how == "vmap" else "one by one", why
+    )
+    torch.utils.deterministic.fill_uninitialized_memory = False
+    if how == "vmap":
+        stack = VmappedModules(modules)
+        _trainer(settings, device).fit(
+            stack, datamodule=StackedSubsetDataModule(x, y, subsets, seeds=seeds, **batching)
+        )
+        stack.unstack(modules)
+        finite = stack.finite.cpu().numpy()
+    else:
+        finite = np.ones(len(modules), dtype=bool)
+        for i, module in enumerate(modules):
+            batches = OneModelData(x, y, subsets[i : i + 1], seeds=seeds[i : i + 1], **batching)
+            check = FiniteLoss()
+            trainer = _trainer(settings, device, callbacks=[check])
+            with torch.random.fork_rng(devices=[]):
+                torch.manual_seed(int(seeds[i]))
+                trainer.fit(module, datamodule=batches)
+            finite[i] = check.finite
+    net = LoopStack([m.eval() for m in modules]).to(device)
+    margins, acc_target, acc_subset = predict_stack(
+        net,
+        x,
+        y,
+        x_target=x_target,
+        y_target=y_target,
+        subsets=subsets,
+        batch_size=settings.batch_size,
+        flip=settings.test_time_flip and x_train.ndim == 4,
+    )
+    return StackResult(margins, acc_target, acc_subset, finite)
 
 
 def train_chunk(
