@@ -52,10 +52,10 @@ if DeploymentMethod.CONDA in workflow.deployment_settings.deployment_method:
 
 
 def section_json(name):
-    """A config section as compact, key-sorted JSON (a rule param and CLI argument), without
-    the keys that never change a result (schema: x-result: false), so changing those re-runs nothing."""
-    keys = result_keys(name)
-    section = {k: v for k, v in config[name].items() if k in keys}
+    """A config section as compact, key-sorted JSON (a rule param and CLI argument), without the
+    keys that never change a result (schema: x-result: false), so changing those re-runs nothing,
+    nor keys added later while at their default (x-omit-default), so older results stand."""
+    section = param_section(name, config[name])
     return json.dumps(section, sort_keys=True, separators=(",", ":"))
 
 

@@ -1,5 +1,7 @@
 """Config promises: defaults fill in, and each bad value is one line naming key and allowed values."""
 
+import json
+
 import numpy as np
 import pytest
 
@@ -185,3 +187,20 @@ def test_check_config_prints_exactly_what_read_config_file_and_validate_config_g
     for name in ("c.json", "c.yaml"):
         assert read_config_file(tmp_path / name) == {"seed": 5, "masks": {"alphas": [0.25]}}
         assert load_config(tmp_path / name)["masks"]["alphas"] == [0.25]
+
+
+def test_rule_params_leave_out_what_changes_no_result_and_later_keys_at_their_default():
+    """Snakemake reruns a job whose params change: threads never enter them, and a key added after
+    results existed (``x-omit-default``) enters only once it leaves its default, so those results stand.
+    The command fills every left-out key back in from the schema."""
+    from dmflow.cli.rules import section
+    from dmflow.core.schema import param_section
+
+    cfg = validate_config({})
+    assert "threads" in cfg["train"] and "threads" not in param_section("train", cfg["train"])
+    model = param_section("model", cfg["model"])
+    assert "lightning" not in model and "lightning_args" not in model and model["arch"] == cfg["model"]["arch"]
+    mine = param_section("model", {**cfg["model"], "lightning": "pkg.mod:Net", "lightning_args": {"width": 8}})
+    assert mine["lightning"] == "pkg.mod:Net" and mine["lightning_args"] == {"width": 8}
+    parse = section("model").options["type"]
+    assert parse(json.dumps(model)) == cfg["model"]

@@ -14,6 +14,7 @@ from pathlib import Path
 from dmflow.attribution import BASELINE_METHODS
 from dmflow.cli.command import Argument, Commands, arg, json_section, schema_default
 from dmflow.core.device import resolve_device
+from dmflow.core.schema import defaults
 from dmflow.core.seeds import FIT_REPLICATES, SPLITS
 
 COMMANDS = Commands()
@@ -41,8 +42,14 @@ MAX_DIVERGED = arg(
 
 
 def section(name: str) -> Argument:
-    """``--NAME``: the config's section ``NAME`` as JSON."""
-    return arg(f"--{name}", type=json_section, required=True, help=f"the config's {name} section as JSON")
+    """``--NAME``: the config's section ``NAME`` as JSON; keys it leaves out take the schema's defaults
+    (the rules leave out those that change no result, and those added later while at their default)."""
+
+    def parse(text: str) -> dict:
+        return {**defaults(name), **json_section(text)}
+
+    parse.__name__ = "json_section"  # argparse names the type in its error line
+    return arg(f"--{name}", type=parse, required=True, help=f"the config's {name} section as JSON")
 
 
 def threads(section_name: str) -> Argument:

@@ -64,8 +64,16 @@ def builtin_architectures() -> tuple[str, ...]:
     return tuple(_schema()["properties"]["model"]["properties"]["arch"]["anyOf"][0]["enum"])
 
 
-def result_keys(section: str) -> tuple[str, ...]:
-    """The keys of a config section that go into the rules' JSON param of it: all but those
-    the schema marks ``x-result: false`` (threads, memory, display: no model or fit changes)."""
+def param_section(section: str, values: dict[str, Any]) -> dict[str, Any]:
+    """What of a config section goes into the rules' JSON param of it (Snakemake reruns a job when
+    its params change): every key but those the schema marks ``x-result: false`` (threads, memory,
+    display: no model or fit changes) and those marked ``x-omit-default: true`` while they have their
+    default (keys added after results existed; the commands fill defaults back in)."""
     props = _schema()["properties"][section]["properties"]
-    return tuple(k for k, spec in props.items() if spec.get("x-result", True))
+    return {
+        k: v
+        for k, v in values.items()
+        if k in props
+        and props[k].get("x-result", True)
+        and not (props[k].get("x-omit-default") and v == props[k].get("default"))
+    }
