@@ -22,6 +22,8 @@ rule baseline_scores:
         curve=L.baseline_curve("{method}"),
     log:
         L.log("baseline_scores", "{method}"),
+    benchmark:
+        L.benchmark("baseline_scores", "{method}"),
     conda:
         CONDA_ENV
     threads: config["baselines"]["threads"]

@@ -14,6 +14,8 @@ rule evaluate:
         ),
     log:
         L.log("evaluate", "{alpha}"),
+    benchmark:
+        L.benchmark("evaluate", "{alpha}"),
     conda:
         CONDA_ENV
     params:

@@ -7,6 +7,8 @@ rule fit_block:
         L.fit_block("{alpha}", "{block}"),
     log:
         L.log("fit_block", "{alpha}", "block{block}"),
+    benchmark:
+        L.benchmark("fit_block", "{alpha}", "block{block}"),
     conda:
         CONDA_ENV
     threads: config["fit"]["threads"]

@@ -7,6 +7,8 @@ rule moments:
         arrays=moments_files("{alpha}"),
     log:
         L.log("moments", "{alpha}"),
+    benchmark:
+        L.benchmark("moments", "{alpha}"),
     conda:
         CONDA_ENV
     threads: config["fit"]["threads"]

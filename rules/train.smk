@@ -6,6 +6,8 @@ rule train_chunk:
         L.trained("{alpha}", "{split}", "{chunk}"),
     log:
         L.log("train_chunk", "{alpha}", "{split}", "{chunk}"),
+    benchmark:
+        L.benchmark("train_chunk", "{alpha}", "{split}", "{chunk}"),
     conda:
         CONDA_ENV
     threads: config["train"]["threads"]

@@ -19,7 +19,7 @@ from pathlib import Path
 from dmflow import __version__
 from dmflow.attribution import BASELINE_METHODS
 from dmflow.config import ConfigError, config_markdown, load_config
-from dmflow.core import kernels
+from dmflow.core import kernels, progress
 from dmflow.core.device import DeviceError, resolve_device
 from dmflow.core.io import FileError
 from dmflow.core.seeds import SPLITS
@@ -37,6 +37,14 @@ def _setup_logging(verbose: bool) -> None:
         format="%(asctime)s %(levelname)s %(name)s: %(message)s",
         stream=sys.stderr,
     )
+    # a finished job's one line also on stdout, which Snakemake shows on its console (dmflow.core.progress)
+    done = logging.getLogger("dmflow.core.progress.done")
+    for handler in [h for h in done.handlers if h.get_name() == "dmflow-console"]:
+        done.removeHandler(handler)
+    console = logging.StreamHandler(sys.stdout)
+    console.set_name("dmflow-console")
+    console.setFormatter(logging.Formatter("dmflow: %(message)s"))
+    done.addHandler(console)
 
 
 # Each cmd_* imports its stage module when called: a command loads only the libraries
@@ -575,10 +583,11 @@ def main(argv: list[str] | None = None) -> None:
     try:
         if args.kernels is not None:
             kernels.force(args.kernels)
+        progress.interval()  # a bad DMFLOW_PROGRESS_SECONDS stops here, before any work
         args.func(args)
     except ConfigError as exc:
         raise SystemExit(f"dmflow: config error: {exc}") from None
-    except (StoreError, DataError, DeviceError, kernels.KernelError, FileError) as exc:
+    except (StoreError, DataError, DeviceError, kernels.KernelError, FileError, progress.ProgressError) as exc:
         raise SystemExit(f"dmflow {args.command}: {exc}") from None
     except OSError as exc:  # the system refused a read or write: a full disk, a read-only folder, a name too long
         raise SystemExit(f"dmflow {args.command}: {_os_error_line(exc)}") from None

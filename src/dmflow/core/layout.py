@@ -233,6 +233,16 @@ class Layout:
         *folders, last = (rule, *wildcards) if wildcards else ("", rule)
         return self._path("logs", *[f for f in folders if f], f"{last}.log")
 
+    def benchmark(self, rule: str, *wildcards: str) -> str:
+        """One job's Snakemake ``benchmark:`` record (a tsv: seconds, max RSS in MB, ...):
+        ``benchmarks/<rule>/<wildcards...>.tsv``."""
+        *folders, last = (rule, *wildcards) if wildcards else ("", rule)
+        return self._path("benchmarks", *[f for f in folders if f], f"{last}.tsv")
+
+    def benchmarks(self) -> str:
+        """The folder of every job's benchmark record."""
+        return self._path("benchmarks")
+
 
 def baseline_point_name(method: str, models: int, *, largest: bool) -> str:
     """The name a baseline's curve point of ``models`` models is scored under (``method_table``):
