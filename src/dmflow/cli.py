@@ -321,10 +321,24 @@ def cmd_embeddings(args: argparse.Namespace) -> None:
     )
 
 
+def _rule_mb(text: str) -> tuple[str, float]:
+    rule, _, mb = text.partition("=")
+    try:
+        return rule, float(mb)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"{text!r}: give RULE=MB, e.g. train_chunk=2000") from None
+
+
 def cmd_summary(args: argparse.Namespace) -> None:
     from dmflow.stages.analysis import summary
 
-    summary(args.results, args.alphas, args.out)
+    summary(args.results, args.alphas, args.out, mem_mb=dict(args.mem_mb))
+
+
+def cmd_status(args: argparse.Namespace) -> None:
+    from dmflow.status import status_text
+
+    sys.stdout.write(status_text(load_config(args.config), args.results))
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -567,10 +581,23 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--ends-figure", type=Path, required=True)
     p.set_defaults(func=cmd_embeddings)
 
+    p = sub.add_parser("status", help="per stage of a run, running or finished: jobs done and left, rate and ETA")
+    p.add_argument("results", type=Path, nargs="?", default=None, help="the results folder (default: the config's)")
+    p.add_argument("--config", type=Path, default=Path("config.yaml"), help="the run's config (default: config.yaml)")
+    p.set_defaults(func=cmd_status)
+
     p = sub.add_parser("summary", help="write summary.md from a finished run")
     p.add_argument("--results", type=Path, required=True)
     p.add_argument("--alphas", nargs="+", required=True)
     p.add_argument("--out", type=Path, required=True)
+    p.add_argument(
+        "--mem-mb",
+        nargs="*",
+        type=_rule_mb,
+        default=[],
+        metavar="RULE=MB",
+        help="the mem_mb each benchmarked rule asks for, compared with its max RSS",
+    )
     p.set_defaults(func=cmd_summary)
     return parser
 

@@ -72,7 +72,7 @@ def duration(seconds: float) -> str:
     return f"{s // 3600} h {s % 3600 // 60} min"
 
 
-def rate_line(done: float, total: float, unit: str, seconds: float) -> str:
+def rate_line(done: float, total: float, *, unit: str, seconds: float) -> str:
     """``40/100 models (40%), 2.31 models/s, ETA 26 s`` for ``done`` of ``total`` after ``seconds``."""
     rate = done / seconds if seconds > 0 and done > 0 else math.nan
     eta = (total - done) / rate if rate > 0 else math.nan
@@ -114,7 +114,7 @@ class Progress:
         self.start = self.last = clock()
         self.done = 0.0
         self._lock = threading.Lock()
-        log.info("%s: %s", what, rate_line(0, self.total, unit, 0))
+        log.info("%s: %s", what, rate_line(0, self.total, unit=unit, seconds=0))
 
     def update(self, done: float) -> str | None:
         """Set the work done so far; log and return a line if ``every`` seconds have passed since the last."""
@@ -139,7 +139,7 @@ class Progress:
         if now - self.last < self.every:
             return None
         self.last = now
-        return f"{self.what}: {rate_line(self.done, self.total, self.unit, now - self.start)}"
+        return f"{self.what}: {rate_line(self.done, self.total, unit=self.unit, seconds=now - self.start)}"
 
     def finish(self) -> str:
         """Log (and return) the job's last line: all of ``total`` done, its time and mean rate."""

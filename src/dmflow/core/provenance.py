@@ -25,7 +25,6 @@ from typing import Any
 
 import numpy as np
 
-from dmflow import __version__
 from dmflow.core import kernels
 
 log = logging.getLogger(__name__)
@@ -97,7 +96,8 @@ def provenance(*, device: str = "cpu") -> dict[str, Any]:
     Returns
     -------
     dict
-        JSON-ready: ``dmflow``, ``git_commit`` (None outside a checkout), ``python``, ``torch``,
+        JSON-ready: ``dmflow`` (its installed version; None when it runs from a source folder only, where
+        ``git_commit`` names it), ``git_commit`` (None outside a checkout), ``python``, ``torch``,
         ``lightning``, ``numpy``, ``snakemake`` (None when a package is not installed), ``cuda`` and
         ``cudnn`` (None for a CPU-only torch), ``device``, ``cpu`` and ``kernels`` ({kind: choice}).
     """
@@ -108,7 +108,7 @@ def provenance(*, device: str = "cpu") -> dict[str, Any]:
     if device_name.startswith("cuda") and torch.cuda.is_available():
         device_name = f"{device_name} ({torch.cuda.get_device_name(torch.device(device_name))})"
     block = {
-        "dmflow": __version__,
+        "dmflow": _version("dmflow"),
         "git_commit": git_commit(),
         "python": platform.python_version(),
         **{field: _version(dist) for field, dist in PACKAGES.items()},

@@ -94,7 +94,7 @@ def lightning_precision(precision: str, device: str) -> str:
     return {"32": "32-true", "bf16": "bf16-mixed"}[precision]
 
 
-class ProgressCallback(pl.Callback):
+class _ProgressCallback(pl.Callback):
     """Advances a ``Progress`` counted in models during one stack's ``Trainer.fit``: the ``models`` of the
     stack count as done in proportion to the batches trained, on top of the ``before`` done already."""
 
@@ -198,7 +198,7 @@ def train_stack(
     keep_state : bool
         Also return the trained weights (``StackResult.state``).
     progress : Progress, optional
-        Advanced in models while the stack trains (``ProgressCallback``), from ``done_before``.
+        Advanced in models while the stack trains (``_ProgressCallback``), from ``done_before``.
     done_before : float
         The models of ``progress`` done before this stack.
     """
@@ -246,7 +246,7 @@ def train_stack(
     batches = StackedSubsetDataModule(
         x_fit, y, subsets, seeds=seeds, batch_size=settings.batch_size, epochs=settings.epochs, augment=augment
     )
-    callbacks = [ProgressCallback(progress, before=done_before, models=len(seeds))] if progress is not None else []
+    callbacks = [_ProgressCallback(progress, before=done_before, models=len(seeds))] if progress is not None else []
     trainer = _trainer(settings, device, callbacks)
     # Deterministic mode also fills every new tensor with NaN, a debugging aid that
     # changes no result and slows a CPU step down measurably.
