@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import json
 import logging
+import os
 import re
 from datetime import datetime
 from pathlib import Path
@@ -58,7 +59,7 @@ def test_progress_interval_comes_from_the_environment_and_refuses_nonsense(monke
         monkeypatch.setenv(prog.ENV, bad)
         with pytest.raises(prog.ProgressError, match=rf"{prog.ENV}='{bad}': give a positive number of seconds"):
             prog.interval()
-    proc = dmflow_cli("config-docs", check=False, env={**__import__("os").environ, prog.ENV: "soon"})
+    proc = dmflow_cli("config-docs", check=False, env={**os.environ, prog.ENV: "soon"})
     assert proc.returncode == 1
     assert proc.stderr.strip().splitlines()[-1].startswith(f"dmflow config-docs: {prog.ENV}='soon'")
 
@@ -142,6 +143,12 @@ def test_tiny_run_progress_status_provenance_and_benchmarks(workflow: Workflow, 
     assert re.search(r"^train_chunk 0\.5/fit\s+2/2\s+0\s+80/80\s+models\s+\S+ models/s\s+done$", shown, re.M), shown
     assert re.search(r"^train_chunk 0\.5/eval\s+0/1\s+1\s+0/20\s+models", shown, re.M), shown
     assert "jobs done" in shown and "left." in shown
+    missing = dmflow_cli("status", workflow.root / "nowhere", "--config", config, check=False)
+    assert missing.returncode == 1
+    assert (
+        missing.stderr.strip()
+        == f"dmflow status: {workflow.root / 'nowhere'}: no such results folder; give the run's results folder (its config's results:)"
+    )
 
     # progress: in each training log from start to done, at most INTERVAL (+ SLACK) apart, rate and ETA
     for chunk in ("00000", "00001"):

@@ -22,6 +22,7 @@ from dataclasses import dataclass, field
 from datetime import datetime
 from typing import Any
 
+from dmflow.core.io import FileError
 from dmflow.core.layout import Layout, alpha_dir, block_ids, block_targets, chunk_ids
 from dmflow.core.progress import duration
 from dmflow.data.sources import dataset_sizes
@@ -202,8 +203,16 @@ def run_status(config: dict[str, Any], results: str | os.PathLike | None = None)
 
 
 def status_text(config: dict[str, Any], results: str | os.PathLike | None = None, *, now: float | None = None) -> str:
-    """``dmflow status``' report: a table of the stages, the overall state, the started jobs."""
+    """``dmflow status``' report: a table of the stages, the overall state, the started jobs.
+
+    Raises
+    ------
+    FileError
+        The results folder does not exist (one line).
+    """
     folder = os.fspath(results) if results is not None else config["results"]
+    if not os.path.isdir(folder):
+        raise FileError(f"{folder}: no such results folder; give the run's results folder (its config's results:)")
     stages = run_status(config, results)
     stamp = datetime.fromtimestamp(time.time() if now is None else now).strftime("%Y-%m-%d %H:%M:%S")
     lines = [f"dmflow status of {folder} at {stamp}", "", HEADER, *(s.line() for s in stages), ""]

@@ -70,7 +70,8 @@ def fit_block(
     mem_mb: int | None = None,
 ) -> dict[str, np.ndarray]:
     """Fit one block of targets from the fit store's moments on ``threads`` torch threads and write
-    ``block{b}.npz`` atomically, with a ``provenance`` member (``dmflow.core.provenance.as_array``). ``store_manifest`` ties the moments to their store; ``mem_mb`` (the
+    ``block{b}.npz`` atomically, with a ``provenance`` member (``dmflow.core.provenance.as_array``).
+    ``store_manifest`` ties the moments to their store; ``mem_mb`` (the
     job's memory) is checked against what the block can need, before any work."""
     sizes = load_json(Path(moments) / "manifest.json", rebuild=MOMENTS_REBUILD)
     n = sizes["num_train"]
