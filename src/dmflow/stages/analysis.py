@@ -299,8 +299,7 @@ def _benchmark_lines(layout: Layout, alphas: Sequence[str], mem_mb: Mapping[str,
     lines = ["## Resources", ""]
     if rows:
         lines += [
-            "Per benchmarked rule (`benchmark:` files under "
-            f"[{layout.relative(layout.benchmarks())}/]({layout.relative(layout.benchmarks())})): jobs, the longest "
+            f"Per benchmarked rule (`benchmark:` files under `{layout.relative(layout.benchmarks())}/`): jobs, the longest "
             "job's seconds, the largest max RSS (MB) against the `mem_mb` the rule asked for (first attempt):",
             "",
             "| rule | jobs | longest s | max RSS MB | mem_mb asked | RSS / asked |",
