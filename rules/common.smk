@@ -97,7 +97,7 @@ def fit_mem_mb(targets=None):
 
 
 def benchmarked_mem_mb():
-    """The mem_mb (first attempt) of each rule with a benchmark: file, as `RULE=MB` words for summary.md."""
+    """The mem_mb (first attempt) that each benchmarked job asks for, as `RULE=MB` words for summary.md."""
     asked = {
         "train_chunk": config["train"]["mem_mb"],
         "moments": moments_mem_mb(),

@@ -1,5 +1,7 @@
 """Influencers, leakage, embeddings and the notebook entry: right targets, order and signs."""
 
+from pathlib import Path
+
 import numpy as np
 import pytest
 from sklearn.datasets import make_classification
@@ -142,3 +144,36 @@ def test_galleries_draw_every_image_in_the_sources_value_range():
     assert as_image(digits[1, 0][None], pics.low, pics.high).max() == pytest.approx(0.25)
     assert value_range(np.zeros((1, 3, 2, 2), np.uint8)) == (0.0, 255.0)  # images: the full byte range
     assert pictures(None, None) is None
+
+
+def test_summary_compares_each_benchmarked_rules_max_rss_with_its_mem_mb_and_shows_provenance(tmp_path):
+    """summary.md's resources and provenance sections, from benchmark files and manifests as a run leaves them."""
+    from dmflow.core import provenance
+    from dmflow.core.io import atomic_save_json, atomic_save_npz
+    from dmflow.core.layout import Layout
+    from dmflow.stages.analysis import _benchmark_lines, _provenance_lines
+
+    layout = Layout(tmp_path)
+    head = "s\th:m:s\tmax_rss\tmax_vms\tmax_uss\tmax_pss\tio_in\tio_out\tmean_load\tcpu_time\n"
+    for chunk, (s, rss) in {"00000": (12.5, 300.0), "00001": (14.0, 510.0)}.items():
+        path = Path(layout.benchmark("train_chunk", "0.5", "fit", chunk))
+        path.parent.mkdir(parents=True)
+        path.write_text(head + f"{s}\t0:00:12\t{rss}\t900\t280\t290\t0\t1\t95\t12\n")
+    Path(layout.benchmark("moments", "0.5")).write_text(head + "3.0\t0:00:03\t2048.0\t3000\t1\t1\t0\t1\t90\t3\n")
+    Path(layout.benchmark("evaluate", "0.5")).write_text("")  # a job killed before Snakemake wrote it
+    block = provenance.provenance()
+    atomic_save_json(Path(layout.manifest("0.5", "fit")), {"train_seconds_per_model": 0.0123, "provenance": block})
+    atomic_save_npz(
+        Path(layout.datamodels("0.5")), {"weight": np.zeros((2, 2)), "provenance": provenance.as_array(block)}
+    )
+
+    lines = _benchmark_lines(layout, ["0.5"], {"train_chunk": 2000, "moments": 1024, "fit_block": 900})
+    assert "| moments | 1 | 3.0 | 2048 | 1024 | 200% |" in lines  # over what it asked for: shown, not hidden
+    assert "| train_chunk | 2 | 14.0 | 510 | 2000 | 26% |" in lines
+    assert not [line for line in lines if line.startswith(("| evaluate", "| fit_block"))]  # nothing measured
+    assert "Training seconds per model (store manifests' `train_seconds_per_model`): 0.5/fit 0.0123 s." in lines
+
+    table = _provenance_lines(layout, ["0.5"])
+    assert "| | store fit | store eval | moments | datamodels | evaluation |" in table
+    assert f"| torch | {block['torch']} | - | - | {block['torch']} | - |" in table
+    assert f"| cpu | {block['cpu']} | - | - | {block['cpu']} | - |" in table
