@@ -155,12 +155,18 @@ def test_summary_compares_each_benchmarked_rules_max_rss_with_its_mem_mb_and_sho
 
     layout = Layout(tmp_path)
     head = "s\th:m:s\tmax_rss\tmax_vms\tmax_uss\tmax_pss\tio_in\tio_out\tmean_load\tcpu_time\n"
+
+    def write(path: str, text: str) -> None:
+        Path(path).parent.mkdir(parents=True, exist_ok=True)
+        Path(path).write_text(text)
+
     for chunk, (s, rss) in {"00000": (12.5, 300.0), "00001": (14.0, 510.0)}.items():
-        path = Path(layout.benchmark("train_chunk", "0.5", "fit", chunk))
-        path.parent.mkdir(parents=True)
-        path.write_text(head + f"{s}\t0:00:12\t{rss}\t900\t280\t290\t0\t1\t95\t12\n")
-    Path(layout.benchmark("moments", "0.5")).write_text(head + "3.0\t0:00:03\t2048.0\t3000\t1\t1\t0\t1\t90\t3\n")
-    Path(layout.benchmark("evaluate", "0.5")).write_text("")  # a job killed before Snakemake wrote it
+        write(
+            layout.benchmark("train_chunk", "0.5", "fit", chunk),
+            head + f"{s}\t0:00:12\t{rss}\t900\t280\t290\t0\t1\t95\t12\n",
+        )
+    write(layout.benchmark("moments", "0.5"), head + "3.0\t0:00:03\t2048.0\t3000\t1\t1\t0\t1\t90\t3\n")
+    write(layout.benchmark("evaluate", "0.5"), "")  # a job killed before Snakemake wrote it
     block = provenance.provenance()
     atomic_save_json(Path(layout.manifest("0.5", "fit")), {"train_seconds_per_model": 0.0123, "provenance": block})
     atomic_save_npz(
