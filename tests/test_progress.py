@@ -209,3 +209,27 @@ def test_tiny_run_progress_status_provenance_and_benchmarks(workflow: Workflow, 
     assert "## Provenance" in summary and f"| torch | {blocks['evaluation']['torch']} |" in summary
     assert re.search(r"^\| train_chunk \| 3 \| [\d.]+ \| \d+ \| 2000 \| \d+% \|$", summary, re.M), summary
     assert "Training seconds per model" in summary
+
+
+def test_merge_fit_keeps_the_fits_provenance_and_says_when_the_blocks_differ(tmp_path, caplog):
+    from dmflow.core.io import atomic_save_npz
+    from dmflow.stages.fit import PER_TARGET, merge_fit
+
+    block = provenance.provenance()
+    paths = []
+    for b, (targets, torch_version) in enumerate(((np.arange(0, 2), block["torch"]), (np.arange(2, 3), "1.0.0"))):
+        t = len(targets)
+        arrays = {key: np.zeros((3, t), np.float32) for key in PER_TARGET}
+        arrays.update({key: np.zeros(t, np.float32) for key in ("bias", "lam", "val_mse", "nnz", "flags")})
+        arrays.update(targets=targets, num_targets=np.int64(3), num_fit_rows=np.int64(9), num_val_rows=np.int64(1))
+        arrays["provenance"] = provenance.as_array({**block, "torch": torch_version})
+        paths.append(tmp_path / f"block{b}.npz")
+        atomic_save_npz(paths[-1], arrays)
+    caplog.set_level(logging.WARNING, logger="dmflow.core.provenance")
+    merged = merge_fit(list(reversed(paths)), None, tmp_path / "dm.npz")
+    assert provenance.read(merged) == block  # the first block's (targets 0..1)
+    assert provenance.read(read_npz(tmp_path / "dm.npz")) == block
+    assert caplog.messages == [
+        "provenance: the first fit block ran with other versions than the fit block of target 2: "
+        f"torch 1.0.0 -> {block['torch']} (nothing is refused)"
+    ]

@@ -236,7 +236,8 @@ def _store_provenance(trained_by: Sequence[dict | None], train_paths: Sequence[P
     if first is not None:
         block["device"], block["kernels"] = first.get("device"), {**first.get("kernels", {}), **block["kernels"]}
     distinct = {json.dumps(b, sort_keys=True): (path, b) for path, b in zip(train_paths, trained_by) if b is not None}
-    provenance.note_changes(block, [(f"the training of {p}", b) for p, b in distinct.values()], subject="collect")
+    trainings = [(f"the training of {p}", {provenance.KEY: b}) for p, b in distinct.values()]
+    provenance.note_changes(block, trainings, subject="collect")
     return block
 
 

@@ -128,10 +128,11 @@ def merge_fit(blocks: Sequence[Path], data: Path | None, out: Path) -> dict[str,
     merged["num_fit_rows"] = parts[0]["num_fit_rows"]
     merged["num_val_rows"] = parts[0]["num_val_rows"]
     # the fit's provenance (the first block's; one line if another block's differs); blocks of an older dmflow have none
-    made_by = [(f"fit block {int(b['targets'][0])}..", provenance.read(b)) for b in parts if "provenance" in b]
+    made_by = [(f"the fit block of target {int(b['targets'][0])}", b) for b in parts if provenance.KEY in b]
     if made_by:
-        merged["provenance"] = provenance.as_array(made_by[0][1])
-        provenance.note_changes(made_by[0][1], made_by[1:], subject="the first fit block")
+        first = provenance.read(made_by[0][1])
+        merged[provenance.KEY] = provenance.as_array(first)
+        provenance.note_changes(first, made_by[1:], subject="the first fit block")
     atomic_save_npz(Path(out), merged)
     return merged
 
