@@ -103,5 +103,7 @@ rule summary:
     params:
         results=lambda wc, output: os.path.dirname(output[0]),
         alphas=" ".join(ALPHAS),
+        mem_mb=lambda wc: benchmarked_mem_mb(),
     shell:
-        "dmflow summary --results {params.results:q} --alphas {params.alphas} --out {output:q} 2> {log:q}"
+        "dmflow summary --results {params.results:q} --alphas {params.alphas} --mem-mb {params.mem_mb}"
+        " --out {output:q} 2> {log:q}"

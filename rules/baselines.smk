@@ -29,12 +29,13 @@ rule baseline_scores:
         mem_mb=lambda wc, attempt: config["train"]["mem_mb"] * attempt,
         gpu=lambda wc: int(wc.method == "trak" and "cuda" in (config["baselines"]["device"], config["train"]["device"])),
     params:
+        usage=L.benchmark("baseline_scores", "{method}"),
         model=section_json("model"),
         train=section_json("train"),
         baselines=section_json("baselines"),
         seed=SEED,
     shell:
-        "dmflow baseline-scores --data {input.data:q} --method {wildcards.method} --model {params.model:q}"
+        "dmflow --usage {params.usage:q} baseline-scores --data {input.data:q} --method {wildcards.method} --model {params.model:q}"
         " --train {params.train:q} --baselines {params.baselines:q} --seed {params.seed} --threads {threads}"
         " --scores {output.scores:q} --info {output.info:q} --curve {output.curve:q} 2> {log:q}"
 

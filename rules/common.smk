@@ -96,6 +96,17 @@ def fit_mem_mb(targets=None):
     return int(PROCESS_MB + fit_bytes(NUM_TRAIN, t, threads=fit["threads"], device=fit["device"]) / 2**20)
 
 
+def benchmarked_mem_mb():
+    """The mem_mb (first attempt) that each benchmarked job asks for, as `RULE=MB` words for summary.md."""
+    asked = {
+        "train_chunk": config["train"]["mem_mb"],
+        "moments": moments_mem_mb(),
+        "fit_block": fit_mem_mb(),
+        "baseline_scores": config["train"]["mem_mb"],
+    }
+    return " ".join(f"{rule}={mb}" for rule, mb in asked.items())
+
+
 def image_shape_arg():
     """The --image-shape option of the analysis commands (empty when not set)."""
     shape = config["dataset"]["image_shape"]

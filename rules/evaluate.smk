@@ -17,9 +17,10 @@ rule evaluate:
     conda:
         CONDA_ENV
     params:
+        usage=L.benchmark("evaluate", "{alpha}"),
         eval_store=lambda wc: L.store(wc.alpha, "eval"),
     shell:
-        "dmflow evaluate --datamodels {input.datamodels:q} --eval-store {params.eval_store:q}"
+        "dmflow --usage {params.usage:q} evaluate --datamodels {input.datamodels:q} --eval-store {params.eval_store:q}"
         " --table {output.table:q} --summary {output.summary:q} --figure {output.figure:q} 2> {log:q}"
 
 

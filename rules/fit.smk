@@ -13,11 +13,12 @@ rule fit_block:
     resources:
         mem_mb=lambda wc, attempt: fit_mem_mb() * attempt,
     params:
+        usage=L.benchmark("fit_block", "{alpha}", "block{block}"),
         moments=lambda wc: L.moments(wc.alpha),
         fit=section_json("fit"),
         targets_per_job=config["fit"]["targets_per_job"],
     shell:
-        "dmflow fit-block --moments {params.moments:q} --store-manifest {input.store_manifest:q}"
+        "dmflow --usage {params.usage:q} fit-block --moments {params.moments:q} --store-manifest {input.store_manifest:q}"
         " --block {wildcards.block} --targets-per-job {params.targets_per_job} --fit {params.fit:q}"
         " --threads {threads} --mem-mb {resources.mem_mb} --out {output:q} 2> {log:q}"
 

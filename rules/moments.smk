@@ -13,6 +13,7 @@ rule moments:
     resources:
         mem_mb=lambda wc, attempt: moments_mem_mb() * attempt,
     params:
+        usage=L.benchmark("moments", "{alpha}"),
         store=lambda wc: L.store(wc.alpha, "fit"),
         folder=lambda wc: L.moments(wc.alpha),
         val_fraction=config["fit"]["val_fraction"],
@@ -20,5 +21,5 @@ rule moments:
         kernels=KERNELS,
         device=config["fit"]["device"],
     shell:
-        "dmflow --kernels {params.kernels} moments --store {params.store:q} --val-fraction {params.val_fraction} --seed {params.seed}"
+        "dmflow --kernels {params.kernels} --usage {params.usage:q} moments --store {params.store:q} --val-fraction {params.val_fraction} --seed {params.seed}"
         " --threads {threads} --mem-mb {resources.mem_mb} --device {params.device} --out-dir {params.folder:q} 2> {log:q}"

@@ -13,13 +13,14 @@ rule train_chunk:
         mem_mb=lambda wc, attempt: config["train"]["mem_mb"] * attempt,
         gpu=1 if config["train"]["device"] == "cuda" else 0,
     params:
+        usage=L.benchmark("train_chunk", "{alpha}", "{split}", "{chunk}"),
         model=section_json("model"),
         train=section_json("train"),
         replicates=lambda wc: replicates(wc.split),
         seed=SEED,
         kernels=KERNELS,
     shell:
-        "dmflow --kernels {params.kernels} train-chunk --data {input.data:q} --masks {input.masks:q} --alpha {wildcards.alpha}"
+        "dmflow --kernels {params.kernels} --usage {params.usage:q} train-chunk --data {input.data:q} --masks {input.masks:q} --alpha {wildcards.alpha}"
         " --split {wildcards.split} --chunk {wildcards.chunk} --seed {params.seed}"
         " --replicates {params.replicates} --model {params.model:q} --train {params.train:q}"
         " --threads {threads} --out {output:q} 2> {log:q}"

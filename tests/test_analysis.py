@@ -224,3 +224,42 @@ def test_summary_states_the_support_size_the_counterfactual_slope_and_whether_le
     assert "Leakage: 1 of 41 targets have a leakage candidate that stands out" in text
     assert "- 500 -> 0: score 0.900 (z " in text and ", stands out), similarity" in text
     assert "Top leakage candidates (target id -> training id" in text
+
+
+def test_summary_compares_each_benchmarked_rules_max_rss_with_its_mem_mb_and_shows_provenance(tmp_path):
+    """summary.md's resources and provenance sections, from benchmark files and manifests as a run leaves them."""
+    from dmflow.core import provenance
+    from dmflow.core.io import atomic_save_json, atomic_save_npz
+    from dmflow.core.layout import Layout
+    from dmflow.stages.analysis import _benchmark_lines, _provenance_lines
+
+    layout = Layout(tmp_path)
+    head = "s\th:m:s\tmax_rss\tmax_vms\tmax_uss\tmax_pss\tio_in\tio_out\tmean_load\tcpu_time\n"
+
+    def write(path: str, text: str) -> None:
+        Path(path).parent.mkdir(parents=True, exist_ok=True)
+        Path(path).write_text(text)
+
+    for chunk, (s, rss) in {"00000": (12.5, 300.0), "00001": (14.0, 510.0)}.items():
+        write(
+            layout.benchmark("train_chunk", "0.5", "fit", chunk),
+            head + f"{s}\t0:00:12\t{rss}\t900\t280\t290\t0\t1\t95\t12\n",
+        )
+    write(layout.benchmark("moments", "0.5"), head + "3.0\t0:00:03\t2048.0\t3000\t1\t1\t0\t1\t90\t3\n")
+    write(layout.benchmark("evaluate", "0.5"), "")  # a job killed before Snakemake wrote it
+    block = provenance.provenance()
+    atomic_save_json(Path(layout.manifest("0.5", "fit")), {"train_seconds_per_model": 0.0123, "provenance": block})
+    atomic_save_npz(
+        Path(layout.datamodels("0.5")), {"weight": np.zeros((2, 2)), "provenance": provenance.as_array(block)}
+    )
+
+    lines = _benchmark_lines(layout, ["0.5"], {"train_chunk": 2000, "moments": 1024, "fit_block": 900})
+    assert "| moments | 1 | 3.0 | 2048 | 1024 | 200% |" in lines  # over what it asked for: shown, not hidden
+    assert "| train_chunk | 2 | 14.0 | 510 | 2000 | 26% |" in lines
+    assert not [line for line in lines if line.startswith(("| evaluate", "| fit_block"))]  # nothing measured
+    assert "Training seconds per model (store manifests' `train_seconds_per_model`): 0.5/fit 0.0123 s." in lines
+
+    table = _provenance_lines(layout, ["0.5"])
+    assert "| | store fit | store eval | moments | datamodels | evaluation |" in table
+    assert f"| torch | {block['torch']} | - | - | {block['torch']} | - |" in table
+    assert f"| cpu | {block['cpu']} | - | - | {block['cpu']} | - |" in table

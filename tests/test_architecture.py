@@ -31,7 +31,8 @@ ALLOWED = {
     "stages": {"core", "data", "store", "training", "lasso", "evaluation", "analysis", "attribution", "plots"},
     "config": {"core", "data", "store", "training", "attribution"},
     "api": {"core", "store", "evaluation", "analysis", "stages"},
-    "cli": {"__init__", "core", "data", "store", "training", "lasso", "stages", "config", "attribution"},
+    "cli": {"__init__", "core", "data", "store", "training", "lasso", "stages", "config", "attribution", "status"},
+    "status": {"core", "data"},
     "__main__": {"cli"},
     "__init__": {"api"},
 }

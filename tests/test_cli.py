@@ -125,3 +125,17 @@ def test_a_bad_json_section_is_one_line_naming_the_option(tmp_path):
     assert proc.returncode == 2
     last = proc.stderr.strip().splitlines()[-1]
     assert "argument --dataset: not JSON" in last and "Traceback" not in proc.stderr
+
+
+def test_usage_records_a_succeeding_commands_resources_in_snakemakes_benchmark_columns(tmp_path):
+    """The heavy rules pass --usage: a one-row TSV that summary.md reads as it reads `benchmark:` files;
+    a command that fails writes none."""
+    import pandas as pd
+
+    ok, failed = tmp_path / "ok" / "job.tsv", tmp_path / "failed.tsv"
+    dmflow_cli("--usage", ok, "config-docs")
+    row = pd.read_csv(ok, sep="\t")
+    assert list(row.columns) == ["s", "max_rss", "cpu_time"] and len(row) == 1
+    assert row.s[0] > 0 and 10 < row.max_rss[0] < 10_000 and row.cpu_time[0] > 0
+    proc = dmflow_cli("--usage", failed, "check-config", tmp_path / "missing.yaml", check=False)
+    assert proc.returncode != 0 and not failed.exists()

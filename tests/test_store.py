@@ -2,6 +2,7 @@
 
 import json
 import shutil
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -198,3 +199,35 @@ def test_the_store_keeps_masks_at_one_bit_per_entry_and_hands_out_bool_rows(chun
     np.testing.assert_array_equal(store.masks[[7, 2]], every[[7, 2]])
     np.testing.assert_array_equal(store.masks[3], every[3])
     np.testing.assert_array_equal(store.masks[1:4, 5:9], every[1:4, 5:9])
+
+
+def test_the_store_records_its_provenance_and_the_seconds_per_model(chunks, tmp_path, caplog):
+    """Each chunk's record (beside it) carries the training's provenance; the store's manifest the collect
+    job's, with the training's device and kernels, and the seconds per model for runtime estimates."""
+    from dmflow.core import provenance
+    from dmflow.core.io import atomic_save_json, load_json
+    from dmflow.core.layout import seconds_path
+
+    specs = _copy(chunks, tmp_path)
+    records = []
+    for s in chunks:
+        records.append(load_json(Path(seconds_path(s.train_path)), sealed=False))
+        atomic_save_json(Path(seconds_path(tmp_path / s.train_path.name)), records[-1])
+    assert records[0]["provenance"]["device"] == "cpu" and records[0]["models"] == CHUNK * REPS
+    manifest = _collect(specs, tmp_path / "store")
+    block = manifest["provenance"]
+    assert set(block) == {*provenance.COMPARED, "device", "kernels"}
+    assert block["torch"] == records[0]["provenance"]["torch"]
+    total = sum(r["train_seconds"] for r in records)
+    assert manifest["train_seconds"] == pytest.approx(total)
+    assert manifest["train_seconds_per_model"] == pytest.approx(total / (2 * CHUNK * REPS))
+    assert open_store(tmp_path / "store").manifest["provenance"] == block  # sealed with the rest
+
+    # a chunk trained with another torch: collect says so in one line, and writes the store
+    older = {**records[1], "provenance": {**records[1]["provenance"], "torch": "1.0.0"}}
+    atomic_save_json(Path(seconds_path(specs[1].train_path)), older)
+    caplog.set_level("WARNING", logger="dmflow.core.provenance")
+    _collect(specs, tmp_path / "store2")
+    assert len(caplog.messages) == 1
+    assert caplog.messages[0].startswith("provenance: collect ran with other versions than the training of ")
+    assert f"torch 1.0.0 -> {block['torch']}" in caplog.messages[0]

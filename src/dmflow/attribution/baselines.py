@@ -25,6 +25,7 @@ import torch
 from torch import nn
 
 from dmflow.attribution import MISSING_TRAKER, trak_counts, traker_installed
+from dmflow.core.progress import Progress
 from dmflow.core.seeds import baseline_seeds
 from dmflow.training.models import VECTOR_ARCHITECTURES, build_stacked_model
 from dmflow.training.settings import TrainSettings
@@ -92,9 +93,10 @@ def _inputs(data: dict[str, np.ndarray], arch: str) -> tuple[np.ndarray, np.ndar
 
 
 def full_data_models(
-    data: dict[str, np.ndarray], seeds: Sequence[int], *, settings: TrainSettings
+    data: dict[str, np.ndarray], seeds: Sequence[int], *, settings: TrainSettings, progress: Progress | None = None
 ) -> list[dict[str, torch.Tensor]]:
-    """Train K = len(seeds) models on every training example; one state dict of a ``SingleModel`` each.
+    """Train K = len(seeds) models on every training example; one state dict of a ``SingleModel`` each
+    (``progress``: advanced by the models trained, 0 to K).
 
     MLPs and logistic regressions train as one stack of K (their stacked weights are
     sliced per model); other architectures as K stacks of one.
@@ -103,11 +105,15 @@ def full_data_models(
     everything = np.arange(n)[None]
     seeds = np.asarray(seeds, dtype=np.int64)
     if settings.arch in VECTOR_ARCHITECTURES:
-        stacked = train_stack(data, np.repeat(everything, len(seeds), 0), seeds, settings=settings, keep_state=True)
+        stacked = train_stack(
+            data, np.repeat(everything, len(seeds), 0), seeds, settings=settings, keep_state=True, progress=progress
+        )
         states = [{k: v[i : i + 1] for k, v in stacked.state.items()} for i in range(len(seeds))]
     else:
         states = [
-            train_stack(data, everything, seeds[i : i + 1], settings=settings, keep_state=True).state
+            train_stack(
+                data, everything, seeds[i : i + 1], settings=settings, keep_state=True, progress=progress, done_before=i
+            ).state
             for i in range(len(seeds))
         ]
     return [{f"net.{k}": v for k, v in state.items()} for state in states]
@@ -136,6 +142,7 @@ def trak_curve(
     seed: int = 0,
     device: str = "cpu",
     batch_size: int = 200,
+    progress: Progress | None = None,
 ) -> tuple[list[np.ndarray], dict]:
     """TRAK as a curve over its model count: scores float32 [n, T] for each count k of ``counts``,
     from the first k of K = max(counts) full-data models of the run's architecture.
@@ -166,6 +173,8 @@ def trak_curve(
         ``cpu`` or ``cuda``, where traker computes.
     batch_size : int
         Examples per per-sample-gradient batch.
+    progress : Progress, optional
+        Counted in model passes, 3 K in all: training, featurising and scoring each model is one.
 
     Returns
     -------
@@ -185,7 +194,7 @@ def trak_curve(
     models = counts[-1]
     start = time.perf_counter()
     seeds = baseline_seeds(seed, models)
-    states = full_data_models(data, seeds, settings=replace(settings, stack_size=max(models, 1)))
+    states = full_data_models(data, seeds, settings=replace(settings, stack_size=max(models, 1)), progress=progress)
     trained = time.perf_counter()
     x_train, x_target = _inputs(data, settings.arch)
     n, num_targets = len(x_train), len(x_target)
@@ -220,6 +229,8 @@ def trak_curve(
                 batch = (xs[s : s + batch_size].to(device), ys[s : s + batch_size].to(device))
                 traker.featurize(batch=batch, num_samples=len(batch[1]))
             per_model[model_id] += time.perf_counter() - tick
+            if progress is not None:
+                progress.update(models + model_id + 1)
         tick = time.perf_counter()
         traker.finalize_features()  # one call: each call frees the projector's matrix, a second one fails
         per_model += (time.perf_counter() - tick) / models  # the same work per checkpoint
@@ -237,6 +248,8 @@ def trak_curve(
                 batch = (xt[s : s + batch_size].to(device), yt[s : s + batch_size].to(device))
                 traker.score(batch=batch, num_samples=len(batch[1]))
             per_model[model_id] += time.perf_counter() - tick
+            if progress is not None:
+                progress.update(2 * models + model_id + 1)
         for count in counts:
             tick = time.perf_counter()
             curve.append(np.array(traker.finalize_scores(exp_name="targets", model_ids=range(count)), dtype=np.float32))

@@ -11,14 +11,16 @@ import argparse
 import errno
 import logging
 import sys
+import time
 import warnings
+from pathlib import Path
 
 from dmflow import __version__
 from dmflow.cli import rules, tools
 from dmflow.config import ConfigError
-from dmflow.core import kernels
+from dmflow.core import kernels, progress
 from dmflow.core.device import DeviceError
-from dmflow.core.io import FileError
+from dmflow.core.io import FileError, save_usage
 from dmflow.data.sources import DataError, DataWarning
 from dmflow.store.schema import StoreError
 
@@ -43,6 +45,14 @@ def build_parser() -> argparse.ArgumentParser:
         help="force the CPU-specific kernels: 'float32', or 'gram=int8,cross=float32,train=auto' (the config's "
         "kernels section; default: the environment's DMFLOW_KERNELS, else measured here)",
     )
+    parser.add_argument(
+        "--usage",
+        type=Path,
+        default=None,
+        metavar="TSV",
+        help="after the command succeeds, write its wall seconds, max RSS (MB) and CPU seconds there, in the "
+        "columns of Snakemake's benchmark files (s, max_rss, cpu_time); the heavy rules pass it",
+    )
     sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND", title="commands")
     tools.COMMANDS.add_to(sub, group="A user's command.")
     rules.COMMANDS.add_to(sub, group="The command of a workflow rule (rules/*.smk).")
@@ -55,6 +65,14 @@ def _setup_logging(verbose: bool) -> None:
         format="%(asctime)s %(levelname)s %(name)s: %(message)s",
         stream=sys.stderr,
     )
+    # a finished job's one line also on stdout, which Snakemake shows on its console (dmflow.core.progress)
+    done = logging.getLogger("dmflow.core.progress.done")
+    for handler in [h for h in done.handlers if h.get_name() == "dmflow-console"]:
+        done.removeHandler(handler)
+    console = logging.StreamHandler(sys.stdout)
+    console.set_name("dmflow-console")
+    console.setFormatter(logging.Formatter("dmflow: %(message)s"))
+    done.addHandler(console)
 
 
 def _warning_line(message, category, filename, lineno, file=None, line=None) -> None:
@@ -76,10 +94,14 @@ def main(argv: list[str] | None = None) -> None:
     try:
         if args.kernels is not None:
             kernels.force(args.kernels)
+        progress.interval()  # a bad DMFLOW_PROGRESS_SECONDS stops here, before any work
+        start = time.perf_counter()
         args.func(args)
+        if args.usage is not None:
+            save_usage(args.usage, time.perf_counter() - start)
     except ConfigError as exc:
         raise SystemExit(f"dmflow: config error: {exc}") from None
-    except (StoreError, DataError, DeviceError, kernels.KernelError, FileError) as exc:
+    except (StoreError, DataError, DeviceError, kernels.KernelError, FileError, progress.ProgressError) as exc:
         raise SystemExit(f"dmflow {args.command}: {exc}") from None
     except OSError as exc:  # the system refused a read or write: a full disk, a read-only folder, a name too long
         raise SystemExit(f"dmflow {args.command}: {_os_error_line(exc)}") from None

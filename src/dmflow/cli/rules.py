@@ -497,15 +497,31 @@ def embeddings(args: argparse.Namespace) -> None:
     )
 
 
+def _rule_mb(text: str) -> tuple[str, float]:
+    rule, _, mb = text.partition("=")
+    try:
+        return rule, float(mb)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"{text!r}: give RULE=MB, e.g. train_chunk=2000") from None
+
+
 @COMMANDS.command(
     "summary",
     "write summary.md from a finished run",
     arg("--results", type=Path, required=True, help="the run's results folder"),
     arg("--alphas", nargs="+", required=True, help="the alphas as the results folder names them (e.g. 0.5)"),
+    arg(
+        "--mem-mb",
+        nargs="*",
+        type=_rule_mb,
+        default=[],
+        metavar="RULE=MB",
+        help="the mem_mb each benchmarked rule asks for, compared with its max RSS",
+    ),
     out("summary.md"),
 )
 def summary(args: argparse.Namespace) -> None:
     """Rule summary."""
     from dmflow.stages.analysis import summary
 
-    summary(args.results, args.alphas, args.out)
+    summary(args.results, args.alphas, args.out, mem_mb=dict(args.mem_mb))

@@ -41,6 +41,19 @@ def _in_schema_order(value, schema: dict):
     return {k: _in_schema_order(value[k], properties.get(k, {})) for k in order}
 
 
+@COMMANDS.command(
+    "status",
+    "per stage of a run, running or finished: jobs done and left, rate and ETA",
+    arg("results", type=Path, nargs="?", default=None, help="the results folder (default: the config's)"),
+    arg("--config", type=Path, default=Path("config.yaml"), help="the run's config (default: config.yaml)"),
+)
+def status(args: argparse.Namespace) -> None:
+    """Print ``dmflow.status.status_text`` of the run."""
+    from dmflow.status import status_text
+
+    sys.stdout.write(status_text(load_config(args.config), args.results))
+
+
 @COMMANDS.command("config-docs", "print docs/configuration.md, generated from the config schema")
 def config_docs(args: argparse.Namespace) -> None:
     """Print every config key, its default and its meaning."""

@@ -18,6 +18,7 @@ import glob
 import hashlib
 import json
 import os
+import resource
 import shutil
 import tempfile
 import zipfile
@@ -304,3 +305,14 @@ def sha256_files(paths: Iterable[Path], *, workers: int = 1) -> list[str]:
         return [sha256_file(p) for p in paths]
     with ThreadPoolExecutor(min(workers, len(paths))) as pool:
         return list(pool.map(sha256_file, paths))
+
+
+def save_usage(path: Path, seconds: float) -> None:
+    """One job's resources as a one-row TSV in the columns of Snakemake's ``benchmark:`` files that
+    summary.md reads: ``s`` (wall), ``max_rss`` (MB, this process and its children), ``cpu_time`` (s).
+    dmflow writes it itself, not as a rule output, so results made before it existed need no rerun."""
+    me, children = resource.getrusage(resource.RUSAGE_SELF), resource.getrusage(resource.RUSAGE_CHILDREN)
+    rss_mb = max(me.ru_maxrss, children.ru_maxrss) / 1024  # KiB on Linux
+    cpu = me.ru_utime + me.ru_stime + children.ru_utime + children.ru_stime
+    with atomic_path(Path(path)) as tmp:
+        tmp.write_text(f"s\tmax_rss\tcpu_time\n{seconds:.4f}\t{rss_mb:.2f}\t{cpu:.2f}\n")

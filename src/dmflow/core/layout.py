@@ -233,6 +233,16 @@ class Layout:
         *folders, last = (rule, *wildcards) if wildcards else ("", rule)
         return self._path("logs", *[f for f in folders if f], f"{last}.log")
 
+    def benchmark(self, rule: str, *wildcards: str) -> str:
+        """One job's usage record (``dmflow --usage``, a tsv in the columns of Snakemake's ``benchmark:``
+        files: ``s``, ``max_rss`` MB, ``cpu_time``): ``benchmarks/<rule>/<wildcards...>.tsv``."""
+        *folders, last = (rule, *wildcards) if wildcards else ("", rule)
+        return self._path("benchmarks", *[f for f in folders if f], f"{last}.tsv")
+
+    def benchmarks(self) -> str:
+        """The folder of every job's benchmark record."""
+        return self._path("benchmarks")
+
 
 def baseline_point_name(method: str, models: int, *, largest: bool) -> str:
     """The name a baseline's curve point of ``models`` models is scored under (``method_table``):

@@ -24,6 +24,7 @@ import numpy as np
 import torch
 
 from dmflow.core import kernels as dispatch
+from dmflow.core.progress import Progress
 from dmflow.lasso import kernels
 from dmflow.lasso.problem import NULL_SHARE
 
@@ -358,6 +359,7 @@ def count_moments(
     gram: str | None = None,
     cross: str | None = None,
     device: str = "cpu",
+    progress: Progress | None = None,
 ) -> list[CountMoments]:
     """The ``CountMoments`` of each of some disjoint row sets, in two streaming passes over the rows.
 
@@ -380,6 +382,8 @@ def count_moments(
         Where the products run and the sums accumulate: "cpu", or a GPU ("cuda"), where
         both are float32 products (TF32 off: exact counts) and the results come back to
         the CPU at the end; the rows are read and centred on the CPU either way.
+    progress : Progress, optional
+        Set to the rows of pass 2 done after each block (its total: m rows).
 
     Pass 1 reads the margins for their means and ranges; pass 2 adds each block's X^T X
     (exact counts, its upper block triangle: ``add_gram``) and X^T (Y - mean) (the
@@ -445,6 +449,8 @@ def count_moments(
             add_cross(
                 crosses[k].numpy() if int8_cross else crosses[k], x, yc, step=steps[k], int8=int8_cross, scratch=scratch
             )
+        if progress is not None:
+            progress.update(min(start + block_rows, m))
     for g in grams:
         mirror_upper(g)
     grams = [g.cpu().numpy() for g in grams]

@@ -20,6 +20,7 @@ import torch
 
 from dmflow.core.codes import FLAG_CONSTANT, FLAG_NOT_CONVERGED, FLAG_OK
 from dmflow.core.device import resolve_device
+from dmflow.core.progress import Progress
 from dmflow.core.schema import defaults
 from dmflow.core.seeds import PURPOSE_VALIDATION_ROWS, alpha_key
 from dmflow.lasso import kernels
@@ -649,6 +650,7 @@ def fit_from_moments(
     method: str = "auto",
     all_rows_lip: float | None = None,
     all_rows_mu: float | None = None,
+    progress: Progress | None = None,
 ) -> dict[str, np.ndarray]:
     """``fit_targets``' datamodels, from the moments of the fit and validation rows, with working sets.
 
@@ -672,6 +674,8 @@ def fit_from_moments(
         ``bottom_eigenvalue``), when known; ``fit.lip`` and ``fit.mu`` likewise. The
         ``moments`` stage stores them; missing ones are computed (Lanczos, a few passes
         over the Grams).
+    progress : Progress, optional
+        Counted in targets: advanced along each target group's lambda path and refit.
 
     Returns
     -------
@@ -683,7 +687,11 @@ def fit_from_moments(
         raise ValueError(f"method={method!r} is not one of auto, active, dense")
     if settings.solver != "batched" or method == "dense" or (method == "auto" and fit.n <= DENSE_MAX_N):
         return _fit_dense(
-            _dense_moments(fit, settings), _dense_moments(val, settings), settings=settings, workers=workers or 1
+            _dense_moments(fit, settings),
+            _dense_moments(val, settings),
+            settings=settings,
+            workers=workers or 1,
+            progress=progress,
         )
     device, dtype = settings.torch_device, settings.torch_dtype
     fit, every = _with_spectrum(fit), _with_spectrum(fit.combine(val, lip=all_rows_lip, mu=all_rows_mu))
@@ -704,10 +712,12 @@ def fit_from_moments(
 
     def fit_group(g: slice) -> dict[str, torch.Tensor]:
         problem = _ActiveSet(fit.select(g), val.select(g), settings, dense_fit)
-        path_g = _fit_path(problem, _columns(c, g), yy[g], path[:, g], settings)
+        path_g = _fit_path(problem, _columns(c, g), yy[g], path[:, g], settings, progress)
         best_w = path_g.pop("best_w")  # the refit on all rows starts there
         refit = _ActiveSet(every.select(g), None, settings, dense_all)
         weight, conv, _ = refit.solve(torch.arange(g.stop - g.start), _columns(c_all, g), path_g["lam"], best_w, None)
+        if progress is not None:
+            progress.advance((g.stop - g.start) / (settings.num_lambdas + 1))
         return {**path_g, "weight": weight, "converged": path_g["converged"] & conv}
 
     parts = over_target_groups(fit_group, c.shape[1], workers)
@@ -813,8 +823,11 @@ def fit_targets(
     return _fit_dense(fit_m, val_m, settings=settings, workers=workers)
 
 
-def _fit_dense(fit_m: Moments, val_m: Moments, *, settings: FitSettings, workers: int) -> dict[str, np.ndarray]:
-    """The reference path: the dense centred Gram of all features, every solve over all of them."""
+def _fit_dense(
+    fit_m: Moments, val_m: Moments, *, settings: FitSettings, workers: int, progress: Progress | None = None
+) -> dict[str, np.ndarray]:
+    """The reference path: the dense centred Gram of all features, every solve over all of them
+    (``progress``: as ``_fit_path``'s, counted in targets)."""
     device, dtype = settings.torch_device, settings.torch_dtype
     all_m = fit_m.combine(val_m)
     constant = _constant_targets(fit_m) | _constant_targets(all_m)
@@ -830,9 +843,11 @@ def _fit_dense(fit_m: Moments, val_m: Moments, *, settings: FitSettings, workers
 
     def fit_group(g: slice) -> dict[str, torch.Tensor]:
         problem = _Dense(gram, bounds, settings, fit_m.select(g), val_m.select(g))
-        path_g = _fit_path(problem, _columns(c, g), yy[g], path[:, g], settings)
+        path_g = _fit_path(problem, _columns(c, g), yy[g], path[:, g], settings, progress)
         best_w = path_g.pop("best_w")  # the refit on all rows starts there
         weight, conv, _ = _solve(gram_all, _columns(c_all, g), path_g["lam"], best_w, bounds_all, settings)
+        if progress is not None:
+            progress.advance((g.stop - g.start) / (settings.num_lambdas + 1))
         return {**path_g, "weight": weight, "converged": path_g["converged"] & conv}
 
     parts = over_target_groups(fit_group, c.shape[1], workers)
@@ -872,9 +887,16 @@ def _result(
 
 
 def _fit_path(
-    problem: _Problem, c: torch.Tensor, yy: torch.Tensor, path: torch.Tensor, settings: FitSettings
+    problem: _Problem,
+    c: torch.Tensor,
+    yy: torch.Tensor,
+    path: torch.Tensor,
+    settings: FitSettings,
+    progress: Progress | None = None,
 ) -> dict[str, torch.Tensor]:
     """The lambda path of some targets on the fit rows, each scored on the validation rows.
+
+    ``progress`` (counted in targets) advances by t / (L + 1) per lambda: the refit is the last share.
 
     Returns per target the lambda with the lowest validation MSE (``lam``), that MSE
     (``best_mse``) and its weights (``best_w``, the refit's warm start), whether every
@@ -893,9 +915,11 @@ def _fit_path(
     w, w_prev = torch.zeros_like(c), torch.zeros_like(c)
     gw, gw_prev = torch.zeros_like(c), torch.zeros_like(c)  # G @ w, G @ w_prev
     active = torch.arange(t, device=device)
+    share, steps = t / (settings.num_lambdas + 1), 0
     for j in range(settings.num_lambdas):
         if active.numel() == 0:
             break
+        steps += 1
         ca, lam_j = _columns(c, active), path[j, active]
         w0, gw0 = _columns(w, active), _columns(gw, active)
         if j >= 2:  # extrapolate along the path (targets active now were active at j-1 and j-2)
@@ -916,6 +940,10 @@ def _fit_path(
         since_best[active] = torch.where(better, 0, since_best[active] + 1)
         if settings.patience:
             active = active[since_best[active] < settings.patience]
+        if progress is not None:
+            progress.advance(share)
+    if progress is not None:  # the lambdas that early stopping skipped
+        progress.advance(share * (settings.num_lambdas - steps))
     lam = path.gather(0, best_idx.unsqueeze(0)).squeeze(0)
     return {
         "lam": lam,

@@ -4,7 +4,7 @@ questions from the datamodels; ``summary`` writes ``summary.md`` from a finished
 from __future__ import annotations
 
 import logging
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from pathlib import Path
 
 import numpy as np
@@ -13,6 +13,7 @@ import pandas as pd
 from dmflow.analysis import embeddings as emb
 from dmflow.analysis import influence
 from dmflow.analysis import leakage as leak
+from dmflow.core import provenance
 from dmflow.core.io import atomic_path, load_json, load_npz, save_figure, write_table
 from dmflow.core.layout import Layout
 from dmflow.data.prepare import as_images, source_features
@@ -247,8 +248,113 @@ def _alpha_section(layout: Layout, alpha: str) -> list[str]:
     return lines
 
 
-def summary(results: Path, alphas: Sequence[str], out: Path) -> str:
-    """Write ``summary.md``, the headline numbers and links of every alpha of a run; returns the text."""
+PROVENANCE_FIELDS = (
+    *provenance.COMPARED[:2],
+    "python",
+    *provenance.PACKAGES,
+    "cuda",
+    "cudnn",
+    "device",
+    "cpu",
+    "kernels",
+)
+"""The rows of summary.md's provenance tables."""
+
+
+def _manifest_provenance(path: str) -> dict | None:
+    """The provenance block of a JSON manifest or of a datamodels ``.npz``; None where there is none."""
+    if not Path(path).is_file():
+        return None
+    if path.endswith(".npz"):
+        try:
+            with np.load(path, allow_pickle=False) as f:
+                return provenance.read({"provenance": f["provenance"]}) if "provenance" in f.files else None
+        except (OSError, ValueError):
+            return None
+    return provenance.read(Path(path))
+
+
+def _cell(value) -> str:
+    if isinstance(value, dict):
+        return ", ".join(f"{k}={v}" for k, v in value.items()) or "-"
+    return "-" if value is None else str(value).replace("|", "/")
+
+
+def _provenance_lines(layout: Layout, alphas: Sequence[str]) -> list[str]:
+    """summary.md's provenance: per alpha, what made each result (``dmflow.core.provenance``)."""
+    lines = ["## Provenance", "", "What computed each result (from its manifest; - where not recorded).", ""]
+    for alpha in alphas:
+        sources = {
+            "store fit": layout.manifest(alpha, "fit"),
+            "store eval": layout.manifest(alpha, "eval"),
+            "moments": layout.moments_manifest(alpha),
+            "datamodels": layout.datamodels(alpha),
+            "evaluation": layout.eval_summary(alpha),
+        }
+        blocks = {name: _manifest_provenance(path) or {} for name, path in sources.items()}
+        lines += [f"alpha = {alpha}:", "", "| | " + " | ".join(blocks) + " |", "|---" * (len(blocks) + 1) + "|"]
+        lines += [
+            f"| {key} | " + " | ".join(_cell(b.get(key)) for b in blocks.values()) + " |" for key in PROVENANCE_FIELDS
+        ]
+        lines.append("")
+    return lines
+
+
+def _benchmark_lines(layout: Layout, alphas: Sequence[str], mem_mb: Mapping[str, float]) -> list[str]:
+    """summary.md's resources: each benchmarked rule's jobs, longest and peak memory (the usage records its
+    commands write, ``dmflow --usage``) against the ``mem_mb`` it asked for, and the training seconds per model
+    of each store."""
+    rows = []
+    folder = Path(layout.benchmarks())
+    for rule_dir in sorted(p for p in folder.glob("*") if p.is_dir()) if folder.is_dir() else []:
+        tables = []
+        for tsv in sorted(rule_dir.rglob("*.tsv")):
+            try:
+                tables.append(pd.read_csv(tsv, sep="\t"))
+            except (OSError, ValueError, pd.errors.EmptyDataError):
+                continue  # an empty or foreign file: nothing measured
+        tables = [t for t in tables if {"s", "max_rss"} <= set(t.columns)]
+        if not tables:
+            continue
+        bench = pd.concat(tables)
+        rss = pd.to_numeric(bench["max_rss"], errors="coerce").max()
+        asked = mem_mb.get(rule_dir.name)
+        share = f"{100 * rss / asked:.0f}%" if asked and np.isfinite(rss) else "-"
+        rows.append(
+            f"| {rule_dir.name} | {len(bench)} | {pd.to_numeric(bench['s'], errors='coerce').max():.1f} | "
+            f"{rss:.0f} | {f'{asked:g}' if asked else 'not set'} | {share} |"
+        )
+    per_model = []
+    for alpha in alphas:
+        for split in ("fit", "eval"):
+            path = Path(layout.manifest(alpha, split))
+            if path.is_file() and (sec := load_json(path).get("train_seconds_per_model")) is not None:
+                per_model.append(f"{alpha}/{split} {sec:.3g} s")
+    if not rows and not per_model:
+        return []
+    lines = ["## Resources", ""]
+    if rows:
+        lines += [
+            f"Per benchmarked rule (usage records under `{layout.relative(layout.benchmarks())}/`): jobs, the longest "
+            "job's seconds, the largest max RSS (MB) against the `mem_mb` the rule asked for (first attempt):",
+            "",
+            "| rule | jobs | longest s | max RSS MB | mem_mb asked | RSS / asked |",
+            "|---|---|---|---|---|---|",
+            *rows,
+            "",
+        ]
+    if per_model:
+        lines += [
+            "Training seconds per model (store manifests' `train_seconds_per_model`): " + ", ".join(per_model) + ".",
+            "",
+        ]
+    return lines
+
+
+def summary(results: Path, alphas: Sequence[str], out: Path, *, mem_mb: Mapping[str, float] | None = None) -> str:
+    """Write ``summary.md``, the headline numbers and links of every alpha of a run, the resources its
+    heavy rules used against the ``mem_mb`` ({rule: MB}) they asked for, and the provenance of its
+    results; returns the text."""
     layout = Layout(results)
     lines = [
         "# dmflow run summary",
@@ -258,6 +364,8 @@ def summary(results: Path, alphas: Sequence[str], out: Path) -> str:
     ]
     for alpha in alphas:
         lines += _alpha_section(layout, alpha)
+    lines += _benchmark_lines(layout, alphas, mem_mb or {})
+    lines += _provenance_lines(layout, alphas)
     text = "\n".join(lines)
     with atomic_path(Path(out)) as tmp:
         tmp.write_text(text)

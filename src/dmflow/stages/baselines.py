@@ -16,9 +16,11 @@ import torch
 
 from dmflow.attribution import BASELINE_METHODS, trak_counts
 from dmflow.attribution import baselines as methods
+from dmflow.core import provenance
 from dmflow.core.device import resolve_device
 from dmflow.core.io import atomic_save_json, atomic_save_npy, load_json, load_npz, save_figure, write_table
 from dmflow.core.layout import Layout, baseline_point_name
+from dmflow.core.progress import Progress
 from dmflow.evaluation.compare import comparison_table
 from dmflow.plots import figures
 from dmflow.stages.evaluate import score_run_attribution
@@ -56,6 +58,7 @@ def baseline_scores(
     start = time.perf_counter()
     if method == "trak":
         device = resolve_device(baselines.get("device", "auto"), "baselines.device")
+        progress = Progress(f"baseline_scores {method}", 3 * trak_counts(baselines["trak_models"])[-1], "model passes")
         points, extra = methods.trak_curve(
             arrays,
             settings=settings,
@@ -63,7 +66,9 @@ def baseline_scores(
             proj_dim=baselines.get("trak_proj_dim", "auto"),
             seed=seed,
             device=device,
+            progress=progress,
         )
+        progress.finish()
         extra["device"] = device
         counts, point_seconds = extra.pop("counts"), extra.pop("point_seconds")
     else:
@@ -81,6 +86,7 @@ def baseline_scores(
         "seconds": seconds,
         "threads": int(threads),
         **extra,
+        "provenance": provenance.provenance(device=extra.get("device", "cpu")),
         "points": [
             {
                 "models_trained": int(k),

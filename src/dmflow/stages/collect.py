@@ -9,6 +9,7 @@ incomplete, and a bad chunk leaves any earlier store as it was.
 
 from __future__ import annotations
 
+import json
 import logging
 import math
 import os
@@ -21,6 +22,7 @@ from pathlib import Path
 
 import numpy as np
 
+from dmflow.core import provenance
 from dmflow.core.codes import STATUS_OK
 from dmflow.core.io import atomic_path, atomic_save_json, check_free_space, load_json, sha256_file
 from dmflow.core.layout import seconds_path
@@ -172,6 +174,7 @@ def write_store(
     specs = sorted(specs, key=lambda s: s.index)
     chunks: list[dict] = []  # filled once every chunk has passed its checks
     seconds: list[float | None] = []
+    trained_by: list[dict | None] = []
     fields = {"alpha": alpha, "split": split, "seed": seed, "chunk_size": chunk_size, "chunks": chunks}
 
     def fill(outs: dict[str, np.ndarray]) -> None:
@@ -194,6 +197,7 @@ def write_store(
             for array in CHUNK_ARRAYS:
                 outs[array.name][rows] = arrays[array.name]
             seconds.append(_chunk_seconds(spec.train_path))
+            trained_by.append(provenance.read(Path(seconds_path(spec.train_path))))
         chunks.extend(
             {
                 "index": s.index,
@@ -205,6 +209,12 @@ def write_store(
             for s in specs
         )
         fields["train_seconds"] = _total_seconds(seconds)
+        models = chunk_size * len(specs) * replicates
+        # the seconds per model of this machine's training, for runtime estimates (docs/cluster.md)
+        fields["train_seconds_per_model"] = (
+            None if fields["train_seconds"] is None else fields["train_seconds"] / models
+        )
+        fields["provenance"] = _store_provenance(trained_by, [s.train_path for s in specs])
 
     return _write_arrays(
         out_dir,
@@ -216,6 +226,19 @@ def write_store(
         max_diverged_fraction=max_diverged_fraction,
         fields=fields,
     )
+
+
+def _store_provenance(trained_by: Sequence[dict | None], train_paths: Sequence[Path]) -> dict:
+    """This job's provenance, with the device and kernels of the training (the first chunk's record);
+    one line is logged when a chunk was trained with other versions than this job runs."""
+    block = provenance.provenance()
+    first = next((b for b in trained_by if b is not None), None)
+    if first is not None:
+        block["device"], block["kernels"] = first.get("device"), {**first.get("kernels", {}), **block["kernels"]}
+    distinct = {json.dumps(b, sort_keys=True): (path, b) for path, b in zip(train_paths, trained_by) if b is not None}
+    trainings = [(f"the training of {p}", {provenance.KEY: b}) for p, b in distinct.values()]
+    provenance.note_changes(block, trainings, subject="collect")
+    return block
 
 
 def _chunk_seconds(train_path: Path) -> float | None:
@@ -362,6 +385,7 @@ def import_store(
                 "chunk_size": None,
                 "chunks": [],
                 "imported": imported,
+                "provenance": provenance.provenance(),
             },
         )
     except BaseException:

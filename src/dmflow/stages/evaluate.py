@@ -13,6 +13,7 @@ import numpy as np
 import pandas as pd
 import torch
 
+from dmflow.core import provenance
 from dmflow.core.io import atomic_save_json, load_json, load_npz, save_figure, sha256_file, write_table
 from dmflow.core.layout import Layout, alpha_dir, method_name_problem
 from dmflow.evaluation import learning_curve as curve
@@ -28,7 +29,14 @@ log = logging.getLogger(__name__)
 def evaluate(datamodels: Path, eval_store: Path, *, table: Path, summary: Path, figure: Path) -> dict:
     """Write the per-target table, ``summary.json`` and the predicted-vs-actual figure; returns the summary."""
     store = open_store(eval_store)
-    scores, headline, pred = metrics.evaluate(load_npz(datamodels), store)
+    fitted = load_npz(datamodels)
+    scores, headline, pred = metrics.evaluate(fitted, store)
+    headline["provenance"] = provenance.provenance()
+    provenance.note_changes(
+        headline["provenance"],
+        [(f"the eval store {eval_store}", store.manifest), (f"the datamodels {datamodels}", fitted)],
+        subject="evaluate",
+    )
     write_table(scores, table)
     atomic_save_json(summary, headline)
     save_figure(figures.evaluation_figure(pred, metrics.seed_mean(store.margins, store.ok), scores), figure)

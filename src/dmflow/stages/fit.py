@@ -11,9 +11,11 @@ from pathlib import Path
 import numpy as np
 import torch
 
+from dmflow.core import provenance
 from dmflow.core.codes import FLAG_OK
 from dmflow.core.io import atomic_path, atomic_save_npz, check_new_output, load_json, load_npz
-from dmflow.core.layout import block_targets
+from dmflow.core.layout import alpha_dir, block_targets
+from dmflow.core.progress import Progress
 from dmflow.lasso.path import FitSettings, fit_from_moments
 from dmflow.stages.moments import REBUILD as MOMENTS_REBUILD
 from dmflow.stages.moments import check_memory, fit_bytes, open_moments
@@ -26,7 +28,13 @@ PER_TARGET = ("weight", "bias", "lam", "val_mse", "nnz", "flags", "lams", "train
 
 
 def fit_moments_block(
-    moments_dir: Path, block: int, *, targets_per_job: int, settings: FitSettings, store_manifest: Path | None = None
+    moments_dir: Path,
+    block: int,
+    *,
+    targets_per_job: int,
+    settings: FitSettings,
+    store_manifest: Path | None = None,
+    progress: Progress | None = None,
 ) -> dict:
     """The datamodels of one block of targets (``fit_from_moments``' arrays, plus ``targets`` and the
     store's ``num_targets``) from the store's moments; the masks are never read."""
@@ -43,6 +51,7 @@ def fit_moments_block(
         settings=settings,
         all_rows_lip=manifest["top_eigenvalue"]["all"],
         all_rows_mu=manifest.get("bottom_eigenvalue", {}).get("all"),
+        progress=progress,
     )
     result["targets"] = targets
     result["num_targets"] = np.int64(manifest["num_targets"])
@@ -61,7 +70,8 @@ def fit_block(
     mem_mb: int | None = None,
 ) -> dict[str, np.ndarray]:
     """Fit one block of targets from the fit store's moments on ``threads`` torch threads and write
-    ``block{b}.npz`` atomically. ``store_manifest`` ties the moments to their store; ``mem_mb`` (the
+    ``block{b}.npz`` atomically, with a ``provenance`` member (``dmflow.core.provenance.as_array``).
+    ``store_manifest`` ties the moments to their store; ``mem_mb`` (the
     job's memory) is checked against what the block can need, before any work."""
     sizes = load_json(Path(moments) / "manifest.json", rebuild=MOMENTS_REBUILD)
     n = sizes["num_train"]
@@ -69,14 +79,25 @@ def fit_block(
     needed = fit_bytes(n, min(targets_per_job, sizes["num_targets"]), threads=threads, device=settings.torch_device)
     check_memory(needed, mem_mb, f"fit jobs of n={n} training examples")
     torch.set_num_threads(max(1, int(threads)))
+    targets = len(block_targets(block, targets_per_job, sizes["num_targets"]))
+    progress = Progress(f"fit_block {alpha_dir(sizes['alpha'])}/{int(block):04d}", targets, "targets")
     result = fit_moments_block(
-        moments, block, targets_per_job=targets_per_job, settings=settings, store_manifest=store_manifest
+        moments,
+        block,
+        targets_per_job=targets_per_job,
+        settings=settings,
+        store_manifest=store_manifest,
+        progress=progress,
     )
+    made_by = provenance.provenance(device=settings.torch_device)
+    provenance.note_changes(made_by, [(f"the moments {moments}", sizes)], subject=f"fit block {block}")
+    result["provenance"] = provenance.as_array(made_by)
     flagged = int((result["flags"] != FLAG_OK).sum())
     log.info(
         "block %d: %d targets, mean nnz %.1f, %d flagged", block, len(result["targets"]), result["nnz"].mean(), flagged
     )
     atomic_save_npz(Path(out), result)
+    progress.finish()
     return result
 
 
@@ -106,6 +127,12 @@ def merge_fit(blocks: Sequence[Path], data: Path | None, out: Path) -> dict[str,
     merged["train_ids"] = arrays["train_ids"]
     merged["num_fit_rows"] = parts[0]["num_fit_rows"]
     merged["num_val_rows"] = parts[0]["num_val_rows"]
+    # the fit's provenance (the first block's; one line if another block's differs); blocks of an older dmflow have none
+    made_by = [(f"the fit block of target {int(b['targets'][0])}", b) for b in parts if provenance.KEY in b]
+    if made_by:
+        first = provenance.read(made_by[0][1])
+        merged[provenance.KEY] = provenance.as_array(first)
+        provenance.note_changes(first, made_by[1:], subject="the first fit block")
     atomic_save_npz(Path(out), merged)
     return merged
 

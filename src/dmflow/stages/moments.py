@@ -23,8 +23,10 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from dmflow.core import kernels
+from dmflow.core import kernels, provenance
 from dmflow.core.io import atomic_path, atomic_save_json, load_json, sha256_file, sha256_files
+from dmflow.core.layout import alpha_dir
+from dmflow.core.progress import Progress
 from dmflow.lasso.moments import (
     CROSS_TARGETS,
     GRAM_COLS,
@@ -130,7 +132,13 @@ def moments(
             f"{store}: {len(rows)} usable rows ({m - len(rows)} diverged) less {len(val_rows)} validation rows "
             f"leave {len(fit_rows)} to fit; at least {MIN_FIT_ROWS} are needed: lower fit.val_fraction or train more models"
         )
-    parts = dict(zip(PARTS, count_moments(view.masks, view.margins[:, 0, :], [fit_rows, val_rows], device=device)))
+    progress = Progress(f"moments {alpha_dir(view.manifest['alpha'])}", m, "rows")
+    parts = dict(
+        zip(
+            PARTS,
+            count_moments(view.masks, view.margins[:, 0, :], [fit_rows, val_rows], device=device, progress=progress),
+        )
+    )
     every = {"fit": parts["fit"], "all": parts["fit"].combine(parts["val"])}
     lips = {key: top_eigenvalue(mom) for key, mom in every.items()}
     mus = {key: bottom_eigenvalue(mom, lips[key]) for key, mom in every.items()}
@@ -150,8 +158,11 @@ def moments(
                 tmp = renames.enter_context(atomic_path(out_dir / f"{name}_{part}.npy", ".npy"))
                 np.save(tmp, np.ascontiguousarray(value, dtype=MOMENT_ARRAYS[name][0]))
                 arrays[f"{name}_{part}"] = tmp
+    made_by = provenance.provenance(device=device)
+    provenance.note_changes(made_by, [(f"the store {store}", view.manifest)], subject="moments")
     manifest = {
         "format": FORMAT,
+        "provenance": made_by,
         "store": os.fspath(store),
         "store_manifest_sha256": sha256_file(Path(store) / "manifest.json"),
         "alpha": view.manifest["alpha"],
@@ -178,6 +189,7 @@ def moments(
     }
     atomic_save_json(out_dir / "manifest.json", manifest)
     log.info("moments of %s: %d fit and %d validation rows, n=%d, T=%d", store, len(fit_rows), len(val_rows), n, t)
+    progress.finish()
     return manifest
 
 

@@ -15,6 +15,7 @@ from pytorch_lightning.plugins.environments import LightningEnvironment
 from dmflow.core import kernels as dispatch
 from dmflow.core.codes import STATUS_DIVERGED, STATUS_OK
 from dmflow.core.device import resolve_device
+from dmflow.core.progress import Progress
 from dmflow.data.augment import AugmentSettings
 from dmflow.data.batches import StackedSubsetDataModule, gather_rows
 from dmflow.training.factory import load_lightning_class
@@ -96,9 +97,23 @@ def lightning_precision(precision: str, device: str) -> str:
     return {"32": "32-true", "bf16": "bf16-mixed"}[precision]
 
 
+class _ProgressCallback(pl.Callback):
+    """Advances a ``Progress`` counted in models during one stack's ``Trainer.fit``: the ``models`` of the
+    stack count as done in proportion to the batches trained, on top of the ``before`` done already."""
+
+    def __init__(self, progress: Progress, *, before: float, models: int) -> None:
+        self.progress, self.before, self.models = progress, float(before), int(models)
+
+    def on_train_batch_end(self, trainer: pl.Trainer, pl_module, outputs, batch, batch_idx: int) -> None:
+        batches = trainer.num_training_batches
+        within = (batch_idx + 1) / batches if 0 < batches < float("inf") else 0.0
+        share = min(1.0, (trainer.current_epoch + within) / max(1, trainer.max_epochs or 1))
+        self.progress.update(self.before + self.models * share)
+
+
 def _trainer(settings: TrainSettings, device: str, callbacks: list[pl.Callback] | None = None) -> pl.Trainer:
     return pl.Trainer(
-        callbacks=callbacks,
+        callbacks=callbacks or [],
         accelerator="gpu" if device == "cuda" else "cpu",
         devices=1,
         max_epochs=settings.epochs,
@@ -169,6 +184,8 @@ def train_stack(
     *,
     settings: TrainSettings,
     keep_state: bool = False,
+    progress: Progress | None = None,
+    done_before: float = 0.0,
 ) -> StackResult:
     """Train K models at once with one ``Trainer.fit``: model i on ``subsets[i]`` from ``seeds[i]``.
 
@@ -183,6 +200,10 @@ def train_stack(
     settings : TrainSettings
     keep_state : bool
         Also return the trained weights (``StackResult.state``).
+    progress : Progress, optional
+        Advanced in models while the stack trains (``_ProgressCallback``), from ``done_before``.
+    done_before : float
+        The models of ``progress`` done before this stack.
     """
     quiet_lightning()
     if settings.lightning:
@@ -230,7 +251,8 @@ def train_stack(
     batches = StackedSubsetDataModule(
         x_fit, y, subsets, seeds=seeds, batch_size=settings.batch_size, epochs=settings.epochs, augment=augment
     )
-    trainer = _trainer(settings, device)
+    callbacks = [_ProgressCallback(progress, before=done_before, models=len(seeds))] if progress is not None else []
+    trainer = _trainer(settings, device, callbacks)
     # Deterministic mode also fills every new tensor with NaN, a debugging aid that
     # changes no result and slows a CPU step down measurably.
     torch.utils.deterministic.fill_uninitialized_memory = False
@@ -334,6 +356,7 @@ def train_chunk(
     seeds: np.ndarray,
     *,
     settings: TrainSettings,
+    progress: Progress | None = None,
 ) -> dict[str, np.ndarray]:
     """Train every (mask, replicate) of a chunk in stacks of ``settings.stack_size``.
 
@@ -347,6 +370,8 @@ def train_chunk(
     masks : bool [rows, n]
     seeds : int64 [rows, R]
         One seed per (mask, replicate).
+    progress : Progress, optional
+        Counts the models trained (rows x R in all), advanced during each stack's training.
 
     Returns
     -------
@@ -364,13 +389,17 @@ def train_chunk(
     acc_t = np.empty(rows * replicates, dtype=np.float32)
     acc_s = np.empty(rows * replicates, dtype=np.float32)
     finite = np.empty(rows * replicates, dtype=bool)
+    done = 0
     # a stack needs one subset size (same batches per epoch): group models by size
     for size in np.unique(sizes):
         group = np.flatnonzero(sizes[flat_rows] == size)
         for start in range(0, len(group), settings.stack_size):
             idx = group[start : start + settings.stack_size]
             subsets = np.stack([np.flatnonzero(masks[r]) for r in flat_rows[idx]])
-            res = train_stack(data, subsets, flat_seeds[idx], settings=settings)
+            res = train_stack(data, subsets, flat_seeds[idx], settings=settings, progress=progress, done_before=done)
+            done += len(idx)
+            if progress is not None:
+                progress.update(done)
             margins[idx], acc_t[idx], acc_s[idx], finite[idx] = (
                 res.margins,
                 res.acc_target,
