@@ -29,7 +29,7 @@ from typing import Any
 
 import numpy as np
 
-from dmflow.data.errors import DataError, DataWarning
+from dmflow.core.errors import DataError, DataWarning
 from dmflow.data.idx import IDX_DEFAULT_PATHS, IDX_NAMES, idx_source
 
 NPZ_KEYS = ("X_train", "y_train", "X_test", "y_test")
