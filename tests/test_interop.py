@@ -17,10 +17,11 @@ import dmflow
 from dmflow.core.layout import Layout
 from dmflow.evaluation.metrics import score_attribution as score_scores
 from dmflow.lasso.path import FitSettings
-from dmflow.stages.collect import import_store, open_store
+from dmflow.stages.collect import import_store
 from dmflow.stages.evaluate import evaluate, score_attribution, score_run_attribution
 from dmflow.stages.fit import export_datamodels, fit_moments_block, merge_fit
 from dmflow.stages.moments import moments
+from dmflow.store.formats import open_store
 from dmflow.store.schema import StoreError
 
 from helpers import dmflow_cli, planted_eval_store, planted_fit, read_npz, write_store_folder

@@ -6,9 +6,10 @@ import shutil
 import numpy as np
 import pytest
 
-from dmflow.stages.collect import ChunkSpec, open_store, write_store
+from dmflow.stages.collect import ChunkSpec, write_store
 from dmflow.stages.masks import make_masks
 from dmflow.stages.train import train_chunk
+from dmflow.store.formats import open_store
 from dmflow.store.schema import StoreError
 from dmflow.training.settings import TrainSettings
 
