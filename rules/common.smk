@@ -10,7 +10,8 @@ from snakemake.settings.types import DeploymentMethod
 from dmflow.config import ConfigError, read_config_file, validate_config
 from dmflow.core.layout import Layout, alpha_dir, block_ids, chunk_ids
 from dmflow.core.schema import result_keys
-from dmflow.data.sources import DataWarning, dataset_sizes
+from dmflow.core.errors import DataWarning
+from dmflow.data.sizing import dataset_sizes
 from dmflow.core.budgets import CURVE_TARGETS_PER_PASS, PROCESS_MB, fit_bytes, moments_bytes
 from dmflow.store.formats import STORE_NAMES, moment_file_names
 

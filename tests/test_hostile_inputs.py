@@ -11,8 +11,8 @@ import numpy as np
 import pytest
 
 from dmflow.config import ConfigError, validate_config
+from dmflow.core.errors import DataWarning
 from dmflow.core.layout import Layout, alpha_dir
-from dmflow.data.sources import DataWarning
 
 from helpers import dmflow_cli, tiny_config
 

@@ -21,9 +21,9 @@ from dmflow.attribution import BASELINE_METHODS
 from dmflow.config import ConfigError, config_markdown, load_config
 from dmflow.core import kernels
 from dmflow.core.device import DeviceError, resolve_device
+from dmflow.core.errors import DataError, DataWarning
 from dmflow.core.io import FileError
 from dmflow.core.seeds import SPLITS
-from dmflow.data.sources import DataError, DataWarning
 from dmflow.store.schema import StoreError
 
 

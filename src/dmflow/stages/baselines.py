@@ -22,6 +22,7 @@ from dmflow.core.layout import Layout, alpha_dir, baseline_point_name
 from dmflow.evaluation import scoring
 from dmflow.evaluation.compare import comparison_table
 from dmflow.plots import figures
+from dmflow.store.formats import read_store_manifest
 from dmflow.training.settings import TrainSettings
 
 log = logging.getLogger(__name__)
@@ -132,7 +133,7 @@ def compare_methods(results: Path, *, alpha: str, methods: Sequence[str], table:
             write_table(point, Path(layout.method_table(alpha, name)))
             atomic_save_json(Path(layout.method_summary(alpha, name)), headline)
             scored[method].append((headline, entry))
-    manifest = load_json(Path(layout.manifest(alpha, "fit")))
+    manifest = read_store_manifest(Path(layout.store(alpha, "fit")))
     curve_path = Path(layout.curve_table(alpha))
     datamodels = load_json(Path(layout.eval_summary(alpha)))
     rows = comparison_table(

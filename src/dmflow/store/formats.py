@@ -162,17 +162,17 @@ def check_arrays(
             if part
         )
         raise StoreError(f"{where}: {what} (the format holds {', '.join(names)})")
-    known = {"n": sizes.get("n"), "T": sizes.get("targets"), "L": sizes.get("lambdas"), "m": sizes.get("m")}
-    known["R"] = sizes.get("replicates")
-    for spec in specs:
+    axes = {"m": "m", "n": "n", "R": "replicates", "T": "targets", "L": "lambdas"}
+    known = {axis: sizes.get(key) for axis, key in axes.items()}
+    for spec in specs:  # axes not given: from the first array of the right dtype and rank that has them
         got = np.asarray(arrays[spec.name])
-        ok = got.dtype == spec.dtype and got.ndim == len(spec.axes)
-        if ok:
+        if got.dtype == spec.dtype and got.ndim == len(spec.axes):
             for axis, size in zip(spec.axes, got.shape):
                 known[axis] = size if known.get(axis) is None else known[axis]
-                ok = ok and known[axis] == size
-        if not ok:
-            want = [known.get(a) if known.get(a) is not None else a for a in spec.axes]
+    for spec in specs:
+        got = np.asarray(arrays[spec.name])
+        want = [known.get(a) if known.get(a) is not None else a for a in spec.axes]
+        if got.dtype != spec.dtype or list(got.shape) != want:
             raise StoreError(
                 f"{where}: {spec.name} is {got.dtype} {list(got.shape)}, the format has {spec.dtype.name} "
                 f"{want} ({spec.meaning})"
