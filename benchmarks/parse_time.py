@@ -53,19 +53,22 @@ def export_tree(dest: Path) -> None:
         (shutil.copytree(src, dest / name, ignore=ignore) if src.is_dir() else shutil.copy(src, dest / name))
 
 
-def dry_run(tree: Path) -> tuple[float, bool]:
-    """Seconds of one `snakemake -n` in ``tree`` with its own src/, and whether it imported torch."""
-    env = dict(
-        os.environ, PYTHONPATH=str(tree / "src"), PATH=f"{Path(sys.executable).parent}{os.pathsep}{os.environ['PATH']}"
-    )
-    cmd = [sys.executable, "-X", "importtime", "-m", "snakemake", "-n", "--cores", "1", "--config", "results=results"]
+def dry_run(tree: Path, *, importtime: bool = False) -> tuple[float, bool | None]:
+    """Seconds of one `snakemake -n` in ``tree`` with its own src/; with ``importtime`` (``python -X
+    importtime``, which slows the imports down: not timed), whether it imported torch, else None."""
+    env = dict(os.environ, PYTHONPATH=str(tree / "src"))
+    env["PATH"] = f"{Path(sys.executable).parent}{os.pathsep}{os.environ['PATH']}"
+    flags = ["-X", "importtime"] if importtime else []
+    cmd = [sys.executable, *flags, "-m", "snakemake", "-n", "--cores", "1", "--config", "results=results"]
     start = time.perf_counter()
     proc = subprocess.run(cmd, cwd=tree, env=env, capture_output=True, text=True, timeout=600)
     seconds = time.perf_counter() - start
     if proc.returncode != 0:
         raise SystemExit(f"snakemake -n failed in {tree}:\n{proc.stderr[-3000:]}")
-    torch = any(line.rstrip().endswith("| torch") for line in proc.stderr.splitlines())
-    return seconds, torch
+    if not importtime:
+        return seconds, None
+    modules = {line.rsplit("|", 1)[1].strip() for line in proc.stderr.splitlines() if line.startswith("import time:")}
+    return seconds, "torch" in modules
 
 
 def main() -> None:
@@ -88,14 +91,12 @@ def main() -> None:
             tree.mkdir()
         export_base(args.base, trees["base"])
         export_tree(trees["this"])
-        for tree in trees.values():  # a first run of each writes .snakemake/ and warms the file cache
-            dry_run(tree)
+        # a first run of each writes .snakemake/, warms the file cache and lists the modules imported
+        torch = {key: bool(dry_run(tree, importtime=True)[1]) for key, tree in trees.items()}
         times: dict[str, list[float]] = {key: [] for key in trees}
-        torch: dict[str, bool] = {}
         for i in range(args.rounds):
             for key in trees if i % 2 == 0 else reversed(trees):
-                seconds, torch[key] = dry_run(trees[key])
-                times[key].append(seconds)
+                times[key].append(dry_run(trees[key])[0])
             print(f"round {i + 1}: base {times['base'][-1]:.2f} s, this tree {times['this'][-1]:.2f} s", flush=True)
     base, this = statistics.median(times["base"]), statistics.median(times["this"])
     ratio = base / this
