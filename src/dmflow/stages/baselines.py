@@ -19,6 +19,7 @@ from dmflow.attribution import baselines as methods
 from dmflow.core.device import resolve_device
 from dmflow.core.io import atomic_save_json, atomic_save_npy, load_json, load_npz, save_figure, write_table
 from dmflow.core.layout import Layout, alpha_dir, baseline_point_name
+from dmflow.core.schema import defaults
 from dmflow.evaluation import scoring
 from dmflow.evaluation.compare import comparison_table
 from dmflow.plots import figures
@@ -38,7 +39,7 @@ def baseline_scores(
     scores: Path,
     info: Path,
     curve: Path | None = None,
-    threads: int = 1,
+    threads: int | None = None,
 ) -> dict:
     """Write one baseline's scores float32 [n, T] (``.npy``), the scores of the smaller points of its
     curve over its model count float32 [P, n, T] (``curve``, ``Layout.baseline_curve``; P = 0 for a
@@ -52,6 +53,7 @@ def baseline_scores(
     """
     if method not in BASELINE_METHODS:
         raise ValueError(f"baseline {method!r} is not one of {', '.join(BASELINE_METHODS)}")
+    threads = defaults("baselines")["threads"] if threads is None else threads
     torch.set_num_threads(max(1, int(threads)))
     arrays = load_npz(data)
     start = time.perf_counter()

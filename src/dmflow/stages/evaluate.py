@@ -16,6 +16,7 @@ import torch
 from dmflow.core.errors import StoreError
 from dmflow.core.io import atomic_save_json, save_figure, write_table
 from dmflow.core.layout import Layout, alpha_dir, method_name_problem
+from dmflow.core.schema import defaults
 from dmflow.evaluation import learning_curve as curve
 from dmflow.evaluation import metrics, scoring
 from dmflow.lasso.path import FitSettings
@@ -52,11 +53,11 @@ def learning_curve(
     table: Path,
     figure: Path,
     datamodels: Path | None = None,
-    threads: int = 1,
+    threads: int | None = None,
 ) -> pd.DataFrame:
     """Refit on each fraction of the fit store's models (``datamodels``, the fit on all of them, stands
-    in for 1.0) on ``threads`` torch threads; write the curve's table and figure."""
-    torch.set_num_threads(max(1, int(threads)))
+    in for 1.0) on ``threads`` torch threads (default ``fit.threads``); write the curve's table and figure."""
+    torch.set_num_threads(max(1, int(defaults("fit")["threads"] if threads is None else threads)))
     fitted = open_datamodels(Path(datamodels)) if datamodels else None
     rows = curve.learning_curve(
         open_store(fit_store), open_store(eval_store), fractions, settings=settings, seed=seed, datamodels=fitted

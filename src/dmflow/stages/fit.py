@@ -16,6 +16,7 @@ from dmflow.core.codes import FLAG_OK
 from dmflow.core.errors import StoreError
 from dmflow.core.io import atomic_path, atomic_save_npz, check_new_output, load_npz
 from dmflow.core.layout import block_targets
+from dmflow.core.schema import defaults
 from dmflow.lasso.moments import CountMoments
 from dmflow.lasso.path import FitSettings, fit_from_moments
 from dmflow.store.formats import (
@@ -83,7 +84,7 @@ def fit_block(
     targets_per_job: int,
     settings: FitSettings,
     store_manifest: Path | None = None,
-    threads: int = 1,
+    threads: int | None = None,
     mem_mb: int | None = None,
 ) -> dict[str, np.ndarray]:
     """Fit one block of targets from the fit store's moments on ``threads`` torch threads and write
@@ -92,6 +93,7 @@ def fit_block(
     sizes = read_moments_manifest(Path(moments))
     n = sizes["num_train"]
     # a block holds min(targets_per_job, T) targets at most, as the rule sizes it (rules/common.smk's fit_mem_mb)
+    threads = defaults("fit")["threads"] if threads is None else threads
     needed = fit_bytes(n, min(targets_per_job, sizes["num_targets"]), threads=threads, device=settings.torch_device)
     check_memory(needed, mem_mb, f"fit jobs of n={n} training examples")
     torch.set_num_threads(max(1, int(threads)))

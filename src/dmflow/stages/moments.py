@@ -20,8 +20,10 @@ import torch
 
 from dmflow.core import kernels
 from dmflow.core.budgets import check_memory, moments_bytes
+from dmflow.core.device import resolve_device
 from dmflow.core.errors import StoreError
 from dmflow.core.io import atomic_path, atomic_save_json, sha256_file, sha256_files
+from dmflow.core.schema import defaults
 from dmflow.lasso.moments import bottom_eigenvalue, count_moments, top_eigenvalue
 from dmflow.lasso.path import split_validation_rows
 from dmflow.store.formats import MOMENT_ARRAYS, MOMENT_PARTS, MOMENTS_FORMAT, open_store
@@ -31,6 +33,7 @@ MIN_FIT_ROWS = 2
 """The fewest fit rows the moments fit (one gives a zero Gram; ``dmflow.config`` checks the same number)."""
 
 log = logging.getLogger(__name__)
+_FIT = defaults("fit")
 
 
 def moments(
@@ -39,13 +42,16 @@ def moments(
     *,
     val_fraction: float,
     seed: int,
-    threads: int = 1,
+    threads: int | None = None,
     mem_mb: int | None = None,
-    device: str = "cpu",
+    device: str | None = None,
 ) -> dict:
     """Compute the fit store's moments for its fit and validation rows on ``threads`` torch threads (their
     products on ``device``) and write them atomically; returns the manifest. The store is read in row blocks (its masks unpacked a
-    block at a time); ``mem_mb`` (the job's memory) is checked against what they need, before any work."""
+    block at a time); ``mem_mb`` (the job's memory) is checked against what they need, before any work.
+    ``threads`` and ``device`` default to the schema's ``fit.threads`` and ``fit.device``."""
+    threads = _FIT["threads"] if threads is None else threads
+    device = resolve_device(_FIT["device"] if device is None else device, "fit.device")
     torch.set_num_threads(max(1, int(threads)))
     out_dir = Path(out_dir)
     view = open_store(store)
