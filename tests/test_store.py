@@ -269,3 +269,13 @@ def test_the_readers_and_the_budgets_import_no_torch():
     )
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True).stdout
     assert out.strip() == "[]"
+
+
+def test_a_chunk_reads_as_its_declared_arrays_and_one_off_them_is_one_line(chunks, tmp_path):
+    chunk = formats.open_chunk(chunks[0].train_path)
+    assert set(chunk) == {spec.name for spec in formats.CHUNK_ARRAYS} and chunk["margins"].shape == (CHUNK, REPS, T)
+    atomic_save_npz(tmp_path / "bad.npz", {**chunk, "margins": chunk["margins"].astype(np.float64)})
+    with pytest.raises(
+        StoreError, match=rf"bad.npz: margins is float64 \[{CHUNK}, {REPS}, {T}\], the format has float32"
+    ):
+        formats.open_chunk(tmp_path / "bad.npz")

@@ -91,15 +91,16 @@ def score_attribution(
         "scores_sha256": None if source is None else sha256_file(source),
         "transposed": bool(transposed),
     }
-    log.info(
-        "%s: LDS vs seed mean %.3f (ceiling %.3f); vs one seed %.3f (ceiling %.3f)",
-        name or "scores",
-        headline["lds_mean"]["mean"],
-        headline["ceiling_mean"]["mean"],
-        headline["lds_single"]["mean"],
-        headline["ceiling_single"]["mean"],
-    )
     return scores_table, headline
+
+
+def headline_line(headline: dict) -> str:
+    """The log line of a scored method (``score_attribution``'s summary), once its files are written."""
+    return (
+        f"{headline['method']['name'] or 'scores'}: LDS vs seed mean {headline['lds_mean']['mean']:.3f} "
+        f"(ceiling {headline['ceiling_mean']['mean']:.3f}); vs one seed {headline['lds_single']['mean']:.3f} "
+        f"(ceiling {headline['ceiling_single']['mean']:.3f})"
+    )
 
 
 def run_target_ids(results: Path, alpha: float | str) -> np.ndarray | None:

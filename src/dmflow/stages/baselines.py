@@ -134,6 +134,7 @@ def compare_methods(results: Path, *, alpha: str, methods: Sequence[str], table:
             point, headline = scoring.score_attribution(scores, eval_store, name=name, target_ids=target_ids)
             write_table(point, Path(layout.method_table(alpha, name)))
             atomic_save_json(Path(layout.method_summary(alpha, name)), headline)
+            log.info("%s", scoring.headline_line(headline))
             scored[method].append((headline, entry))
     manifest = read_store_manifest(Path(layout.store(alpha, "fit")))
     curve_path = Path(layout.curve_table(alpha))

@@ -108,6 +108,7 @@ def score_attribution(
         write_table(scores_table, Path(table))
     if summary is not None:
         atomic_save_json(Path(summary), headline)
+    log.info("%s", scoring.headline_line(headline))
     return scores_table, headline
 
 

@@ -8,8 +8,9 @@ back through the readers here, never through another stage.
 Axes: m models (rows), n training examples, ``n/8`` the bytes of a bit-packed row, R replicates,
 T targets (of the store, or of one fit block), L lambdas of the path; ``()`` is a scalar.
 
-- chunk ``train/{alpha}/{split}/{chunk}.npz``: ``CHUNK_ARRAYS`` (m = the chunk size); its masks
-  are the masks file ``masks/{alpha}/{split}/{chunk}.npy``, bool [m, n].
+- chunk ``train/{alpha}/{split}/{chunk}.npz``: ``CHUNK_ARRAYS`` (m = the chunk size; no version: its bytes
+  depend on the config alone); its masks are the masks file ``masks/{alpha}/{split}/{chunk}.npy``, bool [m, n];
+  ``open_chunk``.
 - store ``store/{alpha}/{split}/``: one ``{name}.npy`` per ``STORE_ARRAYS`` and ``manifest.json``
   (``STORE_FORMAT``; shapes, dtypes and sha256 of the arrays, the chunks, the diverged count); ``open_store``.
 - moments ``moments/{alpha}/``: one ``{name}_{part}.npy`` per ``MOMENT_ARRAYS`` and part of
@@ -340,6 +341,14 @@ def open_moments(
     return parts, manifest
 
 
+def open_chunk(path: Path) -> dict[str, np.ndarray]:
+    """A trained chunk's arrays (``CHUNK_ARRAYS``), checked: names, dtypes and shapes. Its bytes depend on the
+    config alone, so it carries no version; the store it goes into does."""
+    arrays = load_npz(Path(path), rebuild="remove it and rerun the workflow (train_chunk retrains it)")
+    check_arrays(CHUNK_ARRAYS, arrays, where=path, sizes={})
+    return arrays
+
+
 def open_fit_block(path: Path) -> dict[str, np.ndarray]:
     """A fit block's arrays (``FIT_BLOCK_ARRAYS``), checked: format version, names, dtypes and shapes."""
     arrays = load_npz(Path(path), rebuild=FIT_REBUILD)
@@ -372,8 +381,11 @@ class Datamodels:
 def open_datamodels(path: Path) -> Datamodels:
     """The datamodels file ``datamodels/{alpha}.npz``, checked: format version, names, dtypes and shapes."""
     arrays = load_npz(Path(path), rebuild=FIT_REBUILD)
-    if "weight" not in arrays:
-        raise StoreError(f"{path}: not a datamodels file (no weight); give datamodels/ALPHA.npz")
+    essential = [
+        spec.name for spec in FIT_ARRAYS[:3]
+    ]  # weight, bias, lam: what a prediction and MadryLab's format need
+    if missing := [name for name in essential if name not in arrays]:
+        raise StoreError(f"{path}: not a datamodels file (no {', '.join(missing)}); give datamodels/ALPHA.npz")
     _check_version(path, _version(arrays), DATAMODELS_FORMAT, "datamodels", FIT_REBUILD)
     check_arrays(DATAMODELS_ARRAYS, arrays, where=path, sizes={})
     return Datamodels(**arrays)
