@@ -175,7 +175,7 @@ class Problem:
 def load_problem(args: argparse.Namespace) -> Problem:
     """The default run's fit store (first replicate, usable rows), or a synthetic problem."""
     if not args.synthetic and (args.store / "manifest.json").is_file():
-        from dmflow.stages.collect import open_store
+        from dmflow.store.formats import open_store
         from dmflow.store.schema import usable_rows
 
         store = open_store(args.store)

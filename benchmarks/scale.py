@@ -42,9 +42,8 @@ import torch
 
 from dmflow.core.io import atomic_save_json, sha256_file
 from dmflow.evaluation.metrics import pearson
-from dmflow.stages.collect import MANIFEST_FORMAT
+from dmflow.store.formats import STORE_ARRAYS, STORE_FORMAT
 from dmflow.store.masks import pack
-from dmflow.store.schema import STORE_ARRAYS
 
 import record
 
@@ -116,7 +115,7 @@ def synthetic_store(folder: Path, *, n: int, num_targets: int, support: int, see
             "sha256": sha256_file(folder / f"{spec.name}.npy"),
         }
     manifest = {
-        "format": MANIFEST_FORMAT,
+        "format": STORE_FORMAT,
         "alpha": 0.5,
         "split": "fit",
         "seed": seed,
@@ -149,7 +148,7 @@ TODAY = """
 import sys, numpy as np, torch
 from dmflow.core.io import atomic_save_npz
 from dmflow.lasso.path import FitSettings, fit_targets, split_validation_rows
-from dmflow.stages.collect import open_store
+from dmflow.store.formats import open_store
 from dmflow.store.schema import usable_rows
 store_dir, block, per_job, threads, out = sys.argv[1], int(sys.argv[2]), int(sys.argv[3]), int(sys.argv[4]), sys.argv[5]
 torch.set_num_threads(threads)

@@ -81,8 +81,8 @@ from torch.utils.data import DataLoader, TensorDataset
 
 from dmflow.config import load_config
 from dmflow.data.augment import AugmentSettings
+from dmflow.data.cifar10 import synthetic_images
 from dmflow.data.prepare import prepare_data
-from dmflow.data.sources import synthetic_images
 from dmflow.store.masks import draw_masks, subset_size
 from dmflow.training.module import margins_from_logits
 from dmflow.training.settings import TrainSettings

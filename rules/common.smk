@@ -9,10 +9,11 @@ from snakemake.settings.types import DeploymentMethod
 
 from dmflow.config import ConfigError, read_config_file, validate_config
 from dmflow.core.layout import Layout, alpha_dir, block_ids, chunk_ids
-from dmflow.core.schema import result_keys
-from dmflow.data.sources import DataWarning, dataset_sizes
-from dmflow.stages.moments import MOMENT_ARRAYS, PARTS, PROCESS_MB, fit_bytes, moments_bytes
-from dmflow.store.schema import STORE_NAMES
+from dmflow.core.schema import param_section
+from dmflow.core.errors import DataWarning
+from dmflow.data.sizing import dataset_sizes
+from dmflow.core.budgets import CURVE_TARGETS_PER_PASS, PROCESS_MB, fit_bytes, moments_bytes
+from dmflow.store.formats import STORE_NAMES, moment_file_names
 
 # Snakemake has read the config files already (a YTE template's code has run, an alias bomb is in
 # memory as shared objects); each is read again here as plain data, so that what dmflow
@@ -81,16 +82,16 @@ def store_files(alpha, split):
 
 
 def moments_files(alpha):
-    return [L.moments_array(alpha, f"{name}_{part}") for part in PARTS for name in MOMENT_ARRAYS]
+    return [L.moments_array(alpha, name) for name in moment_file_names()]
 
 
 def moments_mem_mb():
-    """Memory of the moments job (dmflow.stages.moments.moments_bytes), plus the interpreter's."""
+    """Memory of the moments job (dmflow.core.budgets.moments_bytes), plus the interpreter's."""
     return int(PROCESS_MB + moments_bytes(NUM_TRAIN, NUM_TARGETS) / 2**20)
 
 
 def fit_mem_mb(targets=None):
-    """Memory of one fit job (dmflow.stages.moments.fit_bytes), plus the interpreter's."""
+    """Memory of one fit job (dmflow.core.budgets.fit_bytes), plus the interpreter's."""
     t = min(targets or config["fit"]["targets_per_job"], NUM_TARGETS)
     fit = config["fit"]
     return int(PROCESS_MB + fit_bytes(NUM_TRAIN, t, threads=fit["threads"], device=fit["device"]) / 2**20)

@@ -50,7 +50,7 @@ rule learning_curve:
         CONDA_ENV
     threads: config["fit"]["threads"]
     resources:
-        mem_mb=lambda wc, attempt: (moments_mem_mb() + fit_mem_mb(targets=1000)) * attempt,
+        mem_mb=lambda wc, attempt: (moments_mem_mb() + fit_mem_mb(targets=CURVE_TARGETS_PER_PASS)) * attempt,
     params:
         fit_store=lambda wc: L.store(wc.alpha, "fit"),
         eval_store=lambda wc: L.store(wc.alpha, "eval"),

@@ -14,9 +14,8 @@ import numpy as np
 import yaml
 
 from dmflow.core.io import atomic_save_json, sha256_file
-from dmflow.stages.collect import MANIFEST_FORMAT
+from dmflow.store.formats import STORE_ARRAYS, STORE_FORMAT, Store
 from dmflow.store.masks import draw_masks, pack
-from dmflow.store.schema import STORE_ARRAYS, Store
 
 REPO = Path(__file__).resolve().parents[1]
 
@@ -201,7 +200,7 @@ def write_store_folder(folder: Path, x: np.ndarray, y: np.ndarray, status: np.nd
         np.save(folder / f"{name}.npy", arr)
         meta[name] = {"shape": list(arr.shape), "dtype": arr.dtype.name, "sha256": sha256_file(folder / f"{name}.npy")}
     manifest = {
-        "format": MANIFEST_FORMAT,
+        "format": STORE_FORMAT,
         "alpha": 0.5,
         "num_targets": t,
         "num_models": m,

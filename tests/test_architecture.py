@@ -215,3 +215,86 @@ def test_the_package_never_imports_snakemake():
             if isinstance(node, ast.Import | ast.ImportFrom):
                 names = [node.module or ""] if isinstance(node, ast.ImportFrom) else [a.name for a in node.names]
                 assert not any(n.split(".")[0] == "snakemake" for n in names), name
+
+
+def test_no_module_imports_relatively():
+    """``from . import x`` hides which layer a module reaches into; every import names its dmflow module."""
+    relative = [
+        f"{name}:{node.lineno} imports {'.' * node.level}{node.module or ''}"
+        for name, tree in MODULES.items()
+        for node in ast.walk(tree)
+        if isinstance(node, ast.ImportFrom) and node.level > 0
+    ]
+    assert not relative, "\n".join(relative)
+
+
+def test_no_stage_imports_another_stage():
+    """A stage reads other stages' files through the readers of ``dmflow.store.formats``, never their module."""
+    crossing = [
+        f"{name}:{line} imports {target}"
+        for name, tree in MODULES.items()
+        if part(name) == "stages"
+        for target, line in imports(tree, top_level_only=False)
+        if part(target) == "stages" and target.rsplit(".", 1)[0] != name and target != "dmflow.stages"
+    ]
+    assert not crossing, "\n".join(crossing)
+
+
+def test_the_import_graph_the_checks_walk_is_the_real_one():
+    """A canary: were ``imports`` to find nothing (a changed AST, a wrong prefix), the checks above would pass
+    on an empty graph."""
+    edges = {(name, target) for name, tree in MODULES.items() for target, _ in imports(tree, top_level_only=False)}
+    assert len(MODULES) > 50 and len(edges) > 100
+    assert ("dmflow.stages.fit", "dmflow.store.formats") in edges
+    assert ("dmflow.store.formats", "dmflow.core.io") in edges
+    bad = ast.parse("from dmflow.stages.fit import merge_fit\nfrom . import x\n")
+    assert imports(bad, top_level_only=True) == [("dmflow.stages.fit", 1)]
+
+
+def test_the_memory_budgets_use_the_solvers_sizes():
+    """``dmflow.core.budgets`` sizes the jobs at parse time without importing the solvers: every buffer size it
+    names must be the one the lasso package allocates, in whichever of its modules that is defined."""
+    import importlib
+    import pkgutil
+
+    import dmflow.lasso
+    from dmflow.core import budgets
+
+    names = ("GRAM_COLS", "CROSS_TARGETS", "BUCKET_BYTES", "UNION_BYTES", "CD_BUFFER_ENTRIES", "DENSE_MAX_N")
+    found: dict[str, set] = {name: set() for name in names}
+    for info in pkgutil.iter_modules(dmflow.lasso.__path__, "dmflow.lasso."):
+        module = vars(importlib.import_module(info.name))
+        for name in names:
+            if name in module:
+                found[name].add(module[name])
+    assert found == {name: {getattr(budgets, name)} for name in names}  # each used by the lasso package, same size
+
+
+HEAVY = ("torch", "numba", "lightning", "scipy", "cvxpy", "matplotlib")
+"""What parsing the workflow must not import (each costs a job's start, not a dry run's; Snakemake imports pandas)."""
+
+
+def test_parsing_the_workflow_imports_no_torch(tmp_path):
+    """``snakemake -n`` of the default config parses every rule file (``rules/common.smk`` sizes the jobs):
+    it must stay light, so a dry run costs Snakemake's time, not torch's."""
+    import shutil
+    import subprocess
+    import sys
+
+    from helpers import Workflow
+
+    flow = Workflow(tmp_path)
+    shutil.copy(REPO / "config.yaml", tmp_path / "config.yaml")
+    proc = subprocess.run(
+        [sys.executable, "-X", "importtime", "-m", "snakemake", "-n", "--cores", "1", "--config", "results=results"],
+        cwd=tmp_path,
+        env=flow.env(),
+        capture_output=True,
+        text=True,
+        timeout=300,
+    )
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    loaded = {line.rsplit("|", 1)[1].strip() for line in proc.stderr.splitlines() if line.startswith("import time:")}
+    assert "dmflow.core.budgets" in loaded and "snakemake" in loaded  # the canary: the list is the real one
+    heavy = sorted(m for m in loaded if m.split(".")[0] in HEAVY or m.startswith("dmflow.stages"))
+    assert not heavy, f"parsing the workflow imported {heavy[:10]}"

@@ -21,8 +21,8 @@ from dmflow.evaluation.compare import COLUMNS, comparison_table, equal_compute
 from dmflow.evaluation.metrics import score_attribution
 from dmflow.plots.figures import comparison_figure
 from dmflow.stages.baselines import baseline_scores
+from dmflow.store.formats import Store
 from dmflow.store.masks import draw_masks
-from dmflow.store.schema import Store
 from dmflow.training.settings import TrainSettings
 from dmflow.training.train import train_chunk
 

@@ -5,7 +5,7 @@ from sklearn.datasets import load_digits
 
 from dmflow.core.io import load_npz
 from dmflow.data.prepare import DATA_NAMES, prepare_data
-from dmflow.data.sources import dataset_sizes
+from dmflow.data.sizing import dataset_sizes
 from dmflow.stages.data import prepare_data as prepare_data_stage
 
 

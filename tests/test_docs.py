@@ -6,7 +6,7 @@ import re
 
 from dmflow.core.codes import DATAMODEL_FLAGS, MODEL_STATUS, describe
 from dmflow.data.prepare import DATA_NAMES
-from dmflow.store.schema import STORE_NAMES
+from dmflow.store.formats import STORE_NAMES
 
 from helpers import REPO
 

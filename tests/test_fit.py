@@ -8,6 +8,7 @@ import torch
 
 import dmflow.lasso.moments as lasso_moments
 import dmflow.lasso.path as lasso_path
+from dmflow.core.budgets import check_memory, moments_bytes
 from dmflow.core.codes import FLAG_CONSTANT, FLAG_OK
 from dmflow.core.io import atomic_save_npz
 from dmflow.core.layout import block_targets
@@ -32,7 +33,7 @@ from dmflow.lasso.path import (
 )
 from dmflow.lasso.solvers import solve_batched
 from dmflow.stages.fit import fit_moments_block, merge_fit
-from dmflow.stages.moments import check_memory, moments, moments_bytes
+from dmflow.stages.moments import moments
 from dmflow.store.schema import StoreError
 
 from helpers import planted_fit as planted_problem

@@ -11,8 +11,8 @@ import numpy as np
 import pytest
 
 from dmflow.config import ConfigError, validate_config
+from dmflow.core.errors import DataWarning
 from dmflow.core.layout import Layout, alpha_dir
-from dmflow.data.sources import DataWarning
 
 from helpers import dmflow_cli, tiny_config
 
@@ -380,9 +380,10 @@ def test_the_smallest_fit_the_config_check_accepts_runs(tmp_path):
 
 def test_targets_per_job_above_the_targets_is_sized_like_the_rule(tmp_path):
     """The rule gives a fit job memory for min(targets_per_job, T) targets; the job asks for no more."""
+    from dmflow.core.budgets import PROCESS_MB, fit_bytes
     from dmflow.lasso.path import FitSettings
     from dmflow.stages.fit import fit_block
-    from dmflow.stages.moments import PROCESS_MB, fit_bytes, moments
+    from dmflow.stages.moments import moments
 
     from helpers import planted_fit, write_store_folder
 

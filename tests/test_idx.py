@@ -13,9 +13,10 @@ import numpy as np
 import pytest
 
 from dmflow.config import ConfigError, validate_config
+from dmflow.core.errors import DataError
 from dmflow.data.idx import IDX_DEFAULT_PATHS, IDX_FILES, idx_files, read_idx
 from dmflow.data.prepare import prepare_data
-from dmflow.data.sources import DataError, dataset_sizes
+from dmflow.data.sizing import dataset_sizes
 
 from helpers import REPO, dmflow_cli, tiny_config
 

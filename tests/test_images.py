@@ -10,9 +10,11 @@ import pytest
 import torch
 from torch import nn
 
+from dmflow.core.errors import DataError
 from dmflow.data.augment import AugmentSettings, apply, draw_params
+from dmflow.data.cifar10 import synthetic_images
 from dmflow.data.prepare import prepare_data
-from dmflow.data.sources import DataError, dataset_sizes, synthetic_images
+from dmflow.data.sizing import dataset_sizes
 from dmflow.stages.data import write_cifar10_folder
 from dmflow.training.convnets import build_single
 from dmflow.training.settings import TrainSettings

@@ -17,10 +17,11 @@ import dmflow
 from dmflow.core.layout import Layout
 from dmflow.evaluation.metrics import score_attribution as score_scores
 from dmflow.lasso.path import FitSettings
-from dmflow.stages.collect import import_store, open_store
+from dmflow.stages.collect import import_store
 from dmflow.stages.evaluate import evaluate, score_attribution, score_run_attribution
 from dmflow.stages.fit import export_datamodels, fit_moments_block, merge_fit
 from dmflow.stages.moments import moments
+from dmflow.store.formats import DATAMODELS_ARRAYS, DATAMODELS_FORMAT, open_store
 from dmflow.store.schema import StoreError
 
 from helpers import dmflow_cli, planted_eval_store, planted_fit, read_npz, write_store_folder
@@ -106,14 +107,16 @@ def _run(tmp_path) -> Layout:
     rng = np.random.default_rng(5)
     data = {"target_ids": np.arange(100, 106), "train_ids": np.arange(50), "y_train": np.zeros(50, np.int64)}
     np.savez(layout.data(), **data)
-    dm = {
-        "weight": (w + 0.3 * rng.normal(size=w.shape)).astype(np.float32),
-        "bias": np.full(6, 3.0, np.float32),
-        "lam": np.full(6, 0.01),
-        "nnz": np.full(6, 50),
-        "flags": np.zeros(6, np.uint8),
-        **data,
-    }
+    dm = {spec.name: np.zeros(spec.shape(n=50, targets=6, lambdas=3), spec.dtype) for spec in DATAMODELS_ARRAYS}
+    dm.update(
+        weight=(w + 0.3 * rng.normal(size=w.shape)).astype(np.float32),
+        bias=np.full(6, 3.0, np.float32),
+        lam=np.full(6, 0.01),
+        nnz=np.full(6, 50),
+        target_ids=data["target_ids"],
+        train_ids=data["train_ids"],
+        format=np.int64(DATAMODELS_FORMAT),
+    )
     (tmp_path / "results" / "datamodels").mkdir()
     np.savez(layout.datamodels("0.5"), **dm)
     evaluate(

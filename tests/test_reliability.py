@@ -354,9 +354,9 @@ def test_one_flipped_bit_in_any_json_or_npz_the_workflow_writes_is_noticed_by_it
     nothing the reader returns or is refused in one line naming the file (FileError)."""
     from dmflow.core.io import FileError, atomic_save_npz, load_npz
     from dmflow.lasso.path import FitSettings
-    from dmflow.stages.collect import open_store
     from dmflow.stages.fit import fit_moments_block, merge_fit
-    from dmflow.stages.moments import moments, open_moments
+    from dmflow.stages.moments import moments
+    from dmflow.store.formats import open_moments, open_store
 
     x, y, _ = planted_fit(t=3)
     (tmp_path / "store").mkdir()
@@ -367,7 +367,7 @@ def test_one_flipped_bit_in_any_json_or_npz_the_workflow_writes_is_noticed_by_it
     merge_fit([block], None, tmp_path / "datamodels.npz")
     readers = {
         store / "manifest.json": lambda: open_store(store).manifest,
-        tmp_path / "moments" / "manifest.json": lambda: open_moments(tmp_path / "moments")[2],
+        tmp_path / "moments" / "manifest.json": lambda: open_moments(tmp_path / "moments")[1],
         block: lambda: load_npz(block),
         tmp_path / "datamodels.npz": lambda: load_npz(tmp_path / "datamodels.npz"),
     }

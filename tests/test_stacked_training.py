@@ -14,7 +14,7 @@ from dmflow.core.schema import defaults
 from dmflow.core.seeds import chunk_seeds
 from dmflow.data.augment import AugmentSettings
 from dmflow.data.batches import epoch_orders
-from dmflow.data.sources import synthetic_images
+from dmflow.data.cifar10 import synthetic_images
 from dmflow.store.masks import chunk_masks
 from dmflow.training import train
 from dmflow.training.convnets import build_seeded

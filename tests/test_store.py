@@ -1,15 +1,21 @@
 """collect promises: every chunk is checked, and a bad one fails with its path and the problem."""
 
+import dataclasses
 import json
 import shutil
+import subprocess
+import sys
 from pathlib import Path
 
 import numpy as np
 import pytest
 
-from dmflow.stages.collect import ChunkSpec, open_store, write_store
+from dmflow.core.io import atomic_save_json, atomic_save_npz
+from dmflow.stages.collect import ChunkSpec, write_store
 from dmflow.stages.masks import make_masks
 from dmflow.stages.train import train_chunk
+from dmflow.store import formats
+from dmflow.store.formats import open_store
 from dmflow.store.schema import StoreError
 from dmflow.training.settings import TrainSettings
 
@@ -231,3 +237,78 @@ def test_the_store_records_its_provenance_and_the_seconds_per_model(chunks, tmp_
     assert len(caplog.messages) == 1
     assert caplog.messages[0].startswith("provenance: collect ran with other versions than the training of ")
     assert f"torch 1.0.0 -> {block['torch']}" in caplog.messages[0]
+
+
+# --- the formats: one declaration each, a version, light readers -------------------------------------
+
+
+def _datamodels_arrays(n=5, t=3, lambdas=4, **changes):
+    """The arrays of a datamodels file as ``DATAMODELS_ARRAYS`` declares them (zeros), with ``changes``."""
+    arrays = {
+        spec.name: np.zeros(spec.shape(n=n, targets=t, lambdas=lambdas), dtype=spec.dtype)
+        for spec in formats.DATAMODELS_ARRAYS
+    }
+    arrays["format"] = np.int64(formats.DATAMODELS_FORMAT)
+    arrays.update(changes)
+    return {k: v for k, v in arrays.items() if v is not None}
+
+
+def test_each_format_declares_each_array_once_and_the_datamodels_reader_hands_out_exactly_them(tmp_path):
+    for specs in (formats.STORE_ARRAYS, formats.MOMENT_ARRAYS, formats.FIT_BLOCK_ARRAYS, formats.DATAMODELS_ARRAYS):
+        names = [spec.name for spec in specs]
+        assert len(names) == len(set(names)) and all(spec.meaning for spec in specs)
+    assert [f.name for f in dataclasses.fields(formats.Datamodels)] == [s.name for s in formats.DATAMODELS_ARRAYS]
+    atomic_save_npz(tmp_path / "0.5.npz", _datamodels_arrays(weight=np.arange(15, dtype=np.float32).reshape(5, 3)))
+    dm = formats.open_datamodels(tmp_path / "0.5.npz")
+    assert dm.weight.dtype == np.float32 and dm.weight[4, 2] == 14 and dm.lams.shape == (4, 3)
+
+
+@pytest.mark.parametrize(
+    ("change", "message"),
+    [
+        ({"weight": np.zeros((5, 3))}, r"weight is float64 \[5, 3\], the format has float32 \[5, 3\]"),
+        ({"bias": np.zeros(4, np.float32)}, r"bias is float32 \[4\], the format has float32 \[3\]"),
+        ({"lam": None}, "no lam"),
+        ({"extra": np.zeros(3)}, "unexpected extra"),
+        ({"format": None}, "datamodels format None, this dmflow reads 1; remove it and rerun"),
+        ({"format": np.int64(0)}, "datamodels format 0, this dmflow reads 1"),
+    ],
+)
+def test_a_datamodels_file_off_its_declaration_or_of_another_version_is_one_line(tmp_path, change, message):
+    atomic_save_npz(tmp_path / "0.5.npz", _datamodels_arrays(**change))
+    with pytest.raises(StoreError, match=message) as caught:
+        formats.open_datamodels(tmp_path / "0.5.npz")
+    assert str(tmp_path / "0.5.npz") in str(caught.value) and "\n" not in str(caught.value)
+
+
+@pytest.mark.parametrize(
+    ("reader", "found", "reads"),
+    [
+        (formats.open_store, 1, formats.STORE_FORMAT),
+        (formats.open_moments, 2, formats.MOMENTS_FORMAT),
+    ],
+)
+def test_a_store_or_moments_manifest_of_another_version_is_one_line(tmp_path, reader, found, reads):
+    atomic_save_json(tmp_path / "manifest.json", {"format": found})
+    with pytest.raises(StoreError, match=f"format {found}, this dmflow reads {reads}; remove it and rerun") as caught:
+        reader(tmp_path)
+    assert "\n" not in str(caught.value)
+
+
+def test_the_readers_and_the_budgets_import_no_torch():
+    """The rules import the formats and the budgets at parse time; a notebook reads results without torch."""
+    code = (
+        "import sys, dmflow.store.formats, dmflow.core.budgets; print(sorted(m for m in sys.modules if m == 'torch'))"
+    )
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True).stdout
+    assert out.strip() == "[]"
+
+
+def test_a_chunk_reads_as_its_declared_arrays_and_one_off_them_is_one_line(chunks, tmp_path):
+    chunk = formats.open_chunk(chunks[0].train_path)
+    assert set(chunk) == {spec.name for spec in formats.CHUNK_ARRAYS} and chunk["margins"].shape == (CHUNK, REPS, T)
+    atomic_save_npz(tmp_path / "bad.npz", {**chunk, "margins": chunk["margins"].astype(np.float64)})
+    with pytest.raises(
+        StoreError, match=rf"bad.npz: margins is float64 \[{CHUNK}, {REPS}, {T}\], the format has float32"
+    ):
+        formats.open_chunk(tmp_path / "bad.npz")

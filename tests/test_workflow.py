@@ -14,8 +14,7 @@ import pytest
 import yaml
 
 from dmflow.core.layout import Layout
-from dmflow.stages.collect import open_store
-from dmflow.store.schema import STORE_NAMES
+from dmflow.store.formats import STORE_NAMES, open_store
 
 from helpers import REPO, Workflow, dmflow_cli, tiny_config
 

@@ -20,9 +20,8 @@ from dmflow.core.io import load_json, load_npz
 from dmflow.core.layout import Layout, alpha_dir
 from dmflow.evaluation.metrics import predict
 from dmflow.stages.analysis import leakage_ranking
-from dmflow.stages.collect import open_store
 from dmflow.stages.evaluate import score_attribution
-from dmflow.store.schema import Store
+from dmflow.store.formats import Datamodels, Store, open_datamodels, open_store
 
 
 @dataclass
@@ -31,7 +30,7 @@ class DatamodelRun:
 
     layout: Layout
     alpha: str
-    datamodels: dict[str, np.ndarray]
+    datamodels: Datamodels
     data: dict[str, np.ndarray]
 
     @property
@@ -41,17 +40,17 @@ class DatamodelRun:
     @property
     def weight(self) -> np.ndarray:
         """float32 [n, T]: weight[i, t] is training example i's effect on target t's margin."""
-        return self.datamodels["weight"]
+        return self.datamodels.weight
 
     @property
     def bias(self) -> np.ndarray:
         """float32 [T]."""
-        return self.datamodels["bias"]
+        return self.datamodels.bias
 
     @property
     def target_ids(self) -> np.ndarray:
         """int64 [T]: each target's id in the dataset's test set."""
-        return self.datamodels["target_ids"]
+        return self.datamodels.target_ids
 
     def target_index(self, target_id: int) -> int:
         """Column of a target id (the id recorded in data.npz)."""
@@ -161,4 +160,4 @@ def load_run(results: str | Path, alpha: float | str | None = None) -> Datamodel
         key = alpha_dir(alpha)
         if key not in available:
             raise ValueError(f"{results}: alpha {alpha} not found; available: {available}")
-    return DatamodelRun(layout, key, load_npz(Path(layout.datamodels(key))), load_npz(Path(layout.data())))
+    return DatamodelRun(layout, key, open_datamodels(Path(layout.datamodels(key))), load_npz(Path(layout.data())))

@@ -20,9 +20,10 @@ import jsonschema
 import yaml
 
 from dmflow.attribution import MISSING_TRAKER, TRAK_MODELS_ALLOWED, trak_counts, traker_installed
+from dmflow.core.errors import DataError, DataWarning
 from dmflow.core.schema import builtin_architectures, load_schema, validator
 from dmflow.core.seeds import alpha_key
-from dmflow.data.sources import DataError, DataWarning, dataset_info
+from dmflow.data.sizing import dataset_info
 from dmflow.store.masks import subset_size
 from dmflow.training.factory import check_factory, check_lightning_class, load_factory, load_lightning_class
 
@@ -290,7 +291,7 @@ def _check_baselines(baselines: dict, n: int) -> None:
 def validate_config(config: dict[str, Any]) -> dict[str, Any]:
     """Return the config with defaults filled in, or raise ConfigError (one line).
 
-    Besides the schema, it checks the data itself (``dmflow.data.sources.dataset_info``),
+    Besides the schema, it checks the data itself (``dmflow.data.sizing.dataset_info``),
     the alphas, the devices and a custom model factory, before any job. Problems that
     leave a usable config (targets of classes the training set lacks) are issued as
     ``DataWarning`` warnings.

@@ -25,7 +25,7 @@ from typing import Any
 from dmflow.core.io import FileError
 from dmflow.core.layout import Layout, alpha_dir, block_ids, block_targets, chunk_ids
 from dmflow.core.progress import duration
-from dmflow.data.sources import dataset_sizes
+from dmflow.data.sizing import dataset_sizes
 
 LOG_TIME = re.compile(r"^(\d{4}-\d\d-\d\d \d\d:\d\d:\d\d,\d{3}) ")
 """The timestamp that starts a dmflow log line (``logging``'s ``asctime``, local time)."""

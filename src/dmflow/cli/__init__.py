@@ -20,9 +20,8 @@ from dmflow.cli import rules, tools
 from dmflow.config import ConfigError
 from dmflow.core import kernels, progress
 from dmflow.core.device import DeviceError
-from dmflow.core.io import FileError, save_usage
-from dmflow.data.sources import DataError, DataWarning
-from dmflow.store.schema import StoreError
+from dmflow.core.errors import DataError, DataWarning, FileError, StoreError
+from dmflow.core.io import save_usage
 
 DESCRIPTION = (
     "Datamodels (Ilyas et al. 2022) as a Snakemake workflow, which 'snakemake --cores 2' runs. "

@@ -13,9 +13,9 @@ import yaml
 
 from dmflow.cli.command import Commands, arg, schema_default
 from dmflow.config import config_markdown, load_config
+from dmflow.core.errors import StoreError
 from dmflow.core.schema import load_schema
-from dmflow.data.sources import SYNTHETIC_CIFAR10
-from dmflow.store.schema import StoreError
+from dmflow.data.cifar10 import SYNTHETIC_CIFAR10
 
 COMMANDS = Commands()
 

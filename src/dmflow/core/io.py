@@ -30,6 +30,8 @@ from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
+from dmflow.core.errors import FileError
+
 if TYPE_CHECKING:  # pragma: no cover
     import pandas as pd
     from matplotlib.figure import Figure
@@ -37,11 +39,6 @@ if TYPE_CHECKING:  # pragma: no cover
 
 SEAL = "json_sha256"
 """The key of a JSON file's own checksum: the sha256 of the rest of it, as compact key-sorted JSON."""
-
-
-class FileError(ValueError):
-    """A file dmflow wrote that cannot be read back or trusted (missing, truncated, corrupt, edited, from an
-    older dmflow); the message is one line naming the file and what rebuilds it."""
 
 
 def _digest(obj: Mapping[str, Any]) -> str:

@@ -26,7 +26,7 @@ from pathlib import Path
 
 import numpy as np
 
-from dmflow.data.errors import DataError
+from dmflow.core.errors import DataError
 
 IDX_NAMES = ("fashion-mnist", "mnist", "kmnist")
 IDX_DEFAULT_PATHS = {"fashion-mnist": "/usr/share/datasets/fashion-mnist"}

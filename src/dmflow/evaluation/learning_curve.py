@@ -13,10 +13,12 @@ from collections.abc import Sequence
 import numpy as np
 import pandas as pd
 
+from dmflow.core.budgets import CURVE_TARGETS_PER_PASS
 from dmflow.evaluation.metrics import predict, score
 from dmflow.lasso.moments import count_moments
 from dmflow.lasso.path import FitSettings, fit_from_moments, split_validation_rows
-from dmflow.store.schema import Store, usable_rows
+from dmflow.store.formats import Datamodels, Store
+from dmflow.store.schema import usable_rows
 
 log = logging.getLogger(__name__)
 
@@ -50,8 +52,8 @@ def learning_curve(
     *,
     settings: FitSettings,
     seed: int,
-    targets_per_pass: int = 1000,
-    datamodels: dict[str, np.ndarray] | None = None,
+    targets_per_pass: int = CURVE_TARGETS_PER_PASS,
+    datamodels: Datamodels | None = None,
 ) -> pd.DataFrame:
     """One row per fraction: number of fit models and the mean/median scores on the eval masks.
 
@@ -68,7 +70,7 @@ def learning_curve(
             rows, settings.val_fraction, seed=seed, alpha=fit_store.manifest["alpha"]
         )
         if fraction == 1.0 and datamodels is not None:
-            pred = predict(eval_store.masks, datamodels["weight"], np.zeros(datamodels["weight"].shape[1], np.float32))
+            pred = predict(eval_store.masks, datamodels.weight, np.zeros(datamodels.weight.shape[1], np.float32))
         else:
             pred = _refit_and_predict(fit_store, eval_store, fit_rows, val_rows, settings, targets_per_pass)
         scores = score(pred, eval_store)

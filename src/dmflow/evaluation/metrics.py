@@ -16,7 +16,7 @@ import numpy as np
 import pandas as pd
 from scipy.stats import rankdata
 
-from dmflow.store.schema import Store
+from dmflow.store.formats import Datamodels, Store
 
 MIN_CEILING = 0.1
 """Below this noise ceiling retraining noise swamps any signal: no fraction of the ceiling is reported."""
@@ -210,18 +210,18 @@ def summarise(table: pd.DataFrame, store: Store) -> dict:
     return out
 
 
-def evaluate(dm: dict[str, np.ndarray], store: Store) -> tuple[pd.DataFrame, dict, np.ndarray]:
+def evaluate(dm: Datamodels, store: Store) -> tuple[pd.DataFrame, dict, np.ndarray]:
     """Score datamodels on an eval store: (per-target table, summary, predictions float32 [m, T]).
 
-    ``dm`` holds the arrays of ``datamodels/{alpha}.npz`` (weight [n, T], bias, lam,
+    ``dm``: the datamodels (``dmflow.store.formats.open_datamodels``: weight [n, T], bias, lam,
     nnz, flags, target_ids [T]). The correlations are those of ``mask @ weight``,
     exactly as ``score_attribution`` scores ``weight`` as an attribution; the
     predictions returned and the errors add the bias (``predict``).
     """
-    linear = predict(store.masks, dm["weight"], np.zeros(dm["weight"].shape[1], dtype=np.float32))
-    table, summary = score_table(linear, store, target_ids=dm["target_ids"], bias=dm["bias"])
-    table["nnz"], table["lam"], table["flags"] = dm["nnz"], dm["lam"], dm["flags"]
-    return table, summary, linear + dm["bias"]
+    linear = predict(store.masks, dm.weight, np.zeros(dm.weight.shape[1], dtype=np.float32))
+    table, summary = score_table(linear, store, target_ids=dm.target_ids, bias=dm.bias)
+    table["nnz"], table["lam"], table["flags"] = dm.nnz, dm.lam, dm.flags
+    return table, summary, linear + dm.bias
 
 
 def attribution_problem(shape: tuple[int, ...], dtype: np.dtype, *, n: int, num_targets: int) -> str | None:

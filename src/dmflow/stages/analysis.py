@@ -20,6 +20,7 @@ from dmflow.data.prepare import as_images, source_features
 from dmflow.evaluation.compare import equal_compute
 from dmflow.evaluation.metrics import MIN_CEILING
 from dmflow.plots import galleries
+from dmflow.store.formats import open_datamodels
 
 log = logging.getLogger(__name__)
 
@@ -56,9 +57,9 @@ def influencers(
     figure: Path,
 ) -> pd.DataFrame:
     """Write every target's top-k helpers and harmers, and a gallery of ``gallery_targets`` targets."""
-    dm, arrays = load_npz(datamodels), load_npz(data)
-    weight = dm["weight"]
-    rows = influence.influencer_table(weight, arrays, dm["target_ids"], k=top_k)
+    dm, arrays = open_datamodels(Path(datamodels)), load_npz(data)
+    weight = dm.weight
+    rows = influence.influencer_table(weight, arrays, dm.target_ids, k=top_k)
     write_table(rows, table)
     shown = [
         (int(t), *influence.top_influencers(weight, int(t), gallery_k))
@@ -66,7 +67,7 @@ def influencers(
     ]
     pics = galleries.pictures(*_source_images(arrays, image_shape))
     save_figure(
-        galleries.influencer_gallery(shown, weight, arrays, target_ids=dm["target_ids"], k=gallery_k, pics=pics),
+        galleries.influencer_gallery(shown, weight, arrays, target_ids=dm.target_ids, k=gallery_k, pics=pics),
         figure,
     )
     return rows
@@ -76,8 +77,8 @@ def leakage(
     datamodels: Path, data: Path, *, pairs: int, image_shape: Sequence[int] | None, table: Path, figure: Path
 ) -> pd.DataFrame:
     """Write the ranked leakage table (every target) and a gallery of the top ``pairs``."""
-    dm, arrays = load_npz(datamodels), load_npz(data)
-    ranked = leakage_ranking(dm["weight"], arrays, dm["target_ids"], image_shape=image_shape)
+    dm, arrays = open_datamodels(Path(datamodels)), load_npz(data)
+    ranked = leakage_ranking(dm.weight, arrays, dm.target_ids, image_shape=image_shape)
     write_table(ranked, table)
     pics = galleries.pictures(*_source_images(arrays, image_shape))
     save_figure(galleries.pair_gallery(ranked.head(pairs), pics, headline=leak.verdict(ranked)), figure)
@@ -99,11 +100,11 @@ def embeddings(
     ends_figure: Path,
 ) -> pd.DataFrame:
     """Write per-target coordinates and clusters, the component ends, and their figures."""
-    dm, arrays = load_npz(datamodels), load_npz(data)
-    coords, loadings, ratio, labels = emb.embed(dm["weight"], components=components, clusters=clusters, seed=seed)
+    dm, arrays = open_datamodels(Path(datamodels)), load_npz(data)
+    coords, loadings, ratio, labels = emb.embed(dm.weight, components=components, clusters=clusters, seed=seed)
     points = pd.DataFrame(coords, columns=[f"pc{i + 1}" for i in range(coords.shape[1])])
     points.insert(0, "target", np.arange(len(points)))
-    points.insert(1, "target_id", dm["target_ids"])
+    points.insert(1, "target_id", dm.target_ids)
     points.insert(2, "label", arrays["y_target"])
     points["cluster"] = labels
     write_table(points, table)

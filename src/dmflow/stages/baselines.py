@@ -1,6 +1,6 @@
 """Rules of ``rules/baselines.smk``: ``baseline_scores`` computes one baseline's attribution [n, T]
 (once per run; TRAK's at each model count of its curve); ``compare_methods`` scores each baseline's
-points on an alpha's eval store with the evaluate stage's ``score_attribution`` and puts every method
+points on an alpha's eval store as the datamodels are scored (``dmflow.evaluation.scoring``) and puts every method
 side by side, by compute."""
 
 from __future__ import annotations
@@ -19,11 +19,13 @@ from dmflow.attribution import baselines as methods
 from dmflow.core import provenance
 from dmflow.core.device import resolve_device
 from dmflow.core.io import atomic_save_json, atomic_save_npy, load_json, load_npz, save_figure, write_table
-from dmflow.core.layout import Layout, baseline_point_name
+from dmflow.core.layout import Layout, alpha_dir, baseline_point_name
 from dmflow.core.progress import Progress
+from dmflow.core.schema import defaults
+from dmflow.evaluation import scoring
 from dmflow.evaluation.compare import comparison_table
 from dmflow.plots import figures
-from dmflow.stages.evaluate import score_run_attribution
+from dmflow.store.formats import read_store_manifest
 from dmflow.training.settings import TrainSettings
 
 log = logging.getLogger(__name__)
@@ -39,7 +41,7 @@ def baseline_scores(
     scores: Path,
     info: Path,
     curve: Path | None = None,
-    threads: int = 1,
+    threads: int | None = None,
 ) -> dict:
     """Write one baseline's scores float32 [n, T] (``.npy``), the scores of the smaller points of its
     curve over its model count float32 [P, n, T] (``curve``, ``Layout.baseline_curve``; P = 0 for a
@@ -53,6 +55,7 @@ def baseline_scores(
     """
     if method not in BASELINE_METHODS:
         raise ValueError(f"baseline {method!r} is not one of {', '.join(BASELINE_METHODS)}")
+    threads = defaults("baselines")["threads"] if threads is None else threads
     torch.set_num_threads(max(1, int(threads)))
     arrays = load_npz(data)
     start = time.perf_counter()
@@ -126,14 +129,20 @@ def compare_methods(results: Path, *, alpha: str, methods: Sequence[str], table:
     """Score each baseline's points on the eval store of ``alpha`` (``evaluation/{alpha}/methods/NAME.{csv,json}``,
     NAME from each point's record), then write the comparison table (``dmflow.evaluation.compare``: one row
     per point) and its figure, LDS against compute."""
-    layout = Layout(results)
+    layout, alpha = Layout(results), alpha_dir(alpha)
+    target_ids = scoring.run_target_ids(results, alpha)
     scored = {}
     for method in methods:
-        scored[method] = [
-            (score_run_attribution(results, scores, alpha=alpha, name=entry["name"])[1], entry)
-            for entry, scores in _points(layout, method)
-        ]
-    manifest = load_json(Path(layout.manifest(alpha, "fit")))
+        scored[method] = []
+        for entry, scores in _points(layout, method):
+            name = entry["name"]
+            eval_store = Path(layout.store(alpha, "eval"))
+            point, headline = scoring.score_attribution(scores, eval_store, name=name, target_ids=target_ids)
+            write_table(point, Path(layout.method_table(alpha, name)))
+            atomic_save_json(Path(layout.method_summary(alpha, name)), headline)
+            log.info("%s", scoring.headline_line(headline))
+            scored[method].append((headline, entry))
+    manifest = read_store_manifest(Path(layout.store(alpha, "fit")))
     curve_path = Path(layout.curve_table(alpha))
     datamodels = load_json(Path(layout.eval_summary(alpha)))
     rows = comparison_table(

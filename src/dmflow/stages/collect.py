@@ -1,8 +1,7 @@
-"""Rule of ``rules/collect.smk``: ``collect`` checks a split's trained chunks and writes its store;
-``open_store`` reads a store back (memory-mapped, checksums verified). ``import_store`` (``dmflow
-import-store``, no rule) writes a store of the same format from arrays trained elsewhere.
-
-The store's arrays are ``dmflow.store.schema.STORE_ARRAYS``. They go to temporary
+"""Rule of ``rules/collect.smk``: ``collect`` checks a split's trained chunks and writes its store.
+``import_store`` (``dmflow import-store``, no rule) writes a store of the same format from arrays
+trained elsewhere. ``dmflow.store.formats`` declares the format (``STORE_ARRAYS``) and reads it back
+(``open_store``). They go to temporary
 files first and the manifest is written last, so a store without ``manifest.json`` is
 incomplete, and a bad chunk leaves any earlier store as it was.
 """
@@ -24,26 +23,16 @@ import numpy as np
 
 from dmflow.core import provenance
 from dmflow.core.codes import STATUS_OK
+from dmflow.core.errors import StoreError
 from dmflow.core.io import atomic_path, atomic_save_json, check_free_space, load_json, sha256_file
 from dmflow.core.layout import seconds_path
+from dmflow.core.schema import defaults
 from dmflow.core.seeds import chunk_seeds
-from dmflow.store.masks import PackedMasks, pack
-from dmflow.store.schema import (
-    CHUNK_ARRAYS,
-    STORE_ARRAYS,
-    Store,
-    StoreError,
-    check_chunk,
-    check_imported,
-    check_imported_rows,
-    check_imported_seeds,
-    open_npy,
-)
+from dmflow.store.formats import CHUNK_ARRAYS, STORE_ARRAYS, STORE_FORMAT, open_npy
+from dmflow.store.masks import pack
+from dmflow.store.schema import check_chunk, check_imported, check_imported_rows, check_imported_seeds
 
 log = logging.getLogger(__name__)
-
-MANIFEST_FORMAT = 2
-"""2: the manifest carries its own checksum (``dmflow.core.io.SEAL``)."""
 
 
 @dataclass(frozen=True)
@@ -119,7 +108,7 @@ def _write_arrays(
         (out_dir / "manifest.json").unlink(missing_ok=True)
     total = m * replicates
     manifest = {
-        "format": MANIFEST_FORMAT,
+        "format": STORE_FORMAT,
         **fields,
         "num_models": m,
         "num_train": n,
@@ -303,7 +292,7 @@ def import_store(
     split: str,
     status: Path | None = None,
     seeds: Path | None = None,
-    max_diverged_fraction: float = 0.05,
+    max_diverged_fraction: float | None = None,
 ) -> dict:
     """Write a store in dmflow's own format (bit-packed masks, float32 margins, status, seeds, manifest
     with sha256) from arrays trained elsewhere, checked as strictly as dmflow's own chunks; returns
@@ -333,9 +322,12 @@ def import_store(
         dmflow's training marks its own, and the others ok.
     seeds : Path, optional
         ``.npy`` integers [m, R], recorded as each model's seed; without it, -1 (unknown).
-    max_diverged_fraction : float
-        Above this share of diverged models, no store is written (as ``collect``).
+    max_diverged_fraction : float, optional
+        Above this share of diverged models, no store is written (as ``collect``); by default the
+        schema's ``train.max_diverged_fraction``.
     """
+    if max_diverged_fraction is None:
+        max_diverged_fraction = defaults("train")["max_diverged_fraction"]
     if split not in IMPORT_SPLITS:
         raise StoreError(f"split {split!r}: a store is imported as split fit or eval")
     paths = {"masks": Path(masks), "margins": Path(margins), "status": status, "seeds": seeds}
@@ -393,31 +385,3 @@ def import_store(
         raise
     log.info("imported %s: %d models x %d replicates, n=%d, T=%d", out_dir, m, replicates, n, num_targets)
     return manifest
-
-
-def open_store(path: Path, verify: bool = True) -> Store:
-    """Memory-map a store; with ``verify`` every array's sha256 must match the manifest."""
-    path = Path(path)
-    manifest_path = path / "manifest.json"
-    if not manifest_path.is_file():
-        raise StoreError(f"{path}: no manifest.json (the store is incomplete; rerun collect)")
-    manifest = load_json(manifest_path, rebuild="rerun the workflow (collect rebuilds it from the chunks)")
-    if manifest.get("format") != MANIFEST_FORMAT:
-        raise StoreError(
-            f"{manifest_path}: store format {manifest.get('format')}, this dmflow reads {MANIFEST_FORMAT}; "
-            "remove it and rerun the workflow (collect rebuilds it from the chunks)"
-        )
-    arrays = {}
-    for spec in STORE_ARRAYS:
-        file = path / f"{spec.name}.npy"
-        meta = manifest["arrays"][spec.name]
-        if verify and sha256_file(file) != meta["sha256"]:
-            raise StoreError(f"{file}: sha256 differs from manifest.json (the store was modified or corrupted)")
-        arrays[spec.name] = np.load(file, mmap_mode="r", allow_pickle=False)
-        if list(arrays[spec.name].shape) != meta["shape"] or arrays[spec.name].dtype != spec.dtype:
-            raise StoreError(
-                f"{file}: {arrays[spec.name].dtype} {list(arrays[spec.name].shape)} differs from the "
-                f"manifest's {meta['dtype']} {meta['shape']} (a store of an older dmflow? rerun collect)"
-            )
-    arrays["masks"] = PackedMasks(arrays["masks"], manifest["num_train"])
-    return Store(path, manifest, **arrays)

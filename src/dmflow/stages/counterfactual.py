@@ -8,9 +8,10 @@ from pathlib import Path
 
 import pandas as pd
 
-from dmflow.core.io import atomic_save_json, atomic_save_npy, load_npz, save_figure, write_table
+from dmflow.core.io import atomic_save_json, atomic_save_npy, save_figure, write_table
 from dmflow.evaluation import counterfactual as cf
 from dmflow.plots import figures
+from dmflow.store.formats import open_chunk, open_datamodels
 
 
 def counterfactual_design(
@@ -24,8 +25,8 @@ def counterfactual_design(
     cases_out: Path,
 ) -> pd.DataFrame:
     """Write the counterfactual masks (trained by ``train_chunk``, split counterfactual) and the case table."""
-    dm = load_npz(datamodels)
-    masks, cases = cf.design(dm["weight"], dm["bias"], alpha=alpha, num_targets=num_targets, ks=ks, seed=seed)
+    dm = open_datamodels(Path(datamodels))
+    masks, cases = cf.design(dm.weight, dm.bias, alpha=alpha, num_targets=num_targets, ks=ks, seed=seed)
     atomic_save_npy(masks_out, masks)
     write_table(cases, cases_out)
     return cases
@@ -44,7 +45,7 @@ def counterfactual_analyse(
 ) -> dict:
     """Read the case table and the retrained chunk; write the tables, ``summary.json`` and the figures."""
     case_table = pd.read_parquet(cases) if str(cases).endswith(".parquet") else pd.read_csv(cases)
-    chunk = load_npz(trained)
+    chunk = open_chunk(Path(trained))
     rows, flip_rates, brittle, headline = cf.analyse(case_table, chunk["margins"], chunk["status"])
     write_table(rows, changes)
     write_table(flip_rates, flips)

@@ -11,8 +11,8 @@ from typing import Any
 import numpy as np
 
 from dmflow.core.io import atomic_save_npz
+from dmflow.data.cifar10 import synthetic_images
 from dmflow.data.prepare import prepare_data as prepare_arrays
-from dmflow.data.sources import synthetic_images
 
 log = logging.getLogger(__name__)
 
@@ -58,7 +58,7 @@ def write_cifar10_folder(
 
 
 def synthetic_cifar10(out: Path, *, train: int, test: int, classes: int, seed: int) -> Path:
-    """A synthetic stand-in for CIFAR-10 (``dmflow.data.sources.synthetic_images``) in its python format."""
+    """A synthetic stand-in for CIFAR-10 (``dmflow.data.cifar10.synthetic_images``) in its python format."""
     x, y = synthetic_images(train + test, classes, seed)
     folder = write_cifar10_folder(out, x_train=x[:train], y_train=y[:train], x_test=x[train:], y_test=y[train:])
     log.info("wrote a synthetic CIFAR-10-format folder %s: %d training and %d test images", folder, train, test)

@@ -12,19 +12,37 @@ import numpy as np
 import torch
 
 from dmflow.core import provenance
+from dmflow.core.budgets import check_memory, fit_bytes
 from dmflow.core.codes import FLAG_OK
-from dmflow.core.io import atomic_path, atomic_save_npz, check_new_output, load_json, load_npz
+from dmflow.core.errors import StoreError
+from dmflow.core.io import atomic_path, atomic_save_npz, check_new_output, load_npz
 from dmflow.core.layout import alpha_dir, block_targets
 from dmflow.core.progress import Progress
+from dmflow.core.schema import defaults
+from dmflow.lasso.moments import CountMoments
 from dmflow.lasso.path import FitSettings, fit_from_moments
-from dmflow.stages.moments import REBUILD as MOMENTS_REBUILD
-from dmflow.stages.moments import check_memory, fit_bytes, open_moments
-from dmflow.store.schema import StoreError
+from dmflow.store.formats import (
+    DATAMODELS_ARRAYS,
+    DATAMODELS_FORMAT,
+    FIT_ARRAYS,
+    FIT_BLOCK_ARRAYS,
+    FIT_BLOCK_FORMAT,
+    MOMENT_ARRAYS,
+    PER_TARGET,
+    check_arrays,
+    open_datamodels,
+    open_fit_block,
+    open_moments,
+    read_moments_manifest,
+)
 
 log = logging.getLogger(__name__)
 
-PER_TARGET = ("weight", "bias", "lam", "val_mse", "nnz", "flags", "lams", "train_mse", "val_mse_path", "nnz_path")
-"""The arrays of a fit block whose last axis is the target."""
+
+def _count_moments(arrays: dict[str, np.ndarray], count: int, *, lip: float | None, mu: float | None) -> CountMoments:
+    """One part of the moments (``open_moments``' arrays of ``MOMENT_ARRAYS``) as the solvers' ``CountMoments``."""
+    gram, cross, mean_y, syy, sum_x = (arrays[spec.name] for spec in MOMENT_ARRAYS)
+    return CountMoments(count, (gram,), np.asarray(sum_x), np.asarray(mean_y), cross, np.asarray(syy), lip, mu)
 
 
 def fit_moments_block(
@@ -38,7 +56,14 @@ def fit_moments_block(
 ) -> dict:
     """The datamodels of one block of targets (``fit_from_moments``' arrays, plus ``targets`` and the
     store's ``num_targets``) from the store's moments; the masks are never read."""
-    fit, val, manifest = open_moments(moments_dir, store_manifest=store_manifest)
+    parts, manifest = open_moments(moments_dir, store_manifest=store_manifest, workers=torch.get_num_threads())
+    fit = _count_moments(
+        parts["fit"],
+        manifest["counts"]["fit"],
+        lip=manifest["top_eigenvalue"]["fit"],
+        mu=manifest["bottom_eigenvalue"]["fit"],
+    )
+    val = _count_moments(parts["val"], manifest["counts"]["val"], lip=None, mu=None)
     targets = block_targets(block, targets_per_job, manifest["num_targets"])
     if manifest["val_fraction"] != settings.val_fraction:
         raise StoreError(
@@ -50,11 +75,14 @@ def fit_moments_block(
         val.select(targets),
         settings=settings,
         all_rows_lip=manifest["top_eigenvalue"]["all"],
-        all_rows_mu=manifest.get("bottom_eigenvalue", {}).get("all"),
+        all_rows_mu=manifest["bottom_eigenvalue"]["all"],
         progress=progress,
     )
     result["targets"] = targets
     result["num_targets"] = np.int64(manifest["num_targets"])
+    result["format"] = np.int64(FIT_BLOCK_FORMAT)
+    unsigned = [spec for spec in FIT_BLOCK_ARRAYS if spec.name != provenance.KEY]  # fit_block adds it
+    check_arrays(unsigned, result, where=f"the fit of block {block}", sizes={"targets": len(targets)})
     return result
 
 
@@ -66,16 +94,17 @@ def fit_block(
     targets_per_job: int,
     settings: FitSettings,
     store_manifest: Path | None = None,
-    threads: int = 1,
+    threads: int | None = None,
     mem_mb: int | None = None,
 ) -> dict[str, np.ndarray]:
     """Fit one block of targets from the fit store's moments on ``threads`` torch threads and write
     ``block{b}.npz`` atomically, with a ``provenance`` member (``dmflow.core.provenance.as_array``).
     ``store_manifest`` ties the moments to their store; ``mem_mb`` (the
     job's memory) is checked against what the block can need, before any work."""
-    sizes = load_json(Path(moments) / "manifest.json", rebuild=MOMENTS_REBUILD)
+    sizes = read_moments_manifest(Path(moments))
     n = sizes["num_train"]
     # a block holds min(targets_per_job, T) targets at most, as the rule sizes it (rules/common.smk's fit_mem_mb)
+    threads = defaults("fit")["threads"] if threads is None else threads
     needed = fit_bytes(n, min(targets_per_job, sizes["num_targets"]), threads=threads, device=settings.torch_device)
     check_memory(needed, mem_mb, f"fit jobs of n={n} training examples")
     torch.set_num_threads(max(1, int(threads)))
@@ -105,7 +134,7 @@ def merge_fit(blocks: Sequence[Path], data: Path | None, out: Path) -> dict[str,
     """Concatenate the blocks in target order into the datamodels file, with target and training ids
     (from ``data.npz``; without it, for a store imported from elsewhere, 0..T-1 and 0..n-1, and the
     blocks must cover every target of their moments)."""
-    parts = sorted((load_npz(p) for p in blocks), key=lambda b: int(b["targets"][0]))
+    parts = sorted((open_fit_block(Path(p)) for p in blocks), key=lambda b: int(b["targets"][0]))
     targets = np.concatenate([b["targets"] for b in parts])
     if data is not None:
         arrays = load_npz(data)
@@ -120,19 +149,22 @@ def merge_fit(blocks: Sequence[Path], data: Path | None, out: Path) -> dict[str,
             f"expected 0..{len(arrays['target_ids']) - 1}"
         )
     merged = {}
-    for key in PER_TARGET:
-        axis = parts[0][key].ndim - 1  # targets are the last axis of every per-target array
-        merged[key] = np.concatenate([b[key] for b in parts], axis=axis)
+    for spec in FIT_ARRAYS:  # targets are the last axis of every per-target array; the rest is the same in each block
+        merged[spec.name] = (
+            np.concatenate([b[spec.name] for b in parts], axis=-1) if spec.name in PER_TARGET else parts[0][spec.name]
+        )
     merged["target_ids"] = arrays["target_ids"]
     merged["train_ids"] = arrays["train_ids"]
-    merged["num_fit_rows"] = parts[0]["num_fit_rows"]
-    merged["num_val_rows"] = parts[0]["num_val_rows"]
-    # the fit's provenance (the first block's; one line if another block's differs); blocks of an older dmflow have none
-    made_by = [(f"the fit block of target {int(b['targets'][0])}", b) for b in parts if provenance.KEY in b]
-    if made_by:
-        first = provenance.read(made_by[0][1])
-        merged[provenance.KEY] = provenance.as_array(first)
-        provenance.note_changes(first, made_by[1:], subject="the first fit block")
+    # the fit's provenance: the first block's, with one line if another block's differs
+    first = provenance.read(parts[0])
+    merged[provenance.KEY] = provenance.as_array(first)
+    provenance.note_changes(
+        first,
+        [(f"the fit block of target {int(b['targets'][0])}", b) for b in parts[1:]],
+        subject="the first fit block",
+    )
+    merged["format"] = np.int64(DATAMODELS_FORMAT)
+    check_arrays(DATAMODELS_ARRAYS, merged, where=out, sizes={})
     atomic_save_npz(Path(out), merged)
     return merged
 
@@ -171,12 +203,10 @@ def export_datamodels(
     if results is None and Path(datamodels).resolve().parent.name == "datamodels":
         results = Path(datamodels).resolve().parent.parent
     check_new_output(Path(out), force=force, inside=results)
-    dm = load_npz(datamodels)
-    missing = [key for key in ("weight", "bias", "lam") if key not in dm]
-    if missing:
-        raise StoreError(f"{datamodels}: not a datamodels file (no {', '.join(missing)}); give datamodels/ALPHA.npz")
+    dm = open_datamodels(Path(datamodels))
     tensors = {
-        key: torch.from_numpy(np.ascontiguousarray(dm[key], dtype=np.float32)) for key in ("weight", "bias", "lam")
+        key: torch.from_numpy(np.ascontiguousarray(getattr(dm, key), dtype=np.float32))
+        for key in ("weight", "bias", "lam")  # the keys of MadryLab's format
     }
     with atomic_path(Path(out), Path(out).suffix) as tmp:
         torch.save(tensors, tmp)

@@ -1,3 +1,2 @@
-"""The subset masks and the store: the schema of its arrays, the checks every chunk
-must pass, and the read-only view the fit and the evaluation work on. Reading and
-writing store folders is the collect stage's (``dmflow.stages.collect``)."""
+"""The subset masks and the store: every on-disk format of dmflow's numbers and its light reader
+(``formats``), the checks every chunk must pass (``schema``). Writing the files is the stages'."""

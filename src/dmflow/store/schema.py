@@ -1,111 +1,20 @@
-"""The store: one schema of its arrays, the checks a trained chunk must pass, a read-only view.
+"""The checks a trained chunk and a store imported from elsewhere must pass, before they become a store.
 
-The store of one (alpha, split) is a folder of memory-mappable ``.npy`` arrays, one
-per entry of ``STORE_ARRAYS`` (shapes in terms of m models, n training examples,
-R replicates, T targets), plus ``manifest.json`` (shapes, dtypes and sha256 of the
-arrays, the chunk list with the sha256 of its input files, the diverged count). The
-masks are bit-packed along n (``np.packbits``: ceil(n/8) bytes a row); the view
-``Store.masks`` (a ``PackedMasks``) unpacks the rows it is asked for. A trained chunk
-file (``train/{alpha}/{split}/{chunk}.npz``) holds the same arrays but ``masks``
-(those come from the chunk's masks file, bool [C, n]), with m = the chunk size.
+The store's format (``STORE_ARRAYS``, ``CHUNK_ARRAYS``) and its reader are ``dmflow.store.formats``.
+The masks are bit-packed along n (``np.packbits``: ceil(n/8) bytes a row); the view
+``Store.masks`` (a ``PackedMasks``) unpacks the rows it is asked for.
 """
 
 from __future__ import annotations
 
-import math
-from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
 
 from dmflow.core.codes import MODEL_STATUS, STATUS_DIVERGED, STATUS_OK, describe
-from dmflow.store.masks import PackedMasks, subset_size
-
-
-@dataclass(frozen=True)
-class ArraySpec:
-    """One array of the store: its name (file ``{name}.npy``), dtype, axes and meaning."""
-
-    name: str
-    dtype: np.dtype
-    axes: tuple[str, ...]
-    meaning: str
-
-    def shape(self, *, m: int, n: int, replicates: int, targets: int) -> tuple[int, ...]:
-        sizes = {"m": m, "n": n, "n/8": -(-n // 8), "R": replicates, "T": targets}
-        return tuple(sizes[a] for a in self.axes)
-
-
-STORE_ARRAYS = (
-    ArraySpec("masks", np.dtype(np.uint8), ("m", "n/8"), "training subset of each model row, one bit per example"),
-    ArraySpec("margins", np.dtype(np.float32), ("m", "R", "T"), "margin of each replicate on each target"),
-    ArraySpec("status", np.dtype(np.uint8), ("m", "R"), describe(MODEL_STATUS)),
-    ArraySpec("seeds", np.dtype(np.int64), ("m", "R"), "each model's seed"),
-    ArraySpec("acc_target", np.dtype(np.float32), ("m", "R"), "accuracy on the targets"),
-    ArraySpec("acc_subset", np.dtype(np.float32), ("m", "R"), "accuracy on the model's own subset"),
-)
-STORE_NAMES = tuple(spec.name for spec in STORE_ARRAYS)
-CHUNK_ARRAYS = tuple(spec for spec in STORE_ARRAYS if spec.name != "masks")
-"""The arrays of a trained chunk file."""
-
-
-class StoreError(ValueError):
-    """A chunk or store that fails validation; the message names the file and the problem."""
-
-
-NPY_MAGIC = b"\x93NUMPY"
-"""The first bytes of every ``.npy`` file."""
-
-
-def _not_npy(head: bytes, what: str) -> str:
-    """What a file that lacks numpy's magic is instead, by its first bytes."""
-    if not head:
-        return "is empty, not an .npy array"
-    if head.startswith(b"PK\x03\x04"):
-        return f"is an .npz archive; give {what} as one .npy array"
-    if head[:1] == b"\x80":
-        return "is a Python pickle, not an .npy array (dmflow never unpickles a file)"
-    return f"is not an .npy file (it starts with {head[:8]!r}, not numpy's {NPY_MAGIC!r}); write it with np.save"
-
-
-def open_npy(path: Path, what: str) -> np.ndarray:
-    """One ``.npy`` array from outside dmflow (``what`` it should be, for the message), memory-mapped: only
-    its header is read here, and it is never unpickled. A StoreError names the file when it is not one: not
-    an ``.npy`` (by its first bytes), object (pickled) data, or a header whose shape is negative or claims
-    other than the bytes the file holds."""
-    path = Path(path)
-    try:
-        with open(path, "rb") as fh:
-            head = fh.read(8)
-            if not head.startswith(NPY_MAGIC):
-                raise StoreError(f"{path}: {_not_npy(head, what)}")
-            fh.seek(0)
-            version = np.lib.format.read_magic(fh)
-            read = np.lib.format.read_array_header_1_0 if version == (1, 0) else np.lib.format.read_array_header_2_0
-            shape, _, dtype = read(fh)
-            offset = fh.tell()
-        size = path.stat().st_size
-    except StoreError:
-        raise
-    except (ValueError, OSError, EOFError, OverflowError) as exc:
-        raise StoreError(f"{path}: not a readable .npy array ({type(exc).__name__}: {exc})") from None
-    if dtype.hasobject:
-        raise StoreError(
-            f"{path}: not a readable .npy array: it holds pickled (object) data; dmflow reads numbers only"
-        )
-    if any(d < 0 for d in shape):
-        raise StoreError(f"{path}: not a readable .npy array: its header claims shape {list(shape)} (negative)")
-    claimed = math.prod(shape) * dtype.itemsize
-    if claimed != size - offset:
-        raise StoreError(
-            f"{path}: not a readable .npy array: its header claims shape {list(shape)} of {dtype} ({claimed} bytes) "
-            f"but the file holds {size - offset} bytes of data (truncated or not written by np.save)"
-        )
-    try:
-        array = np.load(path, mmap_mode="r", allow_pickle=False)
-    except (ValueError, OSError, EOFError, OverflowError) as exc:
-        raise StoreError(f"{path}: not a readable .npy array ({type(exc).__name__}: {exc})") from None
-    return array
+from dmflow.core.errors import StoreError
+from dmflow.store.formats import CHUNK_ARRAYS
+from dmflow.store.masks import subset_size
 
 
 def check_chunk(
@@ -157,28 +66,6 @@ def check_chunk(
     ok = arrays["status"] == STATUS_OK
     if not np.isfinite(arrays["margins"][ok]).all():
         raise StoreError(f"{train_path}: non-finite margins in models marked ok")
-
-
-@dataclass
-class Store:
-    """A read-only, memory-mapped view of one split's store (``dmflow.stages.collect.open_store``).
-
-    ``masks`` reads as bool [m, n] (``PackedMasks`` over the packed array, or any bool array).
-    """
-
-    path: Path | None
-    manifest: dict
-    masks: PackedMasks | np.ndarray
-    margins: np.ndarray
-    status: np.ndarray
-    seeds: np.ndarray
-    acc_target: np.ndarray
-    acc_subset: np.ndarray
-
-    @property
-    def ok(self) -> np.ndarray:
-        """bool [m, R]: the replicate trained without diverging."""
-        return self.status == STATUS_OK
 
 
 def usable_rows(status: np.ndarray) -> np.ndarray:
