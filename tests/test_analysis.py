@@ -9,7 +9,8 @@ from dmflow.analysis.influence import gallery_targets, influencer_table, top_inf
 from dmflow.analysis.leakage import datamodel_evidence
 from dmflow.core.seeds import chunk_seeds
 from dmflow.data.prepare import as_images, prepare_data
-from dmflow.lasso.path import FitSettings, fit_targets, split_validation_rows
+from dmflow.lasso.path import fit_targets
+from dmflow.lasso.settings import FitSettings, split_validation_rows
 from dmflow.plots.galleries import as_image, pictures, value_range
 from dmflow.stages.analysis import leakage_ranking
 from dmflow.store.masks import chunk_masks

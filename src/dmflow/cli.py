@@ -136,7 +136,7 @@ def cmd_moments(args: argparse.Namespace) -> None:
 
 
 def cmd_fit_block(args: argparse.Namespace) -> None:
-    from dmflow.lasso.path import FitSettings
+    from dmflow.lasso.settings import FitSettings
     from dmflow.stages.fit import fit_block
 
     fit_block(
@@ -227,7 +227,7 @@ def cmd_export(args: argparse.Namespace) -> None:
 
 
 def cmd_learning_curve(args: argparse.Namespace) -> None:
-    from dmflow.lasso.path import FitSettings
+    from dmflow.lasso.settings import FitSettings
     from dmflow.stages.evaluate import learning_curve
 
     learning_curve(

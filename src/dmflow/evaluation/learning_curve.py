@@ -14,8 +14,9 @@ import numpy as np
 import pandas as pd
 
 from dmflow.evaluation.metrics import predict, score
-from dmflow.lasso.moments import count_moments
-from dmflow.lasso.path import FitSettings, fit_from_moments, split_validation_rows
+from dmflow.lasso.accumulate import count_moments
+from dmflow.lasso.path import fit_from_moments
+from dmflow.lasso.settings import FitSettings, split_validation_rows
 from dmflow.store.schema import Store, usable_rows
 
 log = logging.getLogger(__name__)

@@ -17,7 +17,7 @@ from dmflow.core.io import atomic_save_json, load_json, load_npz, save_figure, s
 from dmflow.core.layout import Layout, alpha_dir, method_name_problem
 from dmflow.evaluation import learning_curve as curve
 from dmflow.evaluation import metrics
-from dmflow.lasso.path import FitSettings
+from dmflow.lasso.settings import FitSettings
 from dmflow.plots import figures
 from dmflow.stages.collect import open_store
 from dmflow.store.schema import StoreError, open_npy

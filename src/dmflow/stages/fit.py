@@ -14,7 +14,8 @@ import torch
 from dmflow.core.codes import FLAG_OK
 from dmflow.core.io import atomic_path, atomic_save_npz, check_new_output, load_json, load_npz
 from dmflow.core.layout import block_targets
-from dmflow.lasso.path import FitSettings, fit_from_moments
+from dmflow.lasso.path import fit_from_moments
+from dmflow.lasso.settings import FitSettings
 from dmflow.stages.moments import REBUILD as MOMENTS_REBUILD
 from dmflow.stages.moments import check_memory, fit_bytes, open_moments
 from dmflow.store.schema import StoreError

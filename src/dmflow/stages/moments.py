@@ -25,15 +25,13 @@ import torch
 
 from dmflow.core import kernels
 from dmflow.core.io import atomic_path, atomic_save_json, load_json, sha256_file, sha256_files
-from dmflow.lasso.moments import (
-    CROSS_TARGETS,
-    GRAM_COLS,
-    CountMoments,
-    bottom_eigenvalue,
-    count_moments,
-    top_eigenvalue,
-)
-from dmflow.lasso.path import BUCKET_BYTES, CD_BUFFER_ENTRIES, DENSE_MAX_N, UNION_BYTES, split_validation_rows
+from dmflow.lasso.accumulate import CROSS_TARGETS, GRAM_COLS, count_moments
+from dmflow.lasso.moments import CountMoments
+from dmflow.lasso.path import DENSE_MAX_N
+from dmflow.lasso.settings import split_validation_rows
+from dmflow.lasso.spectrum import bottom_eigenvalue, top_eigenvalue
+from dmflow.lasso.stored_gram import UNION_BYTES
+from dmflow.lasso.working_sets import BUCKET_BYTES, CD_BUFFER_ENTRIES
 from dmflow.stages.collect import open_store
 from dmflow.store.schema import StoreError, usable_rows
 
