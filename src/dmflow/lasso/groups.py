@@ -11,10 +11,10 @@ import torch
 
 R = TypeVar("R")
 
-# Below this many targets x features^2 per group, two groups side by side were no faster
-# than one: the groups' Python bookkeeping takes turns on the interpreter lock
-# (benchmarks/lasso_solvers.py; RESULTS.md).
 MIN_GROUP_WORK = 2e8
+"""Below this many targets x features^2 per group, two groups side by side were no faster than one: the groups'
+Python bookkeeping takes turns on the interpreter lock (benchmarks/RESULTS.md, "Earlier figures",
+``lasso_solvers.py``: target groups)."""
 
 
 def group_count(num_targets: int, num_features: int, threads: int) -> int:

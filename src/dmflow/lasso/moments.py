@@ -66,10 +66,27 @@ def row_moments(
     block_rows: int = 4096,
     device: str = "cpu",
 ) -> Moments:
-    """Moments of ``rows`` of (masks [m, n], targets_y [m, T]), read in row blocks (masks may be a memmap).
+    """The reference path's float64 ``Moments`` of some rows, read in row blocks.
 
     Two passes (means, then centred products) avoid the cancellation of raw sums; at
     most ``block_rows`` rows are in memory at once, as float64.
+
+    Parameters
+    ----------
+    masks : bool [m, n]
+        Training subsets (may be a memmap).
+    targets_y : float [m, T]
+        Each row's margin on each target.
+    rows : int [k]
+        The rows to take, in any order.
+    block_rows : int
+    device : str
+        Where the sums are held.
+
+    Returns
+    -------
+    Moments
+        count k, mean_x [n], mean_y [T], sxx [n, n], sxy [n, T], syy [T] (float64).
     """
     rows = np.sort(np.asarray(rows))
     n, t = masks.shape[1], targets_y.shape[1]

@@ -43,8 +43,9 @@ def fit_from_moments(
     Parameters
     ----------
     fit, val : CountMoments
-        The fit rows' and the validation rows' moments, for the targets to fit (``select``);
-        their Grams may be memory-mapped: only the rows of the working sets are read.
+        The fit rows' and the validation rows' moments, for the targets to fit (``select``):
+        Grams float32 [n, n], cross moments [T, n]. The Grams may be memory-mapped: only
+        the rows of the working sets are read.
     settings : FitSettings
         With ``solver: cvxpy`` the dense reference path runs on the same moments.
     workers : int
@@ -64,7 +65,8 @@ def fit_from_moments(
     Returns
     -------
     dict
-        The arrays ``fit_targets`` returns, equal to its up to the solver's tolerance
+        The arrays ``fit_targets`` returns (weight float32 [n, T], bias [T], the path
+        statistics [L, T], ...), equal to its up to the solver's tolerance
         (``tests/test_fit.py`` holds the two paths to it).
     """
     if method not in ("auto", "active", "dense"):
@@ -100,10 +102,10 @@ def fit_targets(
     margins : float [m, T]
         Each row's margin on each target.
     fit_rows, val_rows : int [m_fit], [m_val]
-        Disjoint rows of both (``split_validation_rows``).
+        Disjoint rows of both (``dmflow.lasso.settings.split_validation_rows``).
     settings : FitSettings
     workers : int
-        Groups of targets whose paths run side by side (``over_target_groups``); 0
+        Groups of targets whose paths run side by side (``groups.over_target_groups``); 0
         means ``group_count`` over torch's threads for the batched solver on the CPU,
         else 1. A target's result depends on its group only through rounding (the
         sparse start of a path multiplies only the columns its group uses), i.e.
