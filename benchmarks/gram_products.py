@@ -35,7 +35,7 @@ import numpy as np
 import torch
 
 from dmflow.core import kernels
-from dmflow.lasso.moments import (
+from dmflow.lasso.accumulate import (
     FIXED_POINT_BITS,
     GramScratch,
     add_cross,

@@ -62,8 +62,9 @@ import torch
 
 from dmflow.core.layout import Layout
 from dmflow.lasso.cvxpy_solver import solve_cvxpy
+from dmflow.lasso.groups import group_count, over_target_groups
 from dmflow.lasso.moments import Moments, row_moments
-from dmflow.lasso.path import group_count, lambda_path, over_target_groups, path_warm_start
+from dmflow.lasso.path_loop import lambda_path, path_warm_start
 from dmflow.lasso.problem import GREEDY_STEP, PLAIN_STEPS, curvature, lambda_max, objective
 from dmflow.lasso.solvers import solve_batched, warm_up_fused
 from dmflow.store.masks import draw_masks

@@ -147,8 +147,10 @@ def run_job(args: list[str]) -> tuple[float, float]:
 TODAY = """
 import sys, numpy as np, torch
 from dmflow.core.io import atomic_save_npz
-from dmflow.lasso.path import FitSettings, fit_targets, split_validation_rows
+from dmflow.lasso.path import fit_targets
+from dmflow.lasso.settings import FitSettings
 from dmflow.store.formats import open_store
+from dmflow.lasso.settings import FitSettings, split_validation_rows
 from dmflow.store.schema import usable_rows
 store_dir, block, per_job, threads, out = sys.argv[1], int(sys.argv[2]), int(sys.argv[3]), int(sys.argv[4]), sys.argv[5]
 torch.set_num_threads(threads)

@@ -14,7 +14,8 @@ from dmflow.core.io import atomic_save_json, atomic_save_npz, write_table
 from dmflow.core.layout import Layout
 from dmflow.core.seeds import chunk_seeds
 from dmflow.data.prepare import as_images, prepare_data
-from dmflow.lasso.path import FitSettings, fit_targets, split_validation_rows
+from dmflow.lasso.path import fit_targets
+from dmflow.lasso.settings import FitSettings, split_validation_rows
 from dmflow.plots.galleries import as_image, pictures, value_range
 from dmflow.stages.analysis import leakage_ranking, summary
 from dmflow.store.masks import chunk_masks

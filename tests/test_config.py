@@ -165,7 +165,7 @@ def test_every_value_in_config_yaml_is_valid_and_the_empty_config_is_the_schemas
 def test_the_config_counts_the_fit_rows_as_the_moments_split_them():
     """The check of fit.val_fraction counts the rows as ``split_validation_rows`` divides them."""
     from dmflow.config import MIN_FIT_ROWS, _fit_rows
-    from dmflow.lasso.path import split_validation_rows
+    from dmflow.lasso.settings import split_validation_rows
     from dmflow.stages import moments
 
     assert MIN_FIT_ROWS == moments.MIN_FIT_ROWS

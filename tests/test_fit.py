@@ -6,32 +6,23 @@ import numpy as np
 import pytest
 import torch
 
-import dmflow.lasso.moments as lasso_moments
-import dmflow.lasso.path as lasso_path
+import dmflow.lasso.accumulate as accumulate
+import dmflow.lasso.dense as dense
+import dmflow.lasso.stored_gram as stored_gram
+import dmflow.lasso.working_sets as working_sets
 from dmflow.core.budgets import check_memory, moments_bytes
 from dmflow.core.codes import FLAG_CONSTANT, FLAG_OK
 from dmflow.core.io import atomic_save_npz
 from dmflow.core.layout import block_targets
-from dmflow.lasso import kernels
-from dmflow.lasso.moments import (
-    add_gram,
-    bottom_eigenvalue,
-    count_moments,
-    mirror_upper,
-    row_moments,
-    top_eigenvalue,
-)
-from dmflow.lasso.path import (
-    MIN_GROUP_WORK,
-    FitSettings,
-    fit_from_moments,
-    fit_targets,
-    group_count,
-    over_target_groups,
-    split_validation_rows,
-    validation_mse,
-)
+from dmflow.lasso import accumulate_kernels as kernels
+from dmflow.lasso.accumulate import add_gram, count_moments, mirror_upper
+from dmflow.lasso.dense import validation_mse
+from dmflow.lasso.groups import MIN_GROUP_WORK, group_count, over_target_groups
+from dmflow.lasso.moments import row_moments
+from dmflow.lasso.path import fit_from_moments, fit_targets
+from dmflow.lasso.settings import FitSettings, split_validation_rows
 from dmflow.lasso.solvers import solve_batched
+from dmflow.lasso.spectrum import bottom_eigenvalue, top_eigenvalue
 from dmflow.stages.fit import fit_moments_block, merge_fit
 from dmflow.stages.moments import moments
 from dmflow.store.schema import StoreError
@@ -99,15 +90,13 @@ def test_group_count_needs_enough_work_per_group():
 
 
 def test_targets_fitted_in_groups_equal_each_group_fitted_alone(monkeypatch):
-    import dmflow.lasso.path
-
     x, y, _ = planted_problem(t=6)
     rows = dict(
         zip(("fit_rows", "val_rows"), split_validation_rows(np.arange(len(x)), 0.2, seed=0, alpha=0.5), strict=True)
     )
     groups = []
-    real = dmflow.lasso.path.over_target_groups
-    monkeypatch.setattr(dmflow.lasso.path, "over_target_groups", lambda fn, t, w: groups.append(w) or real(fn, t, w))
+    real = dense.over_target_groups
+    monkeypatch.setattr(dense, "over_target_groups", lambda fn, t, w: groups.append(w) or real(fn, t, w))
     grouped = fit_targets(x, y, **rows, settings=F64, workers=2)
     fit_targets(x, y, **rows, settings=F64)  # default: group_count says this is too small to split
     assert groups == [2, 1]
@@ -274,14 +263,14 @@ def test_every_working_set_solver_gives_the_reference_paths_datamodels(solver, m
     coordinate descent on sets too large to copy G[A, A] (reading each Gram row where it is stored)
     or with room for a few copies at a time; and every product G W and w^T G w from the supports."""
     if solver.startswith("padded"):
-        monkeypatch.setattr(lasso_path, "COORDINATE_DESCENT", False)
+        monkeypatch.setattr(working_sets, "COORDINATE_DESCENT", False)
     elif solver.endswith("in place"):
-        monkeypatch.setattr(lasso_path, "CD_BUFFER_ENTRIES", 1)
+        monkeypatch.setattr(working_sets, "CD_BUFFER_ENTRIES", 1)
     elif solver.endswith("batches"):
-        monkeypatch.setattr(lasso_path, "CD_BUFFER_ENTRIES", 300)
+        monkeypatch.setattr(working_sets, "CD_BUFFER_ENTRIES", 300)
     else:
-        monkeypatch.setattr(lasso_path, "SPARSE_COST", 0.0)
-        monkeypatch.setattr(lasso_path, "QUADRATIC_SHARE", 1.0)
+        monkeypatch.setattr(stored_gram, "SPARSE_COST", 0.0)
+        monkeypatch.setattr(stored_gram, "QUADRATIC_SHARE", 1.0)
     x, y, _ = planted_problem(n=60, m=2000, t=7)
     rows = split_validation_rows(np.arange(len(x)), 0.2, seed=0, alpha=0.5)
     settings = FitSettings(**{**F64.__dict__, "dtype": "float32", "tol": 1e-6, "l2": 0.05})
@@ -302,33 +291,34 @@ def test_sparse_products_and_quadratic_forms_equal_the_dense_ones(rows, monkeypa
     rng = np.random.default_rng(0)
     w = torch.from_numpy(rng.normal(size=(48, 9)) * (rng.random((48, 9)) < np.linspace(0, 0.9, 9))).float()
     gram = torch.from_numpy(mom.sxx(slice(None)) / mom.count)
-    problem = lasso_path._ActiveSet(mom, None, FitSettings(device="cpu"), lasso_path.CentredGram(mom, FitSettings()))
     for cost, share in ((1e9, 0.0), (3.0, 0.3), (0.0, 1.0)):  # dense only; split by non-zeros; sparse only
-        monkeypatch.setattr(lasso_path, "SPARSE_COST", cost)
-        monkeypatch.setattr(lasso_path, "QUADRATIC_SHARE", share)
-        np.testing.assert_allclose(problem._product(w).numpy(), (gram @ w.double()).numpy(), atol=1e-5)
+        monkeypatch.setattr(stored_gram, "SPARSE_COST", cost)
+        monkeypatch.setattr(stored_gram, "QUADRATIC_SHARE", share)
+        product = stored_gram.gram_product(mom, w, dtype=torch.float32, device="cpu")
+        np.testing.assert_allclose(product.numpy(), (gram @ w.double()).numpy(), atol=1e-5)
         quad = ((gram @ w.double()) * w.double()).sum(0).numpy()
-        np.testing.assert_allclose(problem._quadratic(w, mom).numpy(), quad, rtol=1e-5, atol=1e-8)
+        quadratic = stored_gram.gram_quadratic(mom, w, dtype=torch.float32, device="cpu")
+        np.testing.assert_allclose(quadratic.numpy(), quad, rtol=1e-5, atol=1e-8)
 
 
 def test_the_sparse_product_takes_the_targets_with_the_fewest_non_zeros():
     nonzero = np.zeros((4, 100), dtype=np.bool_)  # [targets, features]
     nonzero[0, :2] = nonzero[1, :90] = nonzero[2, :3] = nonzero[3, 5:95] = True
     # dense for the two broad targets costs 95 rows x 2; sparse 3 x 180 non-zeros: split them
-    assert lasso_path._sparse_targets(nonzero).tolist() == [True, False, True, False]
+    assert stored_gram.sparse_targets(nonzero).tolist() == [True, False, True, False]
     # narrow targets on different rows: sparse (3 x 20 non-zeros), not dense (20 rows x 10); one
     # target's dense product costs as many rows as its non-zeros, so one may stay dense
     narrow = np.zeros((10, 100), dtype=np.bool_)
     narrow[np.arange(20) // 2, np.arange(20)] = True
-    assert lasso_path._sparse_targets(narrow).sum() >= 9
+    assert stored_gram.sparse_targets(narrow).sum() >= 9
     # a few narrow targets on the same rows: the dense product over those rows is cheaper
-    assert not lasso_path._sparse_targets(nonzero[[0, 2]]).any()
+    assert not stored_gram.sparse_targets(nonzero[[0, 2]]).any()
 
 
 @pytest.mark.parametrize("gram_product", ["float32", "int8"])  # each candidate product forced, on every machine
 @pytest.mark.parametrize("cross_product", ["float32", "int8"])  # float32 products, or int8 ones of fixed-point margins
 def test_count_moments_are_the_centred_sums_of_the_exact_counts(gram_product, cross_product, monkeypatch):
-    monkeypatch.setattr(lasso_moments, "CROSS_TARGETS", 3)  # int8 products for 3 targets, then 1
+    monkeypatch.setattr(accumulate, "CROSS_TARGETS", 3)  # int8 products for 3 targets, then 1
     x, y, _ = planted_problem(n=30, m=700, t=4)
     y[:, 1] = 2.5  # a constant target: no spread, cross moments 0
     rows = np.arange(3, 700, 2)
@@ -446,7 +436,7 @@ def test_a_job_that_would_need_more_memory_than_it_was_given_is_refused_before_a
 @pytest.mark.parametrize("int8", [False, True])  # both paths on every machine, whichever one it would choose
 @pytest.mark.parametrize("n", [64, 30])
 def test_gram_counts_are_exact_with_either_product(n, int8, monkeypatch):
-    monkeypatch.setattr(lasso_moments, "GRAM_COLS", 24)  # products in column blocks, the last one narrower
+    monkeypatch.setattr(accumulate, "GRAM_COLS", 24)  # products in column blocks, the last one narrower
     rng = np.random.default_rng(n)
     x = rng.random((300, n)) < 0.5
     gram = torch.full((n, n), 7.0)

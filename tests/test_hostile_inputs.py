@@ -362,7 +362,7 @@ def test_a_config_that_would_fail_inside_a_job_is_refused_in_one_line(config, ex
 
 def test_the_smallest_fit_the_config_check_accepts_runs(tmp_path):
     """Two fit rows (4 models, half held out) pass the check and fit; one would not."""
-    from dmflow.lasso.path import FitSettings
+    from dmflow.lasso.settings import FitSettings
     from dmflow.stages.fit import fit_moments_block
     from dmflow.stages.moments import moments
 
@@ -381,7 +381,7 @@ def test_the_smallest_fit_the_config_check_accepts_runs(tmp_path):
 def test_targets_per_job_above_the_targets_is_sized_like_the_rule(tmp_path):
     """The rule gives a fit job memory for min(targets_per_job, T) targets; the job asks for no more."""
     from dmflow.core.budgets import PROCESS_MB, fit_bytes
-    from dmflow.lasso.path import FitSettings
+    from dmflow.lasso.settings import FitSettings
     from dmflow.stages.fit import fit_block
     from dmflow.stages.moments import moments
 

@@ -16,7 +16,7 @@ import torch
 import dmflow
 from dmflow.core.layout import Layout
 from dmflow.evaluation.metrics import score_attribution as score_scores
-from dmflow.lasso.path import FitSettings
+from dmflow.lasso.settings import FitSettings
 from dmflow.stages.collect import import_store
 from dmflow.stages.evaluate import evaluate, score_attribution, score_run_attribution
 from dmflow.stages.fit import export_datamodels, fit_moments_block, merge_fit

@@ -8,7 +8,7 @@ import numpy as np
 import pytest
 
 from dmflow.core import kernels
-from dmflow.lasso.moments import count_moments, cross_kernel, gram_kernel
+from dmflow.lasso.accumulate import count_moments, cross_kernel, gram_kernel
 
 
 @pytest.fixture(autouse=True)

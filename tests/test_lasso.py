@@ -6,7 +6,7 @@ import torch
 
 from dmflow.lasso.cvxpy_solver import CLARABEL_TIGHT, solve_cvxpy
 from dmflow.lasso.moments import row_moments
-from dmflow.lasso.path import lambda_path, path_warm_start
+from dmflow.lasso.path_loop import lambda_path, path_warm_start
 from dmflow.lasso.problem import PLAIN_STEPS, curvature, kkt_violation, lambda_max, objective, plain_step
 from dmflow.lasso.solvers import BACKENDS, solve_batched
 
@@ -272,7 +272,7 @@ def test_fused_kernels_in_float32_and_the_backend_choice():
 
 
 def test_fused_sparse_product_only_uses_the_non_zero_columns(monkeypatch):
-    import dmflow.lasso.kernels as kernels
+    import dmflow.lasso.fused_kernels as kernels
 
     x, y, _, _ = planted(n=40, t=6)
     gram, c, _ = row_moments(x, y, np.arange(len(x))).gram(torch.float64)

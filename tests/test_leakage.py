@@ -16,7 +16,8 @@ from sklearn.datasets import load_digits
 from dmflow.analysis.leakage import STANDOUT_Z, datamodel_evidence, leakage_table, robust_z, similarity_blocks, verdict
 from dmflow.core.seeds import chunk_seeds
 from dmflow.data.prepare import as_images, prepare_data
-from dmflow.lasso.path import FitSettings, fit_targets, split_validation_rows
+from dmflow.lasso.path import fit_targets
+from dmflow.lasso.settings import FitSettings, split_validation_rows
 from dmflow.stages.analysis import leakage_ranking
 from dmflow.store.masks import chunk_masks
 from dmflow.training.settings import TrainSettings

@@ -353,7 +353,7 @@ def test_one_flipped_bit_in_any_json_or_npz_the_workflow_writes_is_noticed_by_it
     """Store and moments manifests, a fit block, the datamodels: a bit flipped anywhere either changes
     nothing the reader returns or is refused in one line naming the file (FileError)."""
     from dmflow.core.io import FileError, atomic_save_npz, load_npz
-    from dmflow.lasso.path import FitSettings
+    from dmflow.lasso.settings import FitSettings
     from dmflow.stages.fit import fit_moments_block, merge_fit
     from dmflow.stages.moments import moments
     from dmflow.store.formats import open_moments, open_store

@@ -171,7 +171,7 @@ def _check_results(results: str) -> str:
 
 def _fit_rows(models: int, val_fraction: float) -> int:
     """The rows left to fit when ``models`` usable rows lose their validation rows (as
-    ``dmflow.lasso.path.split_validation_rows`` splits them: round(val_fraction * models), at least one)."""
+    ``dmflow.lasso.settings.split_validation_rows`` splits them: round(val_fraction * models), at least one)."""
     return models - max(1, int(round(val_fraction * models)))
 
 

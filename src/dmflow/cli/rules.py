@@ -217,7 +217,7 @@ def moments(args: argparse.Namespace) -> None:
 )
 def fit_block(args: argparse.Namespace) -> None:
     """Rule fit_block."""
-    from dmflow.lasso.path import FitSettings
+    from dmflow.lasso.settings import FitSettings
     from dmflow.stages.fit import fit_block
 
     fit_block(
@@ -277,7 +277,7 @@ def evaluate(args: argparse.Namespace) -> None:
 )
 def learning_curve(args: argparse.Namespace) -> None:
     """Rule learning_curve."""
-    from dmflow.lasso.path import FitSettings
+    from dmflow.lasso.settings import FitSettings
     from dmflow.stages.evaluate import learning_curve
 
     learning_curve(

@@ -15,8 +15,9 @@ import pandas as pd
 
 from dmflow.core.budgets import CURVE_TARGETS_PER_PASS
 from dmflow.evaluation.metrics import predict, score
-from dmflow.lasso.moments import count_moments
-from dmflow.lasso.path import FitSettings, fit_from_moments, split_validation_rows
+from dmflow.lasso.accumulate import count_moments
+from dmflow.lasso.path import fit_from_moments
+from dmflow.lasso.settings import FitSettings, split_validation_rows
 from dmflow.store.formats import Datamodels, Store
 from dmflow.store.schema import usable_rows
 

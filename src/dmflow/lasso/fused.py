@@ -1,4 +1,4 @@
-"""The batched solver on the CPU with fused numba kernels (``dmflow.lasso.kernels``).
+"""The batched solver on the CPU with fused numba kernels (``dmflow.lasso.fused_kernels``).
 
 Torch's elementwise passes over [n, T] read the whole batch from memory many times
 per iteration; here one kernel call makes two passes over each target's row, in the
@@ -11,7 +11,7 @@ from __future__ import annotations
 import numpy as np
 import torch
 
-from dmflow.lasso import kernels
+from dmflow.lasso import fused_kernels as kernels
 from dmflow.lasso.problem import GREEDY_SHRINK, PLAIN_STEPS, SolveResult, lambda_max
 
 

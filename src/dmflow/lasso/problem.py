@@ -18,12 +18,21 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
+import numpy as np
 import torch
+
+from dmflow.lasso.moments import CountMoments, Moments
 
 
 def lambda_max(c: torch.Tensor, nonneg: bool = False) -> torch.Tensor:
     """Smallest lam with the all-zero solution, per target: ||c||_inf (max(c, 0) if w >= 0)."""
     return c.clamp(min=0).amax(0) if nonneg else c.abs().amax(0)
+
+
+def constant_targets(moments: Moments | CountMoments) -> torch.Tensor | np.ndarray:
+    """bool [T]: the targets whose margins do not vary over the moments' rows (up to rounding), a tensor for
+    ``Moments`` and an array for ``CountMoments``: they get w = 0 and ``FLAG_CONSTANT``."""
+    return moments.syy <= 1e-20 * moments.count * (1 + moments.mean_y**2)
 
 
 NULL_SHARE = 1e-6

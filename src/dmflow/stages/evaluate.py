@@ -20,7 +20,7 @@ from dmflow.core.layout import Layout, alpha_dir, method_name_problem
 from dmflow.core.schema import defaults
 from dmflow.evaluation import learning_curve as curve
 from dmflow.evaluation import metrics, scoring
-from dmflow.lasso.path import FitSettings
+from dmflow.lasso.settings import FitSettings
 from dmflow.plots import figures
 from dmflow.store.formats import open_datamodels, open_store
 

@@ -20,7 +20,8 @@ from dmflow.core.layout import alpha_dir, block_targets
 from dmflow.core.progress import Progress
 from dmflow.core.schema import defaults
 from dmflow.lasso.moments import CountMoments
-from dmflow.lasso.path import FitSettings, fit_from_moments
+from dmflow.lasso.path import fit_from_moments
+from dmflow.lasso.settings import FitSettings
 from dmflow.store.formats import (
     DATAMODELS_ARRAYS,
     DATAMODELS_FORMAT,

@@ -26,8 +26,9 @@ from dmflow.core.io import atomic_path, atomic_save_json, sha256_file, sha256_fi
 from dmflow.core.layout import alpha_dir
 from dmflow.core.progress import Progress
 from dmflow.core.schema import defaults
-from dmflow.lasso.moments import bottom_eigenvalue, count_moments, top_eigenvalue
-from dmflow.lasso.path import split_validation_rows
+from dmflow.lasso.accumulate import count_moments
+from dmflow.lasso.settings import split_validation_rows
+from dmflow.lasso.spectrum import bottom_eigenvalue, top_eigenvalue
 from dmflow.store.formats import MOMENT_ARRAYS, MOMENT_PARTS, MOMENTS_FORMAT, open_store
 from dmflow.store.schema import usable_rows
 
