@@ -82,8 +82,8 @@ def fit_moments_block(
     result["targets"] = targets
     result["num_targets"] = np.int64(manifest["num_targets"])
     result["format"] = np.int64(FIT_BLOCK_FORMAT)
-    unsigned = [spec for spec in FIT_BLOCK_ARRAYS if spec.name != provenance.KEY]  # fit_block adds it
-    check_arrays(unsigned, result, where=f"the fit of block {block}", sizes={"targets": len(targets)})
+    result[provenance.KEY] = provenance.as_array(provenance.provenance(device=settings.torch_device))
+    check_arrays(FIT_BLOCK_ARRAYS, result, where=f"the fit of block {block}", sizes={"targets": len(targets)})
     return result
 
 
@@ -119,9 +119,8 @@ def fit_block(
         store_manifest=store_manifest,
         progress=progress,
     )
-    made_by = provenance.provenance(device=settings.torch_device)
+    made_by = provenance.read(result)
     provenance.note_changes(made_by, [(f"the moments {moments}", sizes)], subject=f"fit block {block}")
-    result["provenance"] = provenance.as_array(made_by)
     flagged = int((result["flags"] != FLAG_OK).sum())
     log.info(
         "block %d: %d targets, mean nnz %.1f, %d flagged", block, len(result["targets"]), result["nnz"].mean(), flagged
