@@ -213,15 +213,17 @@ def test_tiny_run_progress_status_provenance_and_benchmarks(workflow: Workflow, 
 
 def test_merge_fit_keeps_the_fits_provenance_and_says_when_the_blocks_differ(tmp_path, caplog):
     from dmflow.core.io import atomic_save_npz
-    from dmflow.stages.fit import PER_TARGET, merge_fit
+    from dmflow.stages.fit import merge_fit
+    from dmflow.store import formats
 
     block = provenance.provenance()
     paths = []
     for b, (targets, torch_version) in enumerate(((np.arange(0, 2), block["torch"]), (np.arange(2, 3), "1.0.0"))):
         t = len(targets)
-        arrays = {key: np.zeros((3, t), np.float32) for key in PER_TARGET}
-        arrays.update({key: np.zeros(t, np.float32) for key in ("bias", "lam", "val_mse", "nnz", "flags")})
-        arrays.update(targets=targets, num_targets=np.int64(3), num_fit_rows=np.int64(9), num_val_rows=np.int64(1))
+        arrays = {
+            spec.name: np.zeros(spec.shape(n=3, targets=t, lambdas=2), spec.dtype) for spec in formats.FIT_BLOCK_ARRAYS
+        }
+        arrays.update(targets=targets, num_targets=np.int64(3), format=np.int64(formats.FIT_BLOCK_FORMAT))
         arrays["provenance"] = provenance.as_array({**block, "torch": torch_version})
         paths.append(tmp_path / f"block{b}.npz")
         atomic_save_npz(paths[-1], arrays)
