@@ -58,6 +58,21 @@ def seconds_path(trained: str | os.PathLike) -> str:
     return (path[: -len(".npz")] if path.endswith(".npz") else path) + ".seconds.json"
 
 
+def stacks_dir(trained: str | os.PathLike) -> str:
+    """The folder of a chunk's finished stacks while it trains, beside it: ``{chunk}.npz`` -> ``{chunk}.stacks``.
+
+    A killed or timed-out training job resumes from the stacks saved there; the job removes the folder once
+    the chunk file is written. Not a rule output (Snakemake never deletes it on failure).
+    """
+    path = os.fspath(trained)
+    return (path[: -len(".npz")] if path.endswith(".npz") else path) + ".stacks"
+
+
+def stack_path(trained: str | os.PathLike, stack: int) -> str:
+    """One finished stack of a training chunk: ``{chunk}.stacks/{stack:05d}.npz`` (``stacks_dir``)."""
+    return f"{stacks_dir(trained)}/{int(stack):05d}.npz"
+
+
 METHOD_NAME = re.compile(r"[A-Za-z0-9][A-Za-z0-9_.-]{0,63}")
 """A scored attribution method's name, which names its files: 1-64 letters, digits, ``_``, ``-``, ``.``,
 starting with a letter or a digit (no path separators, no hidden files, no ``..``)."""
