@@ -12,6 +12,7 @@ from dmflow.core.layout import Layout, alpha_dir, block_ids, chunk_ids
 from dmflow.core.schema import result_keys
 from dmflow.data.sources import DataWarning, dataset_sizes
 from dmflow.stages.moments import MOMENT_ARRAYS, PARTS, PROCESS_MB, fit_bytes, moments_bytes
+from dmflow.stages.train import measured_seconds_per_model, train_runtime_minutes
 from dmflow.store.schema import STORE_NAMES
 
 # Snakemake has read the config files already (a YTE template's code has run, an alias bomb is in
@@ -67,6 +68,37 @@ def replicates(split):
     if split == "counterfactual":
         return config["counterfactual"]["replicates"]
     return config["masks"]["eval_replicates"] if split == "eval" else 1
+
+
+def chunk_models(split):
+    """Models one training job of a split trains (counterfactual: at most, by the case count of its design)."""
+    if split == "counterfactual":
+        cf = config["counterfactual"]
+        rows = 1 + 2 * len(cf["ks"]) * min(cf["num_targets"], NUM_TARGETS)
+    else:
+        rows = chunk_size(split)
+    return rows * replicates(split)
+
+
+# Seconds per trained model, for the training jobs' time limits: configured, else measured in this
+# results folder (the slowest trained chunk), else the schema's conservative estimate.
+SECONDS_PER_MODEL = (
+    config["train"]["seconds_per_model"]
+    or measured_seconds_per_model(L)
+    or config["train"]["unmeasured_seconds_per_model"]
+)
+
+
+def train_runtime(wildcards, attempt):
+    """A training job's time limit in minutes (dmflow.stages.train.train_runtime_minutes)."""
+    models = chunk_models(wildcards.split)
+    return train_runtime_minutes(models, SECONDS_PER_MODEL, margin=config["train"]["runtime_margin"], attempt=attempt)
+
+
+def gpus(device):
+    """GPUs a job of a `device: auto | cpu | cuda` key asks for: one with cuda, one with auto where the
+    config says the jobs run on GPU nodes (train.request_gpu), else none."""
+    return int(device == "cuda" or (device == "auto" and config["train"]["request_gpu"]))
 
 
 def chunk_files(kind, wildcards):

@@ -4,6 +4,7 @@ writes the chunk an uninterrupted job writes, byte for byte; and a training job'
 import json
 import logging
 import os
+import re
 import signal
 import subprocess
 import sys
@@ -26,7 +27,7 @@ from dmflow.stages.train import (
 from dmflow.training.settings import TrainSettings
 from dmflow.training.train import plan_stacks
 
-from helpers import read_npz
+from helpers import Workflow, read_npz, tiny_config
 
 MODEL = {"arch": "mlp", "hidden": [16]}
 TRAIN = {"epochs": 20, "batch_size": 20, "stack_size": 10, "lr": 0.01, "device": "cpu"}
@@ -183,3 +184,36 @@ def test_seconds_per_model_is_measured_from_the_slowest_trained_chunk_of_the_res
         atomic_save_json(path, {"train_seconds": seconds, "models": models})
     Path(layout.trained_seconds("0.5", "fit", "00002")).write_text("{not json")  # unreadable: ignored
     assert measured_seconds_per_model(layout) == pytest.approx(0.15)
+
+
+def _train_jobs(workflow: Workflow, cfg: dict) -> dict[str, tuple[str, str]]:
+    """(gpu, runtime) of the fit and eval training jobs of chunk 00000, from a real dry run."""
+    workflow.write_config(cfg)
+    text = workflow.run("--dry-run", "results/train/0.5/fit/00000.npz", "results/train/0.5/eval/00000.npz").stdout
+    jobs = {}
+    for block in re.split(r"^(?:local)?rule ", text, flags=re.M)[1:]:
+        if block.startswith("train_chunk:"):
+            lines = dict(line.strip().split(": ", 1) for line in block.splitlines()[1:] if ": " in line)
+            split = dict(w.split("=") for w in lines["wildcards"].split(", "))["split"]
+            resources = dict(r.split("=", 1) for r in lines["resources"].split(", "))
+            jobs[split] = (resources["gpu"], resources["runtime"])
+    return jobs
+
+
+@pytest.mark.workflow
+def test_training_jobs_ask_for_a_gpu_and_a_runtime_from_their_models(tmp_path):
+    wf = Workflow(tmp_path)
+    cfg = tiny_config("results")
+    # 40 fit models, 10 eval masks x 2 replicates: ceil((120 + models x seconds) x 1.5 / 60) minutes.
+    # (device: cuda asks for a GPU too; the config refuses it where torch sees none, as here: clusters use auto)
+    cfg["train"].update(device="auto", request_gpu=True, seconds_per_model=2.0)
+    assert _train_jobs(wf, cfg) == {"fit": ("1", "5"), "eval": ("1", "4")}
+    # no GPU for cpu; seconds_per_model null, nothing trained yet: train.unmeasured_seconds_per_model (1 s)
+    cfg["train"].update(device="cpu", seconds_per_model=None)
+    assert _train_jobs(wf, cfg) == {"fit": ("0", "4"), "eval": ("0", "4")}
+    # measured: the slowest chunk this results folder trained (3 s a model); auto without request_gpu: no GPU
+    seconds = wf.results / "train" / "0.5" / "counterfactual" / "00000.seconds.json"
+    seconds.parent.mkdir(parents=True)
+    atomic_save_json(seconds, {"train_seconds": 30.0, "models": 10})
+    cfg["train"].update(device="auto", request_gpu=False)
+    assert _train_jobs(wf, cfg) == {"fit": ("0", "6"), "eval": ("0", "5")}

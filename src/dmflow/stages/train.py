@@ -23,8 +23,9 @@ from dmflow.core.io import FileError, atomic_save_json, atomic_save_npz, load_js
 from dmflow.core.layout import Layout, seconds_path, stack_path, stacks_dir
 from dmflow.core.seeds import chunk_seeds
 from dmflow.training.settings import TrainSettings
-from dmflow.training.train import STACK_ARRAYS, lightning_precision, plan_stacks
-from dmflow.training.train import train_chunk as train_models
+
+# dmflow.training.train (Lightning, seconds to import) is imported by the functions that train: the rules
+# import this module for the time limits (train_runtime_minutes) when Snakemake starts.
 
 log = logging.getLogger(__name__)
 
@@ -50,6 +51,8 @@ def resume_key(data: Path, masks: Path, settings: TrainSettings, *, device: str,
 
 def _stack_problem(arrays: dict[str, np.ndarray], key: str, idx: np.ndarray, seeds: np.ndarray, targets: int) -> str:
     """Why a finished-stack file's arrays cannot stand for stack ``idx`` of this chunk ('' when they can)."""
+    from dmflow.training.train import STACK_ARRAYS
+
     if set(arrays) != {*STACK_ARRAYS, "key", "idx", "seeds", "seconds"}:
         return f"arrays {sorted(arrays)}, not a finished stack's"
     if str(arrays["key"]) != key:
@@ -97,7 +100,7 @@ def finished_stacks(
             else:
                 path.unlink()
             continue
-        found[number] = {name: arrays[name] for name in STACK_ARRAYS}
+        found[number] = {name: arrays[name] for name in arrays if name not in ("key", "idx", "seeds", "seconds")}
         seconds += float(arrays["seconds"])
     return found, seconds
 
@@ -127,6 +130,9 @@ def train_chunk(
     byte for byte. The saved stacks are removed once the chunk file is written; ``train_seconds`` includes
     the seconds the resumed stacks took.
     """
+    from dmflow.training.train import lightning_precision, plan_stacks
+    from dmflow.training.train import train_chunk as train_models
+
     torch.set_num_threads(max(1, int(threads)))
     device = resolve_device(settings.device, "train.device")
     arrays = load_npz(data)
