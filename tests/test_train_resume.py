@@ -16,6 +16,7 @@ import pytest
 
 from dmflow.core.io import atomic_save_json, atomic_save_npz, load_json
 from dmflow.core.layout import Layout, seconds_path, stack_path, stacks_dir
+from dmflow.core.schema import load_schema
 from dmflow.stages.masks import make_masks
 from dmflow.stages.train import (
     STARTUP_SECONDS,
@@ -169,6 +170,11 @@ def test_a_training_jobs_runtime_is_its_models_times_seconds_per_model_with_a_ma
     assert train_runtime_minutes(1, 0.001, margin=1.0) >= 1
     with pytest.raises(ValueError, match="seconds_per_model"):
         train_runtime_minutes(10, 0.0, margin=1.5)
+    # the schema's description states the formula with this constant
+    description = " ".join(
+        load_schema()["properties"]["train"]["properties"]["seconds_per_model"]["description"].split()
+    )
+    assert f"ceil(({STARTUP_SECONDS} + models x seconds_per_model) x runtime_margin / 60)" in description
 
 
 def test_seconds_per_model_is_measured_from_the_slowest_trained_chunk_of_the_results_folder(tmp_path):
