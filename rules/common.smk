@@ -8,11 +8,11 @@ import warnings
 from snakemake.settings.types import DeploymentMethod
 
 from dmflow.config import ConfigError, read_config_file, validate_config
-from dmflow.core.layout import Layout, alpha_dir, block_ids, chunk_ids
+from dmflow.core.layout import Layout, alpha_dir, block_ids, chunk_ids, train_runtime_minutes
 from dmflow.core.schema import result_keys
 from dmflow.data.sources import DataWarning, dataset_sizes
+from dmflow.stages.collect import measured_seconds_per_model
 from dmflow.stages.moments import MOMENT_ARRAYS, PARTS, PROCESS_MB, fit_bytes, moments_bytes
-from dmflow.stages.train import measured_seconds_per_model, train_runtime_minutes
 from dmflow.store.schema import STORE_NAMES
 
 # Snakemake has read the config files already (a YTE template's code has run, an alias bomb is in
@@ -90,7 +90,7 @@ SECONDS_PER_MODEL = (
 
 
 def train_runtime(wildcards, attempt):
-    """A training job's time limit in minutes (dmflow.stages.train.train_runtime_minutes)."""
+    """A training job's time limit in minutes (dmflow.core.layout.train_runtime_minutes)."""
     models = chunk_models(wildcards.split)
     return train_runtime_minutes(models, SECONDS_PER_MODEL, margin=config["train"]["runtime_margin"], attempt=attempt)
 

@@ -15,16 +15,11 @@ import numpy as np
 import pytest
 
 from dmflow.core.io import atomic_save_json, atomic_save_npz, load_json
-from dmflow.core.layout import Layout, seconds_path, stack_path, stacks_dir
+from dmflow.core.layout import STARTUP_SECONDS, Layout, seconds_path, stack_path, stacks_dir, train_runtime_minutes
 from dmflow.core.schema import load_schema
+from dmflow.stages.collect import measured_seconds_per_model
 from dmflow.stages.masks import make_masks
-from dmflow.stages.train import (
-    STARTUP_SECONDS,
-    measured_seconds_per_model,
-    resume_key,
-    train_chunk,
-    train_runtime_minutes,
-)
+from dmflow.stages.train import resume_key, train_chunk
 from dmflow.training.settings import TrainSettings
 from dmflow.training.train import plan_stacks
 

@@ -8,7 +8,7 @@
 # 2. runs the real Snakefile (a copy, with rules/, profiles/, report/, ...) with a
 #    tiny config (the values of tiny_config() in tests/helpers.py) twice, side by
 #    side in two scratch folders:
-#      slurm/: snakemake --workflow-profile profiles/slurm   (every job an sbatch job)
+#      slurm/: snakemake --workflow-profile profiles/slurm   (every job but the localrules an sbatch job)
 #      local/: snakemake --cores 2                           (profiles/default)
 #    The config asks for a GPU per training job (train.request_gpu, device auto; the
 #    cluster has two stand-in GPUs, /dev/null and /dev/zero) and gives a time limit from

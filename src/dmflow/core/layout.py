@@ -12,6 +12,7 @@ that the stages use to find their share.
 
 from __future__ import annotations
 
+import math
 import os
 import re
 from collections.abc import Sequence
@@ -47,6 +48,30 @@ def block_targets(block: int, targets_per_job: int, num_targets: int) -> np.ndar
     if start >= num_targets:
         raise ValueError(f"block {block} is past the last target ({num_targets} targets, {targets_per_job} per job)")
     return np.arange(start, min(start + targets_per_job, num_targets))
+
+
+STARTUP_SECONDS = 120
+"""What a training job spends besides training, allowed for in its time limit: importing torch and Lightning,
+loading the data, hashing the inputs, starting CUDA."""
+
+
+def train_runtime_minutes(models: int, seconds_per_model: float, *, margin: float, attempt: int = 1) -> int:
+    """A training job's time limit in minutes (Snakemake's ``runtime``, sbatch ``-t``):
+    ``ceil((STARTUP_SECONDS + models x seconds_per_model) x margin / 60) x attempt``.
+
+    A retry (``attempt`` 2, 3) gets twice, three times as long; it also resumes after the stacks the killed
+    try finished, so it needs less.
+
+    Raises
+    ------
+    ValueError
+        ``seconds_per_model`` not positive, or ``margin`` below 1.
+    """
+    if not seconds_per_model > 0:
+        raise ValueError(f"train.seconds_per_model={seconds_per_model!r}: must be a number of seconds above 0")
+    if not margin >= 1:
+        raise ValueError(f"train.runtime_margin={margin!r}: must be at least 1")
+    return math.ceil((STARTUP_SECONDS + models * seconds_per_model) * margin / 60) * max(1, int(attempt))
 
 
 def seconds_path(trained: str | os.PathLike) -> str:

@@ -9,6 +9,7 @@ incomplete, and a bad chunk leaves any earlier store as it was.
 
 from __future__ import annotations
 
+import glob
 import logging
 import math
 import os
@@ -23,7 +24,7 @@ import numpy as np
 
 from dmflow.core.codes import STATUS_OK
 from dmflow.core.io import atomic_path, atomic_save_json, check_free_space, load_json, sha256_file
-from dmflow.core.layout import seconds_path
+from dmflow.core.layout import Layout, seconds_path
 from dmflow.core.seeds import chunk_seeds
 from dmflow.store.masks import PackedMasks, pack
 from dmflow.store.schema import (
@@ -225,6 +226,23 @@ def _chunk_seconds(train_path: Path) -> float | None:
         return float(record["train_seconds"])
     except (ValueError, KeyError, TypeError):  # FileError included: the time is informational only
         return None
+
+
+def measured_seconds_per_model(layout: Layout) -> float | None:
+    """The slowest training seconds per model among the trained chunks of a results folder (the records beside
+    them, ``dmflow.core.layout.seconds_path``: ``train_seconds / models``), for the training jobs' time limits
+    (``dmflow.core.layout.train_runtime_minutes``); None before any chunk has trained. An unreadable record
+    is skipped: the time is informational only."""
+    rates = []
+    for path in glob.glob(Layout(glob.escape(layout.results)).trained_seconds("*", "*", "*")):
+        try:
+            record = load_json(Path(path), rebuild="retrain the chunk")
+            rate = float(record["train_seconds"]) / int(record["models"])
+        except (ValueError, KeyError, TypeError, ZeroDivisionError):  # FileError included
+            continue
+        if math.isfinite(rate) and rate > 0:
+            rates.append(rate)
+    return max(rates, default=None)
 
 
 def _total_seconds(seconds: Sequence[float | None]) -> float | None:

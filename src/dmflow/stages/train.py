@@ -1,14 +1,12 @@
 """Rule of ``rules/train.smk``: ``train_chunk`` trains every model of one chunk, resuming from the stacks
-an earlier, killed job of the same chunk finished; and what a training job's time limit is."""
+an earlier, killed job of the same chunk finished."""
 
 from __future__ import annotations
 
 import dataclasses
-import glob
 import hashlib
 import json
 import logging
-import math
 import os
 import shutil
 import time
@@ -19,13 +17,12 @@ import torch
 
 from dmflow.core.codes import STATUS_OK
 from dmflow.core.device import resolve_device
-from dmflow.core.io import FileError, atomic_save_json, atomic_save_npz, load_json, load_npz, sha256_file
-from dmflow.core.layout import Layout, seconds_path, stack_path, stacks_dir
+from dmflow.core.io import FileError, atomic_save_json, atomic_save_npz, load_npz, sha256_file
+from dmflow.core.layout import seconds_path, stack_path, stacks_dir
 from dmflow.core.seeds import chunk_seeds
 from dmflow.training.settings import TrainSettings
-
-# dmflow.training.train (Lightning, seconds to import) is imported by the functions that train: the rules
-# import this module for the time limits (train_runtime_minutes) when Snakemake starts.
+from dmflow.training.train import STACK_ARRAYS, lightning_precision, plan_stacks
+from dmflow.training.train import train_chunk as train_models
 
 log = logging.getLogger(__name__)
 
@@ -51,8 +48,6 @@ def resume_key(data: Path, masks: Path, settings: TrainSettings, *, device: str,
 
 def _stack_problem(arrays: dict[str, np.ndarray], key: str, idx: np.ndarray, seeds: np.ndarray, targets: int) -> str:
     """Why a finished-stack file's arrays cannot stand for stack ``idx`` of this chunk ('' when they can)."""
-    from dmflow.training.train import STACK_ARRAYS
-
     if set(arrays) != {*STACK_ARRAYS, "key", "idx", "seeds", "seconds"}:
         return f"arrays {sorted(arrays)}, not a finished stack's"
     if str(arrays["key"]) != key:
@@ -71,7 +66,7 @@ def _stack_problem(arrays: dict[str, np.ndarray], key: str, idx: np.ndarray, see
 
 
 def finished_stacks(
-    out: Path, key: str, stacks: list[np.ndarray], seeds: np.ndarray, *, targets: int
+    out: Path, key: str, *, stacks: list[np.ndarray], seeds: np.ndarray, targets: int
 ) -> tuple[dict[int, dict[str, np.ndarray]], float]:
     """The stacks of chunk ``out`` that an earlier job finished and saved (``stack_path``), and their
     training seconds. A file that is unreadable (its CRC-32 fails), holds other models, or was trained
@@ -100,7 +95,7 @@ def finished_stacks(
             else:
                 path.unlink()
             continue
-        found[number] = {name: arrays[name] for name in arrays if name not in ("key", "idx", "seeds", "seconds")}
+        found[number] = {name: arrays[name] for name in STACK_ARRAYS}
         seconds += float(arrays["seconds"])
     return found, seconds
 
@@ -125,14 +120,11 @@ def train_chunk(
     not a rule output, so that chunks trained before it existed are not retrained.
 
     Every finished stack but the last is saved (``dmflow.core.layout.stack_path``) under ``resume_key``, so a
-    job killed mid-chunk (a time limit, a preemption) resumes after its last finished stack: each model's
-    training depends on its own seed and subset only, so the chunk is the one an uninterrupted job writes,
-    byte for byte. The saved stacks are removed once the chunk file is written; ``train_seconds`` includes
+    job killed mid-chunk (a time limit, a preemption) resumes after its last finished stack: it trains the same
+    stacks, and a stack's training does not depend on the stacks trained before it, so the chunk is the one
+    an uninterrupted job writes, byte for byte. The saved stacks are removed once the chunk file is written; ``train_seconds`` includes
     the seconds the resumed stacks took.
     """
-    from dmflow.training.train import lightning_precision, plan_stacks
-    from dmflow.training.train import train_chunk as train_models
-
     torch.set_num_threads(max(1, int(threads)))
     device = resolve_device(settings.device, "train.device")
     arrays = load_npz(data)
@@ -140,7 +132,9 @@ def train_chunk(
     seeds = chunk_seeds(seed, alpha, split, chunk=chunk, rows=mask_rows.shape[0], replicates=replicates)
     stacks = plan_stacks(mask_rows, replicates, settings.stack_size)
     key = resume_key(data, masks, settings, device=device, precision=lightning_precision(settings.precision, device))
-    finished, resumed_seconds = finished_stacks(out, key, stacks, seeds, targets=arrays["X_target"].shape[0])
+    finished, resumed_seconds = finished_stacks(
+        out, key, stacks=stacks, seeds=seeds, targets=arrays["X_target"].shape[0]
+    )
     resumed_models = sum(len(stacks[number]) for number in finished)
     if finished:
         log.info(
@@ -180,44 +174,3 @@ def train_chunk(
     if os.path.lexists(stacks_dir(out)):
         shutil.rmtree(stacks_dir(out))
     return result
-
-
-STARTUP_SECONDS = 120
-"""What a training job spends besides training, allowed for in its time limit: importing torch and Lightning,
-loading the data, hashing the inputs, starting CUDA."""
-
-
-def train_runtime_minutes(models: int, seconds_per_model: float, *, margin: float, attempt: int = 1) -> int:
-    """A training job's time limit in minutes (Snakemake's ``runtime``, sbatch ``-t``):
-    ``ceil((STARTUP_SECONDS + models x seconds_per_model) x margin / 60) x attempt``.
-
-    A retry (``attempt`` 2, 3) gets twice, three times as long; it also resumes after the stacks the killed
-    try finished, so it needs less.
-
-    Raises
-    ------
-    ValueError
-        ``seconds_per_model`` or ``margin`` not positive.
-    """
-    if not seconds_per_model > 0:
-        raise ValueError(f"train.seconds_per_model={seconds_per_model!r}: must be a number of seconds above 0")
-    if not margin >= 1:
-        raise ValueError(f"train.runtime_margin={margin!r}: must be at least 1")
-    return math.ceil((STARTUP_SECONDS + models * seconds_per_model) * margin / 60) * max(1, int(attempt))
-
-
-def measured_seconds_per_model(layout: Layout) -> float | None:
-    """The slowest training seconds per model among the trained chunks of a results folder (the records beside
-    them, ``dmflow.core.layout.seconds_path``: ``train_seconds / models``); None before any chunk has trained.
-    An unreadable record is skipped: the time is informational only."""
-    pattern = Layout(glob.escape(layout.results)).trained_seconds("*", "*", "*")
-    rates = []
-    for path in glob.glob(pattern):
-        try:
-            record = load_json(Path(path), rebuild="retrain the chunk")
-            rate = float(record["train_seconds"]) / int(record["models"])
-        except (ValueError, KeyError, TypeError, ZeroDivisionError):  # FileError included
-            continue
-        if math.isfinite(rate) and rate > 0:
-            rates.append(rate)
-    return max(rates, default=None)

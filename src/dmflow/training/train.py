@@ -287,9 +287,9 @@ def train_chunk(
 ) -> dict[str, np.ndarray]:
     """Train every (mask, replicate) of a chunk in the stacks of ``plan_stacks``.
 
-    Each model's training depends on its subset, its seed and the settings only, never on the stack it
-    shares, so a stack trained by an earlier (killed) process and passed in ``finished`` gives the same
-    chunk as training it again.
+    A stack's training depends on its models' subsets and seeds and the settings only, not on the stacks
+    trained before it, so a stack trained by an earlier (killed) process and passed in ``finished`` gives the
+    same chunk as training it again here.
 
     Parameters
     ----------
