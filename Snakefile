@@ -40,6 +40,16 @@ include: "rules/analysis.smk"
 include: "rules/baselines.smk"
 
 
+# Jobs of a second or two run in the Snakemake process itself, not as cluster jobs (one make_masks per
+# training chunk would otherwise be hundreds of sbatch jobs that wait longer in the queue than they run).
+localrules:
+    make_masks,
+    merge_fit,
+    compare_methods,
+    counterfactual_analyse,
+    summary,
+
+
 rule all:
     default_target: True
     input:

@@ -8,12 +8,12 @@ import warnings
 from snakemake.settings.types import DeploymentMethod
 
 from dmflow.config import ConfigError, read_config_file, validate_config
-from dmflow.core.layout import Layout, alpha_dir, block_ids, chunk_ids
+from dmflow.core.layout import Layout, alpha_dir, block_ids, chunk_ids, train_runtime_minutes
 from dmflow.core.schema import param_section
 from dmflow.core.errors import DataWarning
 from dmflow.data.sizing import dataset_sizes
 from dmflow.core.budgets import CURVE_TARGETS_PER_PASS, PROCESS_MB, fit_bytes, moments_bytes
-from dmflow.store.formats import STORE_NAMES, moment_file_names
+from dmflow.store.formats import STORE_NAMES, measured_seconds_per_model, moment_file_names
 
 # Snakemake has read the config files already (a YTE template's code has run, an alias bomb is in
 # memory as shared objects); each is read again here as plain data, so that what dmflow
@@ -68,6 +68,37 @@ def replicates(split):
     if split == "counterfactual":
         return config["counterfactual"]["replicates"]
     return config["masks"]["eval_replicates"] if split == "eval" else 1
+
+
+def chunk_models(split):
+    """Models one training job of a split trains (counterfactual: at most, by the case count of its design)."""
+    if split == "counterfactual":
+        cf = config["counterfactual"]
+        rows = 1 + 2 * len(cf["ks"]) * min(cf["num_targets"], NUM_TARGETS)
+    else:
+        rows = chunk_size(split)
+    return rows * replicates(split)
+
+
+# Seconds per trained model, for the training jobs' time limits: configured, else measured in this
+# results folder (the slowest trained chunk), else the schema's conservative estimate.
+SECONDS_PER_MODEL = (
+    config["train"]["seconds_per_model"]
+    or measured_seconds_per_model(L)
+    or config["train"]["unmeasured_seconds_per_model"]
+)
+
+
+def train_runtime(wildcards, attempt):
+    """A training job's time limit in minutes (dmflow.core.layout.train_runtime_minutes)."""
+    models = chunk_models(wildcards.split)
+    return train_runtime_minutes(models, SECONDS_PER_MODEL, margin=config["train"]["runtime_margin"], attempt=attempt)
+
+
+def gpus(device):
+    """GPUs a job of a `device: auto | cpu | cuda` key asks for: one with cuda, one with auto where the
+    config says the jobs run on GPU nodes (train.request_gpu), else none."""
+    return int(device == "cuda" or (device == "auto" and config["train"]["request_gpu"]))
 
 
 def chunk_files(kind, wildcards):

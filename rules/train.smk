@@ -11,7 +11,8 @@ rule train_chunk:
     threads: config["train"]["threads"]
     resources:
         mem_mb=lambda wc, attempt: config["train"]["mem_mb"] * attempt,
-        gpu=1 if config["train"]["device"] == "cuda" else 0,
+        gpu=gpus(config["train"]["device"]),
+        runtime=train_runtime,
     params:
         usage=L.benchmark("train_chunk", "{alpha}", "{split}", "{chunk}"),
         model=section_json("model"),

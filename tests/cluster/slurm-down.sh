@@ -3,8 +3,8 @@
 # in its pid files: first cancel any job still queued or running, then slurmd,
 # slurmctld and munged, each waited for (SIGKILL after 15 s). A pid file whose
 # process is gone, or whose PID now belongs to another program, is skipped.
-# Then, with every daemon stopped, it removes the /etc/slurm/slurm.conf that
-# slurm-up.sh wrote (only that one: it checks the first line). Left behind, that file
+# Then, with every daemon stopped, it removes the /etc/slurm/slurm.conf and gres.conf
+# that slurm-up.sh wrote (only those: it checks the first line). Left behind, that file
 # names a controller that no longer runs, and every later `snakemake` start on this
 # machine (the test suite's too) waits ~10 s: the SLURM executor plugin runs
 # `scontrol show config` on import, which retries the dead controller for
@@ -65,10 +65,11 @@ stop "$S/slurmd.pid" slurmd
 stop "$S/slurmctld.pid" slurmctld
 stop /run/munge/munged.pid munged
 
-CONF=/etc/slurm/slurm.conf
-if [ "$rc" -eq 0 ] && [ -f "$CONF" ] \
-    && [ "$(head -n 1 "$CONF")" = "# Written by dmflow tests/cluster/slurm-up.sh: a one-node CI cluster." ]; then
-    rm -f "$CONF"
-    echo "slurm-down: removed $CONF (written by slurm-up.sh)"
-fi
+for CONF in /etc/slurm/slurm.conf /etc/slurm/gres.conf; do
+    if [ "$rc" -eq 0 ] && [ -f "$CONF" ] \
+        && [ "$(head -n 1 "$CONF")" = "# Written by dmflow tests/cluster/slurm-up.sh: a one-node CI cluster." ]; then
+        rm -f "$CONF"
+        echo "slurm-down: removed $CONF (written by slurm-up.sh)"
+    fi
+done
 exit $rc

@@ -7,8 +7,10 @@
 # /etc/slurm/slurm.conf for one node 'localhost' with all CPUs and half the memory,
 # no accounting database (so `sacct` does not work: the profile uses
 # `slurm-status-command: squeue`, which needs MinJobAge well above the first status
-# check delay), starts munged, slurmctld and slurmd, waits until the node is idle
-# and prints the daemons' PIDs.
+# check delay) and two stand-in GPUs (gres.conf: /dev/null and /dev/zero, so that jobs
+# asking for --gpus=1 are scheduled on a machine that has none; torch then finds no
+# CUDA and train.device: auto trains on the CPU), starts munged, slurmctld
+# and slurmd, waits until the node is idle and prints the daemons' PIDs.
 #
 # State, logs and pid files live under /tmp/slurm (munged's pid file is
 # /run/munge/munged.pid). Exit status: 0 up, 3 daemons already running (nothing
@@ -72,8 +74,16 @@ JobCompLoc=$S/jobcomp.txt
 MpiDefault=none
 MailProg=/bin/true
 ReturnToService=2
-NodeName=localhost NodeAddr=127.0.0.1 CPUs=$(nproc) RealMemory=$MEM State=UNKNOWN
+GresTypes=gpu
+NodeName=localhost NodeAddr=127.0.0.1 CPUs=$(nproc) RealMemory=$MEM Gres=gpu:2 State=UNKNOWN
 PartitionName=debug Nodes=localhost Default=YES MaxTime=INFINITE State=UP
+CONF
+cat > /etc/slurm/gres.conf <<CONF
+# Written by dmflow tests/cluster/slurm-up.sh: a one-node CI cluster.
+# Two stand-in GPUs (slurmd counts a GPU only with a device file): jobs may ask for them,
+# and what they get is /dev/null or /dev/zero, no GPU.
+Name=gpu File=/dev/null
+Name=gpu File=/dev/zero
 CONF
 
 install -d -o munge -g munge -m 755 /run/munge

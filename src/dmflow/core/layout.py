@@ -12,6 +12,7 @@ that the stages use to find their share.
 
 from __future__ import annotations
 
+import math
 import os
 import re
 from collections.abc import Sequence
@@ -49,6 +50,30 @@ def block_targets(block: int, targets_per_job: int, num_targets: int) -> np.ndar
     return np.arange(start, min(start + targets_per_job, num_targets))
 
 
+STARTUP_SECONDS = 120
+"""What a training job spends besides training, allowed for in its time limit: importing torch and Lightning,
+loading the data, hashing the inputs, starting CUDA."""
+
+
+def train_runtime_minutes(models: int, seconds_per_model: float, *, margin: float, attempt: int = 1) -> int:
+    """A training job's time limit in minutes (Snakemake's ``runtime``, sbatch ``-t``):
+    ``ceil((STARTUP_SECONDS + models x seconds_per_model) x margin / 60) x attempt``.
+
+    A retry (``attempt`` 2, 3) gets twice, three times as long; it also resumes after the stacks the killed
+    try finished, so it needs less.
+
+    Raises
+    ------
+    ValueError
+        ``seconds_per_model`` not positive, or ``margin`` below 1.
+    """
+    if not seconds_per_model > 0:
+        raise ValueError(f"train.seconds_per_model={seconds_per_model!r}: must be a number of seconds above 0")
+    if not margin >= 1:
+        raise ValueError(f"train.runtime_margin={margin!r}: must be at least 1")
+    return math.ceil((STARTUP_SECONDS + models * seconds_per_model) * margin / 60) * max(1, int(attempt))
+
+
 def seconds_path(trained: str | os.PathLike) -> str:
     """The record of a trained chunk's training time, beside it: ``{chunk}.npz`` -> ``{chunk}.seconds.json``.
 
@@ -56,6 +81,21 @@ def seconds_path(trained: str | os.PathLike) -> str:
     """
     path = os.fspath(trained)
     return (path[: -len(".npz")] if path.endswith(".npz") else path) + ".seconds.json"
+
+
+def stacks_dir(trained: str | os.PathLike) -> str:
+    """The folder of a chunk's finished stacks while it trains, beside it: ``{chunk}.npz`` -> ``{chunk}.stacks``.
+
+    A killed or timed-out training job resumes from the stacks saved there; the job removes the folder once
+    the chunk file is written. Not a rule output (Snakemake never deletes it on failure).
+    """
+    path = os.fspath(trained)
+    return (path[: -len(".npz")] if path.endswith(".npz") else path) + ".stacks"
+
+
+def stack_path(trained: str | os.PathLike, stack: int) -> str:
+    """One finished stack of a training chunk: ``{chunk}.stacks/{stack:05d}.npz`` (``stacks_dir``)."""
+    return f"{stacks_dir(trained)}/{int(stack):05d}.npz"
 
 
 METHOD_NAME = re.compile(r"[A-Za-z0-9][A-Za-z0-9_.-]{0,63}")

@@ -25,6 +25,7 @@ T targets (of the store, or of one fit block), L lambdas of the path; ``()`` is 
 
 from __future__ import annotations
 
+import glob
 import math
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
@@ -35,6 +36,7 @@ import numpy as np
 from dmflow.core.codes import DATAMODEL_FLAGS, MODEL_STATUS, STATUS_OK, describe
 from dmflow.core.errors import StoreError
 from dmflow.core.io import load_json, load_npz, sha256_file, sha256_files
+from dmflow.core.layout import Layout
 from dmflow.store.masks import PackedMasks
 
 
@@ -399,3 +401,20 @@ def _version(arrays: Mapping[str, np.ndarray]) -> int | None:
     """A file's format version (its scalar ``format`` array); None without one (older than versions)."""
     found = arrays.get("format")
     return int(found) if found is not None and np.ndim(found) == 0 and found.dtype.kind in "iu" else None
+
+
+def measured_seconds_per_model(layout: Layout) -> float | None:
+    """The slowest training seconds per model among the trained chunks of a results folder (the records beside
+    them, ``dmflow.core.layout.seconds_path``: ``train_seconds / models``), for the training jobs' time limits
+    (``dmflow.core.layout.train_runtime_minutes``); None before any chunk has trained. An unreadable record
+    is skipped: the time is informational only."""
+    rates = []
+    for path in glob.glob(Layout(glob.escape(layout.results)).trained_seconds("*", "*", "*")):
+        try:
+            record = load_json(Path(path), rebuild="retrain the chunk")
+            rate = float(record["train_seconds"]) / int(record["models"])
+        except (ValueError, KeyError, TypeError, ZeroDivisionError):  # FileError included
+            continue
+        if math.isfinite(rate) and rate > 0:
+            rates.append(rate)
+    return max(rates, default=None)

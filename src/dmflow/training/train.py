@@ -5,6 +5,7 @@ from __future__ import annotations
 import functools
 import logging
 import warnings
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 
 import numpy as np
@@ -350,18 +351,49 @@ def train_user_stack(
     return StackResult(margins, acc_target, acc_subset, finite)
 
 
+def plan_stacks(masks: np.ndarray, replicates: int, stack_size: int) -> list[np.ndarray]:
+    """The stacks a chunk trains, in training order: each an int64 array of at most ``stack_size`` flat model
+    indices (``row * replicates + replicate``). A stack needs one subset size (the same batches per epoch),
+    so models are grouped by size first (fixed-size masks: one group; counterfactual masks: one per size).
+
+    Parameters
+    ----------
+    masks : bool [rows, n]
+    replicates : int
+        Models per mask.
+    stack_size : int
+        K, the most models trained at once.
+    """
+    rows = masks.shape[0]
+    sizes = masks.sum(axis=1)
+    flat_rows = np.repeat(np.arange(rows), replicates)
+    stacks = []
+    for size in np.unique(sizes):
+        group = np.flatnonzero(sizes[flat_rows] == size)
+        stacks += [group[start : start + stack_size] for start in range(0, len(group), stack_size)]
+    return stacks
+
+
+STACK_ARRAYS = ("margins", "acc_target", "acc_subset", "finite")
+"""What one trained stack contributes to its chunk: margins float32 [K, T], acc_target and acc_subset float32
+[K], finite bool [K] (its loss stayed finite)."""
+
+
 def train_chunk(
     data: dict[str, np.ndarray],
     masks: np.ndarray,
     seeds: np.ndarray,
     *,
     settings: TrainSettings,
+    finished: Mapping[int, Mapping[str, np.ndarray]] | None = None,
+    on_stack: Callable[[int, dict[str, np.ndarray]], None] | None = None,
     progress: Progress | None = None,
 ) -> dict[str, np.ndarray]:
-    """Train every (mask, replicate) of a chunk in stacks of ``settings.stack_size``.
+    """Train every (mask, replicate) of a chunk in the stacks of ``plan_stacks``.
 
-    Models whose subsets have the same size share stacks (fixed-size masks: all of
-    them; counterfactual masks: one group per size).
+    A stack's training depends on its models' subsets and seeds and the settings only, not on the stacks
+    trained before it, so a stack trained by an earlier (killed) process and passed in ``finished`` gives the
+    same chunk as training it again here.
 
     Parameters
     ----------
@@ -370,6 +402,12 @@ def train_chunk(
     masks : bool [rows, n]
     seeds : int64 [rows, R]
         One seed per (mask, replicate).
+    settings : TrainSettings
+    finished : mapping, optional
+        Stack number (an index into ``plan_stacks``) -> its ``STACK_ARRAYS``, for stacks trained before:
+        these are not trained again.
+    on_stack : callable, optional
+        Called as ``on_stack(number, arrays)`` after each stack this call trains (``STACK_ARRAYS``).
     progress : Progress, optional
         Counts the models trained (rows x R in all), advanced during each stack's training.
 
@@ -380,42 +418,48 @@ def train_chunk(
         margins float32 [rows, R, T], acc_target / acc_subset float32 [rows, R],
         seeds int64 [rows, R], status uint8 [rows, R].
     """
+    finished = finished or {}
     rows, replicates = seeds.shape
     num_targets = data["X_target"].shape[0]
-    sizes = masks.sum(axis=1)
     flat_rows = np.repeat(np.arange(rows), replicates)
     flat_seeds = seeds.reshape(-1)
-    margins = np.empty((rows * replicates, num_targets), dtype=np.float32)
-    acc_t = np.empty(rows * replicates, dtype=np.float32)
-    acc_s = np.empty(rows * replicates, dtype=np.float32)
-    finite = np.empty(rows * replicates, dtype=bool)
+    out = {
+        "margins": np.empty((rows * replicates, num_targets), dtype=np.float32),
+        "acc_target": np.empty(rows * replicates, dtype=np.float32),
+        "acc_subset": np.empty(rows * replicates, dtype=np.float32),
+        "finite": np.empty(rows * replicates, dtype=bool),
+    }
+    stacks = plan_stacks(masks, replicates, settings.stack_size)
     done = 0
-    # a stack needs one subset size (same batches per epoch): group models by size
-    for size in np.unique(sizes):
-        group = np.flatnonzero(sizes[flat_rows] == size)
-        for start in range(0, len(group), settings.stack_size):
-            idx = group[start : start + settings.stack_size]
+    for number, idx in enumerate(stacks):
+        if number in finished:
+            arrays = finished[number]
+        else:
             subsets = np.stack([np.flatnonzero(masks[r]) for r in flat_rows[idx]])
             res = train_stack(data, subsets, flat_seeds[idx], settings=settings, progress=progress, done_before=done)
-            done += len(idx)
-            if progress is not None:
-                progress.update(done)
-            margins[idx], acc_t[idx], acc_s[idx], finite[idx] = (
-                res.margins,
-                res.acc_target,
-                res.acc_subset,
-                res.finite_loss,
-            )
-            log.info(
-                "trained %d models of subset size %d (%d of %d done)", len(idx), size, start + len(idx), len(group)
-            )
-    ok = finite & np.isfinite(margins).all(axis=1)
+            arrays = dict(zip(STACK_ARRAYS, (res.margins, res.acc_target, res.acc_subset, res.finite_loss)))
+            if on_stack is not None:
+                on_stack(number, arrays)
+        done += len(idx)
+        if progress is not None:
+            progress.update(done)
+        for name in STACK_ARRAYS:
+            out[name][idx] = arrays[name]
+        log.info(
+            "%s %d models (stack %d of %d)",
+            "resumed" if number in finished else "trained",
+            len(idx),
+            number + 1,
+            len(stacks),
+        )
+    margins = out["margins"]
+    ok = out["finite"] & np.isfinite(margins).all(axis=1)
     status = np.where(ok, STATUS_OK, STATUS_DIVERGED).astype(np.uint8)
     shape = (rows, replicates)
     return {
         "margins": margins.reshape(rows, replicates, num_targets),
-        "acc_target": acc_t.reshape(shape),
-        "acc_subset": acc_s.reshape(shape),
+        "acc_target": out["acc_target"].reshape(shape),
+        "acc_subset": out["acc_subset"].reshape(shape),
         "seeds": seeds,
         "status": status.reshape(shape),
     }
