@@ -251,23 +251,19 @@ def test_the_import_graph_the_checks_walk_is_the_real_one():
     assert imports(bad, top_level_only=True) == [("dmflow.stages.fit", 1)]
 
 
-def test_the_memory_budgets_use_the_solvers_sizes():
-    """``dmflow.core.budgets`` sizes the jobs at parse time without importing the solvers: every buffer size it
-    names must be the one the lasso package allocates, in whichever of its modules that is defined."""
-    import importlib
-    import pkgutil
-
-    import dmflow.lasso
-    from dmflow.core import budgets
-
-    names = ("GRAM_COLS", "CROSS_TARGETS", "BUCKET_BYTES", "UNION_BYTES", "CD_BUFFER_ENTRIES", "DENSE_MAX_N")
-    found: dict[str, set] = {name: set() for name in names}
-    for info in pkgutil.iter_modules(dmflow.lasso.__path__, "dmflow.lasso."):
-        module = vars(importlib.import_module(info.name))
-        for name in names:
-            if name in module:
-                found[name].add(module[name])
-    assert found == {name: {getattr(budgets, name)} for name in names}  # each used by the lasso package, same size
+def test_the_lasso_allocates_the_buffers_the_budgets_count():
+    """``dmflow.core.budgets`` sizes the jobs at parse time without importing the solvers, from buffer sizes
+    defined there only: the lasso package imports each one and defines none of its own."""
+    names = {"GRAM_COLS", "CROSS_TARGETS", "BUCKET_BYTES", "UNION_BYTES", "CD_BUFFER_ENTRIES", "DENSE_MAX_N"}
+    imported, defined = set(), []
+    for path in sorted((PACKAGE / "lasso").glob("*.py")):
+        for node in ast.parse(path.read_text()).body:
+            if isinstance(node, ast.ImportFrom) and node.module == "dmflow.core.budgets":
+                imported |= {alias.name for alias in node.names} & names
+            targets = node.targets if isinstance(node, ast.Assign) else [getattr(node, "target", None)]
+            defined += [f"{path.name}: {t.id}" for t in targets if isinstance(t, ast.Name) and t.id in names]
+    assert defined == []  # a second definition could drift from the budget
+    assert imported == names  # each buffer size is used by the lasso package
 
 
 HEAVY = ("torch", "numba", "lightning", "scipy", "cvxpy", "matplotlib")

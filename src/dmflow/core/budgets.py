@@ -1,9 +1,9 @@
 """Memory budgets of the heavy jobs, beside the buffer sizes they read: light (numpy-free), so the
 rules size ``resources.mem_mb`` at parse time without importing torch or the solvers.
 
-The sizes here are the ones the moments accumulation (``dmflow.lasso.moments``) and the fit's
-working sets (``dmflow.lasso.path``) allocate; ``tests/test_architecture.py`` checks that the
-lasso package uses the same numbers.
+The buffer sizes are defined here only: the moments accumulation (``dmflow.lasso.accumulate``) and
+the fit's working sets (``dmflow.lasso.working_sets``, ``dmflow.lasso.stored_gram``) import them, so a
+budget and the buffer it counts cannot drift apart (``tests/test_architecture.py``).
 """
 
 from __future__ import annotations
@@ -16,17 +16,21 @@ PROCESS_MB = 1024
 """A job's memory besides its arrays (the interpreter with torch, numpy and scipy loaded), in the rules' mem_mb."""
 
 GRAM_COLS = 1024
-"""Columns of X^T X per int8 product: its int32 result is [n, GRAM_COLS], not a second [n, n]."""
+"""Columns of X^T X per int8 product (``dmflow.lasso.accumulate``): its int32 result is [n, GRAM_COLS], not a
+second [n, n]; narrow enough that the upper block triangle is little more than half of the matrix."""
 CROSS_TARGETS = 1024
 """Targets per int8 cross product: its int32 sums are [4 x 1024, n], not [4 T, n]."""
 BUCKET_BYTES = 128 * 2**20
-"""Memory of one batch of padded per-target Grams (targets solved in batches of similar working-set size)."""
+"""Memory of one batch of padded per-target Grams (``dmflow.lasso.working_sets``: targets are solved in batches of
+similar working-set size)."""
 UNION_BYTES = 512 * 2**20
 """Up to this size G[U, U] (U: the union of a solve's working sets) is read once and the Grams gathered from it."""
 CD_BUFFER_ENTRIES = 2**24
-"""float32 entries of the copies G[A_t, A_t] that coordinate descent holds at once (64 MB)."""
+"""float32 entries of the copies G[A_t, A_t] that coordinate descent holds at once (64 MB), for a batch of targets
+whose Gram rows are read once for all of them; a set beyond 4096 features reads its Gram rows in place."""
 DENSE_MAX_N = 5000
-"""Up to this many features the fit solves on the dense centred Gram (the reference path)."""
+"""Up to this many features the fit solves on the dense centred Gram (the reference path), where it was the
+faster (benchmarks/RESULTS.md, "The lasso package's figures")."""
 CURVE_TARGETS_PER_PASS = 1000
 """Targets the learning curve refits at a time (``dmflow.evaluation.learning_curve``); its job is sized for them."""
 

@@ -12,16 +12,12 @@ import torch
 
 from dmflow.core import kernels as dispatch
 from dmflow.core.progress import Progress
+from dmflow.core.budgets import CROSS_TARGETS, GRAM_COLS
 from dmflow.lasso import accumulate_kernels as kernels
 from dmflow.lasso.moments import CountMoments
 
 EXACT_ROWS = 2**24
 """Row count up to which float32 accumulation of 0/1 products is exact."""
-
-GRAM_COLS = 1024
-"""Columns of X^T X per int8 product: its int32 result is [n, GRAM_COLS], not a second [n, n]; narrow enough that
-the upper block triangle (``upper``) is little more than half of the matrix."""
-
 
 def add_gram(
     gram: torch.Tensor, x: np.ndarray, *, scratch: GramScratch | None = None, upper: bool = False, int8: bool = False
@@ -86,10 +82,6 @@ class GramScratch:
     def take(self, name: str, shape: tuple[int, ...]) -> torch.Tensor:
         """A contiguous [shape] tensor on the named buffer (its contents undefined)."""
         return self._flat[name][: int(np.prod(shape))].view(shape)
-
-
-CROSS_TARGETS = 1024
-"""Targets per int8 cross product (``add_cross``): its int32 sums are [4 x 1024, n], not [4 T, n]."""
 
 
 def add_cross(

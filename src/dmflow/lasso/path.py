@@ -17,17 +17,13 @@ from collections.abc import Callable
 import numpy as np
 import torch
 
+from dmflow.core.budgets import DENSE_MAX_N
 from dmflow.core.codes import FLAG_CONSTANT, FLAG_NOT_CONVERGED, FLAG_OK
 from dmflow.core.progress import Progress
 from dmflow.lasso.dense import dense_moments, dense_path
 from dmflow.lasso.moments import CountMoments, row_moments
 from dmflow.lasso.settings import FitSettings
 from dmflow.lasso.working_sets import active_path
-
-DENSE_MAX_N = 5000
-"""Up to this many features ``fit_from_moments`` solves on the dense centred Gram, where it was the faster
-(benchmarks/RESULTS.md, "The lasso package's figures")."""
-
 
 def fit_from_moments(
     fit: CountMoments,

@@ -10,6 +10,7 @@ from collections.abc import Callable
 import numpy as np
 import torch
 
+from dmflow.core.budgets import UNION_BYTES
 from dmflow.lasso import working_set_kernels as kernels
 from dmflow.lasso.moments import CountMoments
 from dmflow.lasso.problem import curvature
@@ -18,8 +19,6 @@ from dmflow.lasso.target_major import columns, pick, set_indices
 
 GATHER_ROWS = 512
 """Rows of a centred Gram in memory at a time (``CentredGram``, ``gram_product``)."""
-UNION_BYTES = 512 * 2**20
-"""Up to this size G[U, U] (U: the union of a solve's working sets) is read once and the Grams gathered from it."""
 SPARSE_COST = 3.0
 """The sparse product's cost per non-zero weight, in columns of the dense product (rows x targets): the ratio
 of the two products' rates (benchmarks/RESULTS.md, "The lasso package's figures")."""

@@ -8,6 +8,7 @@ from dataclasses import replace
 import numpy as np
 import torch
 
+from dmflow.core.budgets import BUCKET_BYTES, CD_BUFFER_ENTRIES
 from dmflow.core.progress import Progress
 from dmflow.lasso import working_set_kernels as kernels
 from dmflow.lasso.groups import group_count, over_target_groups
@@ -21,14 +22,9 @@ from dmflow.lasso.stored_gram import CentredGram, gram_product, gram_quadratic, 
 from dmflow.lasso.target_major import columns, pick, set_indices
 from dmflow.lasso.torch_solver import PaddedGrams, proximal_loop
 
-BUCKET_BYTES = 128 * 2**20
-"""Memory of one batch of padded per-target Grams: targets are solved in batches of similar working-set size."""
 COORDINATE_DESCENT = True
 """On the CPU, working sets are solved by coordinate descent (``kernels.working_set_cd``), faster than the padded
 proximal solver and in less memory (benchmarks/RESULTS.md, "The lasso package's figures")."""
-CD_BUFFER_ENTRIES = 2**24
-"""float32 entries of the copies G[A_t, A_t] that coordinate descent holds at once (64 MB), for a batch of targets
-whose Gram rows are read once for all of them; a set beyond 4096 features reads its Gram rows in place."""
 MAX_ROUNDS = 50
 DENSE_SHARE = 0.25
 """A target whose working set holds more than this share of the features is solved on the dense Gram."""
