@@ -11,13 +11,14 @@ import numpy as np
 import torch
 
 from dmflow.core import kernels as dispatch
-from dmflow.core.progress import Progress
 from dmflow.core.budgets import CROSS_TARGETS, GRAM_COLS
+from dmflow.core.progress import Progress
 from dmflow.lasso import accumulate_kernels as kernels
 from dmflow.lasso.moments import CountMoments
 
 EXACT_ROWS = 2**24
 """Row count up to which float32 accumulation of 0/1 products is exact."""
+
 
 def add_gram(
     gram: torch.Tensor, x: np.ndarray, *, scratch: GramScratch | None = None, upper: bool = False, int8: bool = False

@@ -25,6 +25,7 @@ from dmflow.lasso.moments import CountMoments, row_moments
 from dmflow.lasso.settings import FitSettings
 from dmflow.lasso.working_sets import active_path
 
+
 def fit_from_moments(
     fit: CountMoments,
     val: CountMoments,
