@@ -85,14 +85,10 @@ from dmflow.data.cifar10 import synthetic_images
 from dmflow.data.prepare import prepare_data
 from dmflow.store.masks import draw_masks, subset_size
 from dmflow.training.module import margins_from_logits
+from dmflow.training.predict import StackResult
 from dmflow.training.settings import TrainSettings
-from dmflow.training.train import (
-    StackResult,
-    bf16_training_pays,
-    lightning_precision,
-    quiet_lightning,
-    train_stack,
-)
+from dmflow.training.train import train_stack
+from dmflow.training.trainer import bf16_training_pays, lightning_precision, quiet_lightning
 
 import record
 

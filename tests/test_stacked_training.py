@@ -16,7 +16,7 @@ from dmflow.data.augment import AugmentSettings
 from dmflow.data.batches import epoch_orders
 from dmflow.data.cifar10 import synthetic_images
 from dmflow.store.masks import chunk_masks
-from dmflow.training import train
+from dmflow.training import trainer
 from dmflow.training.convnets import build_seeded
 from dmflow.training.fused import FusedConvStack
 from dmflow.training.mlp import StackedMLP
@@ -147,24 +147,24 @@ def test_diverging_models_are_marked_not_fatal(tiny_data, precision):
 
 
 def test_precision_auto_is_bf16_only_where_the_hardware_multiplies_bf16_faster(monkeypatch):
-    assert train.lightning_precision("auto", "cuda") == "bf16-mixed"
+    assert trainer.lightning_precision("auto", "cuda") == "bf16-mixed"
     monkeypatch.delenv(dispatch.ENV, raising=False)
     try:
         dispatch.force("train=bf16")  # as where it measured faster (a CPU with AMX)
-        assert train.lightning_precision("auto", "cpu") == "bf16-mixed"
+        assert trainer.lightning_precision("auto", "cpu") == "bf16-mixed"
         dispatch.force("train=float32")
-        assert train.lightning_precision("auto", "cpu") == "32-true"
+        assert trainer.lightning_precision("auto", "cpu") == "32-true"
         dispatch.force(None)  # measured here: bf16 only where the CPU has bf16 units and they win
-        want = "bf16-mixed" if dispatch.capable("bf16") and train.bf16_training_pays() else "32-true"
-        assert train.lightning_precision("auto", "cpu") == want
+        want = "bf16-mixed" if dispatch.capable("bf16") and trainer.bf16_training_pays() else "32-true"
+        assert trainer.lightning_precision("auto", "cpu") == want
         assert dispatch.chosen()["train"] in ("float32", "bf16")
     finally:
         dispatch.force(None)
-    assert train.lightning_precision("32", "cuda") == "32-true"
-    assert train.lightning_precision("bf16", "cpu") == "bf16-mixed"
+    assert trainer.lightning_precision("32", "cuda") == "32-true"
+    assert trainer.lightning_precision("bf16", "cpu") == "bf16-mixed"
     torch.set_default_dtype(torch.float64)
     try:  # the float64 equivalence tests always train in full precision
-        assert train.lightning_precision("auto", "cuda") == "32-true"
+        assert trainer.lightning_precision("auto", "cuda") == "32-true"
     finally:
         torch.set_default_dtype(torch.float32)
 

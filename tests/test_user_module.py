@@ -175,7 +175,7 @@ def test_each_model_trains_as_it_would_alone(user_package, float64, caplog, name
     rng = np.random.default_rng(0)
     subsets = np.stack([np.sort(rng.choice(60, 30, replace=False)) for _ in range(3)])
     seeds = np.array([5, 6, 7])
-    with caplog.at_level(logging.INFO, logger="dmflow.training.train"):
+    with caplog.at_level(logging.INFO, logger="dmflow.training.user_module"):
         stacked = train_stack(data, subsets, seeds, settings=settings)
     chosen = [r.getMessage() for r in caplog.records if "3 models" in r.getMessage()]
     assert len(chosen) == 1 and f"3 models {how}" in chosen[0], chosen

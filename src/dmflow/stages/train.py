@@ -24,8 +24,9 @@ from dmflow.core.provenance import provenance
 from dmflow.core.seeds import chunk_seeds
 from dmflow.store.masks import check_chunk_masks
 from dmflow.training.settings import TrainSettings
-from dmflow.training.train import STACK_ARRAYS, lightning_precision, plan_stacks
+from dmflow.training.train import STACK_ARRAYS, plan_stacks
 from dmflow.training.train import train_chunk as train_models
+from dmflow.training.trainer import lightning_precision
 
 log = logging.getLogger(__name__)
 

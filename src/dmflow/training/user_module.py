@@ -10,7 +10,7 @@ dmflow owns the rest, as for its own models: each model's subset, batches, augme
 and seed (model i is built, and trained, with the global torch seed set to ``seeds[i]``
 alone, so its result does not depend on its stack-mates), the Trainer, and the margins
 (``dmflow.training.module.margins_from_logits`` of the module's ``forward`` logits in
-eval mode, through ``dmflow.training.train.predict_stack``).
+eval mode, through ``dmflow.training.predict.predict_stack``); ``train_user_stack`` trains a stack of them.
 
 K models train one after another (one ``Trainer.fit`` each), or stacked: their parameters
 stacked [K, ...] and the module's own ``training_step`` mapped over them with
@@ -27,13 +27,20 @@ import warnings
 from collections.abc import Sequence
 from typing import Any
 
+import numpy as np
 import pytorch_lightning as pl
 import torch
 from torch import nn
 
-from dmflow.data.batches import StackedSubsetDataModule
+from dmflow.core.device import resolve_device
+from dmflow.data.augment import AugmentSettings
+from dmflow.data.batches import StackedSubsetDataModule, gather_rows
 from dmflow.training.factory import LIGHTNING_KEY as KEY
-from dmflow.training.factory import build_user_module
+from dmflow.training.factory import build_user_module, load_lightning_class
+from dmflow.training.predict import StackResult, predict_stack
+from dmflow.training.settings import TrainSettings
+from dmflow.training.stacking import LoopStack
+from dmflow.training.trainer import make_trainer
 
 log = logging.getLogger(__name__)
 
@@ -237,3 +244,78 @@ def user_stacking(
     if stacked.shape != alone.shape or not torch.allclose(stacked, alone, rtol=PROBE_RTOL, atol=0):
         return "loop", "its vmapped training_step gives other losses than the models alone"
     return "vmap", "its training_step runs under torch.func.vmap"
+
+
+def train_user_stack(
+    data: dict[str, np.ndarray],
+    subsets: np.ndarray,
+    seeds: np.ndarray,
+    *,
+    settings: TrainSettings,
+) -> StackResult:
+    """``train_stack`` for a user's LightningModule (``settings.lightning``, ``dmflow.training.user_module``).
+
+    Model i is built and trained with the global torch seed ``seeds[i]`` on ``subsets[i]``,
+    in its own batch order and augmentations: all K in one ``Trainer.fit`` where
+    ``user_stacking`` finds them stackable, else one ``Trainer.fit`` each (one log line
+    says which and why). Margins and accuracies come from each module's ``forward`` in eval
+    mode through ``predict_stack``, as for dmflow's own models.
+
+    Parameters
+    ----------
+    data : dict
+        The arrays of ``data.npz``.
+    subsets : int [K, k]
+        Training-example indices of each model.
+    seeds : int64 [K]
+        Each model's seed.
+    settings : TrainSettings
+    """
+    device = resolve_device(settings.device, "train.device")
+    x_train, y_train, x_target, y_target = data["X_train"], data["y_train"], data["X_target"], data["y_target"]
+    if x_train.ndim == 3:  # greyscale images [N, H, W] get their channel axis, as for the conv nets
+        x_train, x_target = x_train[:, None], x_target[:, None]
+    cls = load_lightning_class(settings.lightning)
+    modules = build_seeded_modules(
+        cls, seeds, x_train.shape[1:], num_classes=int(data["num_classes"]), args=dict(settings.lightning_args)
+    )
+    modules = [m.to(torch.get_default_dtype()) for m in modules]
+    x = torch.as_tensor(x_train, dtype=torch.get_default_dtype())
+    y = torch.as_tensor(y_train, dtype=torch.long)
+    augment = settings.augment if x_train.ndim == 4 else AugmentSettings()
+    batching = {"batch_size": settings.batch_size, "epochs": settings.epochs, "augment": augment}
+    first = torch.as_tensor(subsets[:, : settings.batch_size])
+    how, why = user_stacking(modules, settings.stacking, probe=(gather_rows(x, first), y[first]))
+    log.info(
+        "%s: %d models %s: %s", settings.lightning, len(modules), "stacked" if how == "vmap" else "one by one", why
+    )
+    torch.utils.deterministic.fill_uninitialized_memory = False
+    if how == "vmap":
+        stack = VmappedModules(modules)
+        make_trainer(settings, device).fit(
+            stack, datamodule=StackedSubsetDataModule(x, y, subsets, seeds=seeds, **batching)
+        )
+        stack.unstack(modules)
+        finite = stack.finite.cpu().numpy()
+    else:
+        finite = np.ones(len(modules), dtype=bool)
+        for i, module in enumerate(modules):
+            batches = OneModelData(x, y, subsets[i : i + 1], seeds=seeds[i : i + 1], **batching)
+            check = FiniteLoss()
+            trainer = make_trainer(settings, device, callbacks=[check])
+            with torch.random.fork_rng(devices=[]):
+                torch.manual_seed(int(seeds[i]))
+                trainer.fit(module, datamodule=batches)
+            finite[i] = check.finite
+    net = LoopStack([m.eval() for m in modules]).to(device)
+    margins, acc_target, acc_subset = predict_stack(
+        net,
+        x,
+        y,
+        x_target=x_target,
+        y_target=y_target,
+        subsets=subsets,
+        batch_size=settings.batch_size,
+        flip=settings.test_time_flip and x_train.ndim == 4,
+    )
+    return StackResult(margins, acc_target, acc_subset, finite)
