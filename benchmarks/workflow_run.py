@@ -32,10 +32,10 @@ import time
 from pathlib import Path
 
 import numpy as np
-import pandas as pd
 
 from dmflow.config import load_config
 from dmflow.core.layout import alpha_dir
+from dmflow.core.tables import CF_CHANGES, COMPARE, LEARNING_CURVE
 from dmflow.evaluation.compare import equal_compute
 
 import record
@@ -78,11 +78,11 @@ def headline(results: Path, alpha: str) -> dict:
     }
     curve = results / "evaluation" / alpha / "learning_curve.csv"
     if curve.is_file():
-        table = pd.read_csv(curve)
+        table = LEARNING_CURVE.read(curve)
         out["curve"] = ", ".join(f"{int(r.num_models)}: {r.lds_mean:.3f}" for r in table.itertuples())
     compare = results / "evaluation" / alpha / "compare.csv"
     if compare.is_file():
-        table = pd.read_csv(compare)
+        table = COMPARE.read(compare)
         rows = table[~table["method"].str.startswith("datamodels")]
         out["baselines"] = "; ".join(
             f"{method} " + ", ".join(f"{int(r.models_trained)}: {r.lds_mean:.3f}" for r in group.itertuples())
@@ -92,7 +92,7 @@ def headline(results: Path, alpha: str) -> dict:
             out["equal_compute"] = verdict
     cf = results / "counterfactual" / alpha
     if (cf / "changes.csv").is_file():
-        changes = pd.read_csv(cf / "changes.csv").dropna(subset=["predicted_change", "actual_change"])
+        changes = CF_CHANGES.read(cf / "changes.csv").dropna(subset=["predicted_change", "actual_change"])
         x, y = changes["predicted_change"].to_numpy(), changes["actual_change"].to_numpy()
         summary = json.loads((cf / "summary.json").read_text())
         k = str(max(summary["ks"]))

@@ -187,10 +187,17 @@ def _finished_run(results, *, weight: np.ndarray, leak_scores: np.ndarray, slope
             "score": np.sort(leak_scores)[::-1],
             "similarity": 0.95,
             "similarity_rank": 1,
+            "distance": 0.1,
             "evidence": 0.5,
+            "weight": 0.2,
             "weight_rank": 1,
+            "relative_weight": 1.0,
+            "standout": 0.5,
+            "share": 0.1,
             "target_id": np.arange(500, 500 + t),
             "train_id": np.arange(t),
+            "target_label": 0,
+            "train_label": 0,
         }
     )
     table["robust_z"] = robust_z(table.score.to_numpy())

@@ -17,7 +17,8 @@ from dmflow.attribution.baselines import input_similarity, resolve_proj_dim, tra
 from dmflow.config import ConfigError, validate_config
 from dmflow.core.layout import Layout, baseline_point_names
 from dmflow.core.seeds import chunk_seeds
-from dmflow.evaluation.compare import COLUMNS, comparison_table, equal_compute
+from dmflow.core.tables import COMPARE
+from dmflow.evaluation.compare import comparison_table, equal_compute
 from dmflow.evaluation.metrics import score_attribution
 from dmflow.plots.figures import comparison_figure
 from dmflow.stages.baselines import baseline_scores
@@ -137,7 +138,7 @@ def test_the_comparison_counts_each_curve_point_its_share_of_the_training_second
         "input_similarity": (_summary(0.1), {"models_trained": 0, "seconds": 0.01}),
     }
     table = comparison_table(_summary(0.35), fit_models=400, fit_seconds=80.0, curve=curve, baselines=baselines)
-    assert list(table.columns) == list(COLUMNS)
+    assert list(table.columns) == COMPARE.names
     assert list(table.method) == [
         "datamodels (100 models)",
         "datamodels (200 models)",

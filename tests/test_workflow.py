@@ -7,12 +7,14 @@ import json
 import os
 import re
 import shutil
+from pathlib import Path
 
 import numpy as np
 import pandas as pd
 import pytest
 import yaml
 
+from dmflow.core import tables as tables_
 from dmflow.core.layout import Layout
 from dmflow.store.formats import STORE_NAMES, open_store
 
@@ -79,6 +81,8 @@ def test_learning_curve_and_counterfactuals_are_measured(tiny_run):
     layout = Layout(str(tiny_run.results))
     curve = pd.read_csv(layout.curve_table("0.5"))
     assert list(curve.num_models) == [40, 80] and np.isfinite(curve.lds_mean).all()
+    curve_log = Path(layout.log("learning_curve", "0.5")).read_text()  # one refit (80 models are the datamodels)
+    assert re.search(r"learning_curve 0\.5: done, 30 targets in \d+ s", curve_log), curve_log[-500:]
     changes = pd.read_csv(layout.cf_changes("0.5"))
     assert len(changes) == 4 * 2 * 2 and np.isfinite(changes.actual_change).all()
     cf = json.loads(open(layout.cf_summary("0.5")).read())
@@ -134,6 +138,33 @@ def test_the_report_holds_every_figure_and_table(tiny_run):
         "compare.csv",
     ]:
         assert name in html, name
+
+
+def test_every_table_of_a_run_has_its_declared_columns(tiny_run):
+    """Each results table is written as ``dmflow.core.tables`` declares it, and reads back through its reader."""
+    layout, alpha = Layout(str(tiny_run.results)), "0.5"
+    declared = {
+        layout.eval_table(alpha): tables_.DATAMODEL_SCORES,
+        layout.method_table(alpha, "trak"): tables_.ATTRIBUTION_SCORES,
+        layout.curve_table(alpha): tables_.LEARNING_CURVE,
+        layout.compare_table(alpha): tables_.COMPARE,
+        layout.cf_cases(alpha): tables_.CF_CASES,
+        layout.cf_changes(alpha): tables_.CF_CHANGES,
+        layout.cf_flips(alpha): tables_.CF_FLIPS,
+        layout.cf_brittleness(alpha): tables_.BRITTLENESS,
+        layout.influencers_table(alpha): tables_.INFLUENCERS,
+        layout.leakage_table(alpha): tables_.LEAKAGE,
+        layout.embeddings_table(alpha): tables_.EMBEDDINGS,
+        layout.ends_table(alpha): tables_.COMPONENT_ENDS,
+    }
+    for path, spec in declared.items():
+        frame = spec.read(path)
+        assert len(frame) > 0, path
+        assert list(frame.columns) == [c.name for c in spec.expected(list(frame.columns))], path
+    embedded = tables_.EMBEDDINGS.read(layout.embeddings_table(alpha))
+    assert "pc1" in embedded and "pc2" in embedded  # the numbered columns, as many as the config asked for
+    usage = sorted(Path(layout.benchmarks()).rglob("*.tsv"))
+    assert usage and all(list(tables_.USAGE.read(tsv).columns) == tables_.USAGE.names for tsv in usage)
 
 
 def test_every_output_is_readable_by_collaborators(tiny_run):

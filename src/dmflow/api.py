@@ -18,6 +18,7 @@ import pandas as pd
 from dmflow.analysis.influence import top_influencers
 from dmflow.core.io import load_json, load_npz
 from dmflow.core.layout import Layout, alpha_dir
+from dmflow.core.tables import DATAMODEL_SCORES, INFLUENCERS, LEAKAGE
 from dmflow.evaluation.metrics import predict
 from dmflow.stages.analysis import leakage_ranking
 from dmflow.stages.evaluate import score_attribution
@@ -68,7 +69,7 @@ class DatamodelRun:
             for d, idx in (("helps", helpers), ("harms", harmers))
             for r, i in enumerate(idx)
         ]
-        return pd.DataFrame(rows, columns=["direction", "rank", "train_index", "train_id", "train_label", "weight"])
+        return pd.DataFrame(rows, columns=[c for c in INFLUENCERS.names if not c.startswith("target")])
 
     def predict(self, mask: np.ndarray) -> np.ndarray:
         """Predicted margins: [n] mask -> float32 [T]; [m, n] masks -> [m, T]."""
@@ -83,13 +84,13 @@ class DatamodelRun:
         """Train-test leakage candidates for every target, ranked (read from the run when present)."""
         path = Path(self.layout.leakage_table(self.alpha))
         if path.exists():
-            return pd.read_csv(path)
+            return LEAKAGE.read(path)
         return leakage_ranking(self.weight, self.data, self.target_ids, image_shape=None)
 
     @property
     def evaluation(self) -> pd.DataFrame:
         """Per-target held-out scores (LDS, Pearson, ceilings, ...)."""
-        return pd.read_parquet(self.layout.eval_table(self.alpha))
+        return DATAMODEL_SCORES.read(self.layout.eval_table(self.alpha))
 
     @property
     def summary(self) -> dict:

@@ -13,6 +13,8 @@ import pandas as pd
 from sklearn.cluster import SpectralClustering
 from sklearn.decomposition import PCA
 
+from dmflow.core.tables import COMPONENT_ENDS
+
 
 def normalised_embeddings(weight: np.ndarray) -> np.ndarray:
     """[T, n]: each target's weights divided by their L2 norm (zero stays zero)."""
@@ -47,6 +49,4 @@ def component_ends(loadings: np.ndarray, y_train: np.ndarray, train_ids: np.ndar
         for end, idx in (("positive", order[::-1][:k]), ("negative", order[:k])):
             for rank, i in enumerate(idx, start=1):
                 records.append((c + 1, end, rank, int(i), int(train_ids[i]), int(y_train[i]), float(load[i])))
-    return pd.DataFrame.from_records(
-        records, columns=["component", "end", "rank", "train_index", "train_id", "train_label", "loading"]
-    )
+    return pd.DataFrame.from_records(records, columns=COMPONENT_ENDS.names)

@@ -9,6 +9,8 @@ from __future__ import annotations
 import numpy as np
 import pandas as pd
 
+from dmflow.core.tables import INFLUENCERS
+
 
 def top_influencers(weight: np.ndarray, target: int, k: int) -> tuple[np.ndarray, np.ndarray]:
     """Indices of the k largest positive and the k most negative weights of one target (non-zero only)."""
@@ -43,17 +45,7 @@ def influencer_table(
                 )
     return pd.DataFrame.from_records(
         records,
-        columns=[
-            "target",
-            "target_id",
-            "target_label",
-            "direction",
-            "rank",
-            "train_index",
-            "train_id",
-            "train_label",
-            "weight",
-        ],
+        columns=INFLUENCERS.names,
     )
 
 

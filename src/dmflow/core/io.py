@@ -31,6 +31,7 @@ from typing import TYPE_CHECKING, Any
 import numpy as np
 
 from dmflow.core.errors import FileError
+from dmflow.core.tables import USAGE
 
 if TYPE_CHECKING:  # pragma: no cover
     import pandas as pd
@@ -312,4 +313,4 @@ def save_usage(path: Path, seconds: float) -> None:
     rss_mb = max(me.ru_maxrss, children.ru_maxrss) / 1024  # KiB on Linux
     cpu = me.ru_utime + me.ru_stime + children.ru_utime + children.ru_stime
     with atomic_path(Path(path)) as tmp:
-        tmp.write_text(f"s\tmax_rss\tcpu_time\n{seconds:.4f}\t{rss_mb:.2f}\t{cpu:.2f}\n")
+        tmp.write_text("\t".join(USAGE.names) + f"\n{seconds:.4f}\t{rss_mb:.2f}\t{cpu:.2f}\n")

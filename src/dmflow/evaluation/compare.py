@@ -13,10 +13,8 @@ from collections.abc import Mapping
 import numpy as np
 import pandas as pd
 
+from dmflow.core.tables import COMPARE
 from dmflow.evaluation.metrics import fraction_of_ceiling
-
-COLUMNS = ("method", "models_trained", "seconds", "lds_single", "lds_mean", "fraction_of_ceiling")
-"""The comparison table's columns (``evaluation/{alpha}/compare.csv``)."""
 
 
 def _row(method: str, models: int, seconds: float | None, summary: Mapping) -> dict:
@@ -60,7 +58,7 @@ def comparison_table(
     Returns
     -------
     DataFrame
-        ``COLUMNS``; ``seconds`` NaN where not recorded.
+        ``dmflow.core.tables.COMPARE``; ``seconds`` NaN where not recorded.
     """
     rows = []
     if curve is not None:
@@ -82,7 +80,7 @@ def comparison_table(
     for name, points in (baselines or {}).items():
         for summary, info in [points] if isinstance(points, tuple) else points:
             rows.append(_row(name, info["models_trained"], info["seconds"], summary))
-    return pd.DataFrame.from_records(rows, columns=list(COLUMNS))
+    return pd.DataFrame.from_records(rows, columns=COMPARE.names)
 
 
 def _interpolate(x: np.ndarray, y: np.ndarray, at: np.ndarray) -> np.ndarray:

@@ -23,6 +23,7 @@ import pandas as pd
 
 from dmflow.core.codes import STATUS_OK
 from dmflow.core.seeds import SPLITS, alpha_key
+from dmflow.core.tables import BRITTLENESS
 from dmflow.evaluation.metrics import predict, seed_mean
 from dmflow.store.masks import draw_masks
 
@@ -138,7 +139,7 @@ def analyse(
                 "smallest_k": int(hit.min()) if len(hit) else None,
             }
         )
-    brittleness = pd.DataFrame.from_records(brittle, columns=["target", "base_margin", "smallest_k"])
+    brittleness = pd.DataFrame.from_records(brittle, columns=BRITTLENESS.names)
     valid = np.isfinite(rows.actual_change)
     top = rows[valid & (rows.kind == "top")]
     summary = {

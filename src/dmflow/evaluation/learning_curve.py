@@ -14,6 +14,8 @@ import numpy as np
 import pandas as pd
 
 from dmflow.core.budgets import CURVE_TARGETS_PER_PASS
+from dmflow.core.progress import Progress
+from dmflow.core.tables import CURVE_SCORES
 from dmflow.evaluation.metrics import predict, score
 from dmflow.lasso.accumulate import count_moments
 from dmflow.lasso.path import fit_from_moments
@@ -31,6 +33,7 @@ def _refit_and_predict(
     val_rows: np.ndarray,
     settings: FitSettings,
     targets_per_pass: int,
+    progress: Progress | None,
 ) -> np.ndarray:
     """Fit every target on the given rows (their moments once, then passes of targets) and predict the eval masks
     without the bias (no correlation depends on it; as ``evaluate`` correlates them)."""
@@ -41,9 +44,14 @@ def _refit_and_predict(
     pred = np.empty((eval_store.masks.shape[0], num_targets), dtype=np.float32)
     for start in range(0, num_targets, targets_per_pass):
         cols = slice(start, min(start + targets_per_pass, num_targets))
-        fitted = fit_from_moments(fit.select(cols), val.select(cols), settings=settings)
+        fitted = fit_from_moments(fit.select(cols), val.select(cols), settings=settings, progress=progress)
         pred[:, cols] = predict(eval_store.masks, fitted["weight"], np.zeros(fitted["weight"].shape[1], np.float32))
     return pred
+
+
+def refits(fractions: Sequence[float], *, datamodels: Datamodels | None) -> int:
+    """How many of the fractions ``learning_curve`` refits (all but 1.0 when the datamodels stand in for it)."""
+    return sum(1 for f in fractions if not (f == 1.0 and datamodels is not None))
 
 
 def learning_curve(
@@ -55,11 +63,13 @@ def learning_curve(
     seed: int,
     targets_per_pass: int = CURVE_TARGETS_PER_PASS,
     datamodels: Datamodels | None = None,
+    progress: Progress | None = None,
 ) -> pd.DataFrame:
     """One row per fraction: number of fit models and the mean/median scores on the eval masks.
 
     ``datamodels`` (the workflow's own fit on all rows) stands in for fraction 1.0,
-    which would repeat exactly that fit.
+    which would repeat exactly that fit. ``progress`` counts targets refit (``refits(...)``
+    fractions times the targets, in all).
     """
     m = fit_store.masks.shape[0]
     rows_ok = usable_rows(fit_store.status)
@@ -73,11 +83,11 @@ def learning_curve(
         if fraction == 1.0 and datamodels is not None:
             pred = predict(eval_store.masks, datamodels.weight, np.zeros(datamodels.weight.shape[1], np.float32))
         else:
-            pred = _refit_and_predict(fit_store, eval_store, fit_rows, val_rows, settings, targets_per_pass)
+            pred = _refit_and_predict(fit_store, eval_store, fit_rows, val_rows, settings, targets_per_pass, progress)
         scores = score(pred, eval_store)
-        record = {"fraction": fraction, "num_models": first, "num_usable": len(rows)}
-        for key in ("lds_single", "lds_mean", "pearson_single", "pearson_mean", "ceiling_single", "ceiling_mean"):
-            record[f"{key}"] = float(np.nanmean(scores[key]))
+        record = {"fraction": float(fraction), "num_models": first, "num_usable": len(rows)}
+        for key in CURVE_SCORES:
+            record[key] = float(np.nanmean(scores[key]))
             record[f"{key}_median"] = float(np.nanmedian(scores[key]))
         records.append(record)
         log.info("%d models: LDS vs seed mean %.3f, vs one seed %.3f", first, record["lds_mean"], record["lds_single"])

@@ -110,7 +110,7 @@ def comparison_figure(table: pd.DataFrame, *, ceiling: float | None = None) -> F
     point annotated with its models) else a point, over training wall-seconds where every row
     has them, else models trained.
 
-    ``table``: the comparison table (``dmflow.evaluation.compare.COLUMNS``); rows whose method
+    ``table``: the comparison table (``dmflow.core.tables.COMPARE``); rows whose method
     starts with ``datamodels`` form their curve, the rows of one other method its curve.
     """
     by_seconds = bool(np.isfinite(table.seconds.to_numpy(dtype=float)).all())

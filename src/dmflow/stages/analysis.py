@@ -14,8 +14,10 @@ from dmflow.analysis import embeddings as emb
 from dmflow.analysis import influence
 from dmflow.analysis import leakage as leak
 from dmflow.core import provenance
+from dmflow.core.errors import FileError
 from dmflow.core.io import atomic_path, load_json, load_npz, save_figure, write_table
 from dmflow.core.layout import Layout
+from dmflow.core.tables import COMPARE, COMPONENT_ENDS, EMBEDDINGS, INFLUENCERS, LEAKAGE, LEARNING_CURVE, USAGE
 from dmflow.data.prepare import as_images, source_features
 from dmflow.evaluation.compare import equal_compute
 from dmflow.evaluation.metrics import MIN_CEILING
@@ -60,7 +62,7 @@ def influencers(
     dm, arrays = open_datamodels(Path(datamodels)), load_npz(data)
     weight = dm.weight
     rows = influence.influencer_table(weight, arrays, dm.target_ids, k=top_k)
-    write_table(rows, table)
+    write_table(INFLUENCERS.check(rows, where=table), table)
     shown = [
         (int(t), *influence.top_influencers(weight, int(t), gallery_k))
         for t in influence.gallery_targets(weight, gallery_targets)
@@ -79,7 +81,7 @@ def leakage(
     """Write the ranked leakage table (every target) and a gallery of the top ``pairs``."""
     dm, arrays = open_datamodels(Path(datamodels)), load_npz(data)
     ranked = leakage_ranking(dm.weight, arrays, dm.target_ids, image_shape=image_shape)
-    write_table(ranked, table)
+    write_table(LEAKAGE.check(ranked, where=table), table)
     pics = galleries.pictures(*_source_images(arrays, image_shape))
     save_figure(galleries.pair_gallery(ranked.head(pairs), pics, headline=leak.verdict(ranked)), figure)
     return ranked
@@ -107,9 +109,9 @@ def embeddings(
     points.insert(1, "target_id", dm.target_ids)
     points.insert(2, "label", arrays["y_target"])
     points["cluster"] = labels
-    write_table(points, table)
+    write_table(EMBEDDINGS.check(points, where=table), table)
     extremes = emb.component_ends(loadings, arrays["y_train"], arrays["train_ids"], k=ends)
-    write_table(extremes, ends_table)
+    write_table(COMPONENT_ENDS.check(extremes, where=ends_table), ends_table)
     save_figure(galleries.embedding_scatter(points, ratio), figure)
     pics = galleries.pictures(*_source_images(arrays, image_shape))
     save_figure(galleries.component_ends_gallery(extremes, pics), ends_figure)
@@ -185,7 +187,7 @@ def _alpha_section(layout: Layout, alpha: str) -> list[str]:
     ]
     curve = Path(layout.curve_table(alpha))
     if curve.exists():
-        lc = pd.read_csv(curve)
+        lc = LEARNING_CURVE.read(curve)
         lines += [
             "Learning curve (LDS vs seed mean): "
             + ", ".join(f"{int(r.num_models)} models {_fmt(r.lds_mean)}" for r in lc.itertuples())
@@ -198,7 +200,7 @@ def _alpha_section(layout: Layout, alpha: str) -> list[str]:
             "Datamodels vs baselines, by compute (seconds: training wall-seconds; fraction of ceiling: Pearson vs "
             f"seed mean) ([figure]({link(layout.compare_figure(alpha))}), [table]({link(str(compare))})):",
             "",
-            *_compare_lines(compared := pd.read_csv(compare)),
+            *_compare_lines(compared := COMPARE.read(compare)),
             "",
         ]
         if verdict := equal_compute(compared, "trak"):
@@ -220,7 +222,7 @@ def _alpha_section(layout: Layout, alpha: str) -> list[str]:
         ]
     leak_table = Path(layout.leakage_table(alpha))
     if leak_table.exists():
-        ranked = pd.read_csv(leak_table)
+        ranked = LEAKAGE.read(leak_table)
         if "stands_out" not in ranked:  # a table from before the robust z
             ranked["robust_z"] = leak.robust_z(ranked.score.to_numpy())
             ranked["stands_out"] = ranked.robust_z >= leak.STANDOUT_Z
@@ -311,10 +313,9 @@ def _benchmark_lines(layout: Layout, alphas: Sequence[str], mem_mb: Mapping[str,
         tables = []
         for tsv in sorted(rule_dir.rglob("*.tsv")):
             try:
-                tables.append(pd.read_csv(tsv, sep="\t"))
-            except (OSError, ValueError, pd.errors.EmptyDataError):
+                tables.append(USAGE.read(tsv))
+            except FileError:
                 continue  # an empty or foreign file: nothing measured
-        tables = [t for t in tables if {"s", "max_rss"} <= set(t.columns)]
         if not tables:
             continue
         bench = pd.concat(tables)

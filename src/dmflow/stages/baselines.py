@@ -22,6 +22,7 @@ from dmflow.core.io import atomic_save_json, atomic_save_npy, load_json, load_np
 from dmflow.core.layout import Layout, alpha_dir, baseline_point_name
 from dmflow.core.progress import Progress
 from dmflow.core.schema import defaults
+from dmflow.core.tables import ATTRIBUTION_SCORES, COMPARE, LEARNING_CURVE
 from dmflow.evaluation import scoring
 from dmflow.evaluation.compare import comparison_table
 from dmflow.plots import figures
@@ -138,7 +139,8 @@ def compare_methods(results: Path, *, alpha: str, methods: Sequence[str], table:
             name = entry["name"]
             eval_store = Path(layout.store(alpha, "eval"))
             point, headline = scoring.score_attribution(scores, eval_store, name=name, target_ids=target_ids)
-            write_table(point, Path(layout.method_table(alpha, name)))
+            point_table = Path(layout.method_table(alpha, name))
+            write_table(ATTRIBUTION_SCORES.check(point, where=point_table), point_table)
             atomic_save_json(Path(layout.method_summary(alpha, name)), headline)
             log.info("%s", scoring.headline_line(headline))
             scored[method].append((headline, entry))
@@ -149,10 +151,10 @@ def compare_methods(results: Path, *, alpha: str, methods: Sequence[str], table:
         datamodels,
         fit_models=int(manifest["num_models"]),
         fit_seconds=manifest.get("train_seconds"),
-        curve=pd.read_csv(curve_path) if curve_path.is_file() else None,
+        curve=LEARNING_CURVE.read(curve_path) if curve_path.is_file() else None,
         baselines=scored,
     )
-    write_table(rows, Path(table))
+    write_table(COMPARE.check(rows, where=table), Path(table))
     save_figure(figures.comparison_figure(rows, ceiling=datamodels["ceiling_mean"]["mean"]), Path(figure))
     for r in rows.itertuples():
         log.info("%s: %d models, %.1f s, LDS vs seed mean %.3f", r.method, r.models_trained, r.seconds, r.lds_mean)

@@ -9,6 +9,7 @@ from pathlib import Path
 import pandas as pd
 
 from dmflow.core.io import atomic_save_json, atomic_save_npy, save_figure, write_table
+from dmflow.core.tables import BRITTLENESS, CF_CASES, CF_CHANGES, CF_FLIPS
 from dmflow.evaluation import counterfactual as cf
 from dmflow.plots import figures
 from dmflow.store.formats import open_chunk, open_datamodels
@@ -28,7 +29,7 @@ def counterfactual_design(
     dm = open_datamodels(Path(datamodels))
     masks, cases = cf.design(dm.weight, dm.bias, alpha=alpha, num_targets=num_targets, ks=ks, seed=seed)
     atomic_save_npy(masks_out, masks)
-    write_table(cases, cases_out)
+    write_table(CF_CASES.check(cases, where=cases_out), cases_out)
     return cases
 
 
@@ -44,12 +45,12 @@ def counterfactual_analyse(
     brittleness_figure: Path,
 ) -> dict:
     """Read the case table and the retrained chunk; write the tables, ``summary.json`` and the figures."""
-    case_table = pd.read_parquet(cases) if str(cases).endswith(".parquet") else pd.read_csv(cases)
+    case_table = CF_CASES.read(cases)
     chunk = open_chunk(Path(trained))
     rows, flip_rates, brittle, headline = cf.analyse(case_table, chunk["margins"], chunk["status"])
-    write_table(rows, changes)
-    write_table(flip_rates, flips)
-    write_table(brittle, brittleness)
+    write_table(CF_CHANGES.check(rows, where=changes), changes)
+    write_table(CF_FLIPS.check(flip_rates, where=flips), flips)
+    write_table(BRITTLENESS.check(brittle, where=brittleness), brittleness)
     atomic_save_json(summary, headline)
     save_figure(figures.counterfactual_figure(rows, flip_rates, headline), figure)
     save_figure(figures.brittleness_figure(brittle, headline["ks"]), brittleness_figure)

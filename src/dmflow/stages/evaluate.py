@@ -17,7 +17,9 @@ from dmflow.core import provenance
 from dmflow.core.errors import StoreError
 from dmflow.core.io import atomic_save_json, save_figure, write_table
 from dmflow.core.layout import Layout, alpha_dir, method_name_problem
+from dmflow.core.progress import Progress
 from dmflow.core.schema import defaults
+from dmflow.core.tables import ATTRIBUTION_SCORES, DATAMODEL_SCORES, LEARNING_CURVE
 from dmflow.evaluation import learning_curve as curve
 from dmflow.evaluation import metrics, scoring
 from dmflow.lasso.settings import FitSettings
@@ -41,7 +43,7 @@ def evaluate(datamodels: Path, eval_store: Path, *, table: Path, summary: Path, 
         ],
         subject="evaluate",
     )
-    write_table(scores, table)
+    write_table(DATAMODEL_SCORES.check(scores, where=table), table)
     atomic_save_json(summary, headline)
     save_figure(figures.evaluation_figure(pred, metrics.seed_mean(store.margins, store.ok), scores), figure)
     log.info(
@@ -70,10 +72,17 @@ def learning_curve(
     in for 1.0) on ``threads`` torch threads (default ``fit.threads``); write the curve's table and figure."""
     torch.set_num_threads(max(1, int(defaults("fit")["threads"] if threads is None else threads)))
     fitted = open_datamodels(Path(datamodels)) if datamodels else None
-    rows = curve.learning_curve(
-        open_store(fit_store), open_store(eval_store), fractions, settings=settings, seed=seed, datamodels=fitted
+    fit, held_out = open_store(fit_store), open_store(eval_store)
+    progress = Progress(
+        f"learning_curve {alpha_dir(fit.manifest['alpha'])}",
+        curve.refits(fractions, datamodels=fitted) * int(fit.manifest["num_targets"]),
+        "targets",
     )
-    write_table(rows, table)
+    rows = curve.learning_curve(
+        fit, held_out, fractions, settings=settings, seed=seed, datamodels=fitted, progress=progress
+    )
+    progress.finish()
+    write_table(LEARNING_CURVE.check(rows, where=table), table)
     save_figure(figures.learning_curve_figure(rows), figure)
     return rows
 
@@ -116,7 +125,7 @@ def score_attribution(
         scores, eval_store, name=name, target_ids=target_ids, transpose=transpose
     )
     if table is not None:
-        write_table(scores_table, Path(table))
+        write_table(ATTRIBUTION_SCORES.check(scores_table, where=table), Path(table))
     if summary is not None:
         atomic_save_json(Path(summary), headline)
     log.info("%s", scoring.headline_line(headline))
