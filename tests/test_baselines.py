@@ -123,6 +123,16 @@ def _summary(lds: float, pearson: float = 0.5, ceiling: float = 0.8) -> dict:
     }
 
 
+def test_a_comparison_without_ceilings_or_seconds_is_written_as_declared():
+    """Every method below the noise ceiling's floor (fraction None) and no seconds recorded: NaN, not None,
+    so the table has its declared float columns (a column of None failed the stage's check)."""
+    none = {**_summary(0.2), "fraction_of_ceiling": {"pearson_mean": None}}
+    baselines = {"trak": (none, {"models_trained": 5, "seconds": None})}
+    table = comparison_table(none, fit_models=400, fit_seconds=None, baselines=baselines)
+    COMPARE.check(table, where="compare.csv")
+    assert table.fraction_of_ceiling.isna().all() and table.seconds.isna().all()
+
+
 def test_the_comparison_counts_each_curve_point_its_share_of_the_training_seconds():
     curve = pd.DataFrame(
         {

@@ -4,6 +4,7 @@ import numpy as np
 import pandas as pd
 import pytest
 
+from dmflow.core.tables import BRITTLENESS, CF_CHANGES, CF_FLIPS
 from dmflow.evaluation.counterfactual import analyse, design, slope, spread_targets
 from dmflow.store.masks import subset_size
 
@@ -65,6 +66,7 @@ def test_analyse_measures_changes_flips_and_brittleness():
             dict(case=8, kind="random", target=1, k=2, removed=2, predicted_change=0.0),
         ]
     )
+    cases["predicted_base"] = np.where(cases.target < 0, np.nan, 1.0)  # as design() adds it
     base = np.array([2.0, 5.0])
     change = {
         1: (-1.2, 0),
@@ -96,3 +98,12 @@ def test_analyse_measures_changes_flips_and_brittleness():
     )
     assert summary["flip_rate_top"] == {1: 0.0, 2: 0.5} and summary["flip_rate_random"] == {1: 0.0, 2: 0.0}
     assert dict(zip(brittle.target, brittle.smallest_k.fillna(-1))) == {0: 2, 1: -1}
+    for table, spec in ((rows, CF_CHANGES), (flips, CF_FLIPS), (brittle, BRITTLENESS)):
+        spec.check(table, where=spec.what)  # as declared, so the stage writes them
+
+    calm = margins.copy()
+    calm[1:] = margins[0]  # no removal changes anything: no target flips at any k
+    _, _, brittle, calm_summary = analyse(cases, calm, status)
+    assert brittle.smallest_k.isna().all() and len(brittle) == 2
+    assert np.isnan(calm_summary["correlation_predicted_actual"])  # undefined, not a warning
+    BRITTLENESS.check(brittle, where="brittleness.csv")  # NaN, a float: not a column of None

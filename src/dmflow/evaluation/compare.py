@@ -80,7 +80,9 @@ def comparison_table(
     for name, points in (baselines or {}).items():
         for summary, info in [points] if isinstance(points, tuple) else points:
             rows.append(_row(name, info["models_trained"], info["seconds"], summary))
-    return pd.DataFrame.from_records(rows, columns=COMPARE.names)
+    table = pd.DataFrame.from_records(rows, columns=COMPARE.names)
+    # None (a fraction of a ceiling too low to divide by, seconds not recorded) is NaN in a float column
+    return table.astype({c.name: float for c in COMPARE.columns if c.kind == "float"})
 
 
 def _interpolate(x: np.ndarray, y: np.ndarray, at: np.ndarray) -> np.ndarray:

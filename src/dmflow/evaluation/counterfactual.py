@@ -84,6 +84,15 @@ def design(
     return np.stack(masks), table
 
 
+def correlation(predicted: np.ndarray, actual: np.ndarray) -> float:
+    """Pearson r of ``actual`` with ``predicted`` (float [cases] each); NaN for fewer than two cases or when
+    either is constant (every removal changed nothing), without numpy's division warning."""
+    predicted, actual = np.asarray(predicted, np.float64), np.asarray(actual, np.float64)
+    if len(predicted) < 2 or np.ptp(predicted) == 0 or np.ptp(actual) == 0:
+        return float("nan")
+    return float(np.corrcoef(predicted, actual)[0, 1])
+
+
 def slope(predicted: np.ndarray, actual: np.ndarray) -> float:
     """The least-squares slope of ``actual`` on ``predicted``, with an intercept.
 
@@ -136,7 +145,7 @@ def analyse(
             {
                 "target": int(target),
                 "base_margin": float(group.base_margin.iloc[0]),
-                "smallest_k": int(hit.min()) if len(hit) else None,
+                "smallest_k": float(hit.min()) if len(hit) else np.nan,
             }
         )
     brittleness = pd.DataFrame.from_records(brittle, columns=BRITTLENESS.names)
@@ -147,10 +156,8 @@ def analyse(
         "num_targets_correct": int(correct.target.nunique()),
         "replicates": int(margins.shape[1]),
         "ks": sorted(int(k) for k in rows.k.unique()),
-        "correlation_predicted_actual": float(
-            np.corrcoef(rows.predicted_change[valid], rows.actual_change[valid])[0, 1]
-        ),
-        "correlation_predicted_actual_top": float(np.corrcoef(top.predicted_change, top.actual_change)[0, 1]),
+        "correlation_predicted_actual": correlation(rows.predicted_change[valid], rows.actual_change[valid]),
+        "correlation_predicted_actual_top": correlation(top.predicted_change, top.actual_change),
         "slope_actual_vs_predicted": slope(rows.predicted_change[valid], rows.actual_change[valid]),
         "slope_actual_vs_predicted_top": slope(top.predicted_change, top.actual_change),
         "flip_rate_top": {int(r.k): float(r.top) for r in flips.itertuples()},

@@ -15,7 +15,7 @@ import pandas as pd
 
 from dmflow.core.budgets import CURVE_TARGETS_PER_PASS
 from dmflow.core.progress import Progress
-from dmflow.core.tables import CURVE_SCORES
+from dmflow.core.tables import CURVE_SCORES, LEARNING_CURVE
 from dmflow.evaluation.metrics import predict, score
 from dmflow.lasso.accumulate import count_moments
 from dmflow.lasso.path import fit_from_moments
@@ -91,4 +91,4 @@ def learning_curve(
             record[f"{key}_median"] = float(np.nanmedian(scores[key]))
         records.append(record)
         log.info("%d models: LDS vs seed mean %.3f, vs one seed %.3f", first, record["lds_mean"], record["lds_single"])
-    return pd.DataFrame.from_records(records)
+    return pd.DataFrame.from_records(records, columns=LEARNING_CURVE.names)
