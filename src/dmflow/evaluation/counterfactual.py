@@ -24,7 +24,7 @@ import pandas as pd
 from dmflow.core.codes import STATUS_OK
 from dmflow.core.seeds import SPLITS, alpha_key
 from dmflow.core.tables import BRITTLENESS
-from dmflow.evaluation.metrics import predict, seed_mean
+from dmflow.evaluation.metrics import pearson, predict, seed_mean
 from dmflow.store.masks import draw_masks
 
 
@@ -84,13 +84,9 @@ def design(
     return np.stack(masks), table
 
 
-def correlation(predicted: np.ndarray, actual: np.ndarray) -> float:
-    """Pearson r of ``actual`` with ``predicted`` (float [cases] each); NaN for fewer than two cases or when
-    either is constant (every removal changed nothing), without numpy's division warning."""
-    predicted, actual = np.asarray(predicted, np.float64), np.asarray(actual, np.float64)
-    if len(predicted) < 2 or np.ptp(predicted) == 0 or np.ptp(actual) == 0:
-        return float("nan")
-    return float(np.corrcoef(predicted, actual)[0, 1])
+def _pearson(predicted: pd.Series, actual: pd.Series) -> float:
+    """``metrics.pearson`` of two columns [cases]: NaN where either is constant or under two cases."""
+    return float(pearson(np.asarray(predicted)[:, None], np.asarray(actual)[:, None])[0])
 
 
 def slope(predicted: np.ndarray, actual: np.ndarray) -> float:
@@ -156,8 +152,8 @@ def analyse(
         "num_targets_correct": int(correct.target.nunique()),
         "replicates": int(margins.shape[1]),
         "ks": sorted(int(k) for k in rows.k.unique()),
-        "correlation_predicted_actual": correlation(rows.predicted_change[valid], rows.actual_change[valid]),
-        "correlation_predicted_actual_top": correlation(top.predicted_change, top.actual_change),
+        "correlation_predicted_actual": _pearson(rows.predicted_change[valid], rows.actual_change[valid]),
+        "correlation_predicted_actual_top": _pearson(top.predicted_change, top.actual_change),
         "slope_actual_vs_predicted": slope(rows.predicted_change[valid], rows.actual_change[valid]),
         "slope_actual_vs_predicted_top": slope(top.predicted_change, top.actual_change),
         "flip_rate_top": {int(r.k): float(r.top) for r in flips.itertuples()},
