@@ -99,11 +99,11 @@ def test_analyse_measures_changes_flips_and_brittleness():
     assert summary["flip_rate_top"] == {1: 0.0, 2: 0.5} and summary["flip_rate_random"] == {1: 0.0, 2: 0.0}
     assert dict(zip(brittle.target, brittle.smallest_k.fillna(-1))) == {0: 2, 1: -1}
     for table, spec in ((rows, CF_CHANGES), (flips, CF_FLIPS), (brittle, BRITTLENESS)):
-        spec.check(table, where=spec.what)  # as declared, so the stage writes them
+        assert list(spec.check(table, where=spec.what).columns) == spec.names  # as declared: the stage writes them
 
     calm = margins.copy()
     calm[1:] = margins[0]  # no removal changes anything: no target flips at any k
     _, _, brittle, calm_summary = analyse(cases, calm, status)
     assert brittle.smallest_k.isna().all() and len(brittle) == 2
     assert np.isnan(calm_summary["correlation_predicted_actual"])  # undefined, not a warning
-    BRITTLENESS.check(brittle, where="brittleness.csv")  # NaN, a float: not a column of None
+    assert BRITTLENESS.check(brittle, where="brittleness.csv").smallest_k.dtype == np.float64  # NaN, not None
